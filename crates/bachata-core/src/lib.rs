@@ -1,1 +1,34 @@
+//! The Bachata messages center: the route chain, the reliable delivery state
+//! machine, the `Store` trait every backend implements, and hooks.
+//!
+//! It knows no socket and no disk: the server feeds it parsed frames and
+//! sends what sessions hand back; a store backend keeps the state.
+//!
+//! - [`MessagesCenter`] accepts messages ([`MessagesCenter::submit`]) and
+//!   acks, and opens a [`Session`] per connection.
+//! - [`Route`] is a link of the chain; [`DirectRoute`] is built in.
+//! - [`Store`] is where the state lives; [`MemoryStore`] keeps it in memory,
+//!   and [`memstate`] is the state machine that the embedded store persists.
+//! - [`PostProcess`] hooks run after a message is queued or first acked.
 
+mod center;
+mod hook;
+mod hub;
+mod memory;
+pub mod memstate;
+mod route;
+mod session;
+mod store;
+
+pub use center::{
+    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, Rejection, Stats, now_millis,
+};
+pub use hook::{FirstAck, PostProcess, Queued};
+pub use hub::{Event, Hub};
+pub use memory::MemoryStore;
+pub use route::{Decision, DirectRoute, Route, RouteContext, Routed, run_chain};
+pub use session::Session;
+pub use store::{
+    AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
+    StoreError,
+};

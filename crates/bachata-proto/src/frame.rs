@@ -470,7 +470,11 @@ mod tests {
         // Brackets inside strings do not count.
         let text = format!(r#"{{"type":"x","data":"{}"}}"#, "[".repeat(1000));
         assert!(parse(&text).is_ok());
-        let ok = format!(r#"{{"type":"x","data":{}{}}}"#, "[".repeat(31), "]".repeat(31));
+        let ok = format!(
+            r#"{{"type":"x","data":{}{}}}"#,
+            "[".repeat(31),
+            "]".repeat(31)
+        );
         assert!(parse(&ok).is_ok());
     }
 

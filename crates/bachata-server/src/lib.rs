@@ -1,1 +1,170 @@
+//! The bachata server: WebSocket endpoint, health, metrics, configuration
+//! and graceful shutdown, around a [`bachata_core::MessagesCenter`].
+//!
+//! [`start`] binds and serves; the `bachata` binary is a thin wrapper that
+//! parses the command line and waits for a signal. Tests start servers on
+//! port 0 through the same function.
 
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bachata_core::{DeliveryConfig, MemoryStore, MessagesCenter, Store};
+use bachata_store_redb::RedbStore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Config, ConfigError, ServeArgs, StoreKind};
+
+use crate::app::AppState;
+use crate::metrics::Metrics;
+
+/// How long shutdown waits for connections to close before giving up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot open the embedded store: {0}")]
+    Store(#[from] bachata_store_redb::OpenError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A server that is accepting connections.
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+    state: Arc<AppState>,
+}
+
+impl RunningServer {
+    /// The address it listens on (the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn center(&self) -> &Arc<MessagesCenter> {
+        &self.state.center
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes WebSockets with 1001, waits for them (at most
+    /// [`DRAIN_TIMEOUT`]) and releases the store.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.wait().await;
+    }
+
+    /// Waits until the server stopped (after its token was cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+        self.state.tracker.close();
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.state.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections did not close in time; exiting anyway");
+        }
+    }
+}
+
+fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
+    Ok(match config.store {
+        StoreKind::Memory => Arc::new(MemoryStore::new()),
+        StoreKind::Embedded | StoreKind::Redis => Arc::new(RedbStore::open(
+            &config.data_dir,
+            Some(Box::new(metrics.commit_observer())),
+        )?),
+    })
+}
+
+/// Starts a server with `config`; returns once it accepts connections.
+pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    config.validate()?;
+    let mut metrics = Metrics::new();
+    let store = open_store(&config, &metrics)?;
+    let center = MessagesCenter::builder(store)
+        .config(DeliveryConfig {
+            message_ttl: config.message_ttl,
+            dedupe_window: config.dedupe_window,
+            queue_limit: config.queue_limit,
+            inflight: config.inflight,
+        })
+        .build();
+    metrics.watch(center.clone());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
+    let shutdown = CancellationToken::new();
+    let state = Arc::new(AppState {
+        config,
+        center: center.clone(),
+        metrics,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+    spawn_expiry(center, shutdown.clone());
+    let app = app::router(state.clone());
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "server failed");
+        }
+    });
+    tracing::info!(%addr, "accepting connections");
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        task,
+        state,
+    })
+}
+
+/// Sweeps expired messages every few seconds (reads already skip them; the
+/// sweep frees their space).
+fn spawn_expiry(center: Arc<MessagesCenter>, shutdown: CancellationToken) {
+    let every =
+        (center.config().message_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    match center.expire().await {
+                        Ok(0) => {}
+                        Ok(n) => tracing::debug!(dropped = n, "expired messages"),
+                        Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+}

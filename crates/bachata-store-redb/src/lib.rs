@@ -1,1 +1,437 @@
+//! Bachata's embedded durable store, on [redb](https://docs.rs/redb).
+//!
+//! # How it works
+//! The delivery state lives in memory as a [`MemState`] (the same state
+//! machine as the memory store), and on disk in four redb tables. One OS
+//! thread, the writer, owns all mutations: callers send requests over a
+//! channel; the writer takes every request that is waiting (up to
+//! [`MAX_BATCH`]), applies them to the state in order, writes the
+//! [`Change`]s they report in **one** redb write transaction, commits it with
+//! `Durability::Immediate` (fsync), and only then answers each caller. That is
+//! group commit: under load many enqueues share one disk sync, and an answer
+//! still means "on disk".
+//!
+//! Reads (`read`, `pending_count`) are served from memory.
+//!
+//! On open, the state is rebuilt from the tables (recovery). A redb commit
+//! is atomic, so after a crash the state is exactly that of the last commit
+//! that returned: nothing answered is lost, nothing half-written is seen.
+//!
+//! # Tables
+//! - `entries`: `(channel, seq)` -> encoded entry (see `codec`)
+//! - `acks`: `(channel, seq, device)` -> `()`
+//! - `devices`: `(channel, device)` -> last seen (ms)
+//! - `dedupe`: `(sender, id)` -> dedupe deadline (ms)
+//!
+//! `""` is the default device and the system sender; real names are never
+//! empty.
 
+mod codec;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bachata_core::memstate::{Change, MemState, Snapshot, StoredEntry};
+use bachata_core::{
+    AckRequest, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store, StoreError,
+};
+use bachata_proto::{Channel, MessageId};
+use parking_lot::Mutex;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::{mpsc, oneshot};
+
+const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks");
+const DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("devices");
+const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
+
+/// Most requests folded into one commit.
+pub const MAX_BATCH: usize = 4096;
+/// Requests that may wait for the writer before callers wait to send.
+const QUEUE: usize = 16 * 1024;
+
+/// Why the store could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create data directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: Box<redb::DatabaseError>,
+    },
+    #[error("cannot recover state from {path}: {reason}")]
+    Recover { path: PathBuf, reason: String },
+    #[error("cannot start the writer thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Called after each commit with its duration and the number of requests it
+/// carried (for metrics).
+pub type CommitObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
+
+enum Op {
+    Enqueue(NewMessage),
+    Ack(AckRequest),
+    AckSeqs(Channel, Device, Vec<Seq>),
+    Touch(Channel, Device, Millis),
+    Expire(Millis),
+}
+
+enum Reply {
+    Enqueued(Enqueued),
+    Acked(Acked),
+    Done,
+    Expired(u64),
+}
+
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Reply, StoreError>>,
+}
+
+/// See the crate docs.
+pub struct RedbStore {
+    state: Arc<Mutex<MemState>>,
+    tx: Option<mpsc::Sender<Request>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedbStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir` and recovers its state.
+    pub fn open(dir: &Path, on_commit: Option<CommitObserver>) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join("bachata.redb");
+        let db = Database::create(&path).map_err(|source| OpenError::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+        let recover = |reason: String| OpenError::Recover {
+            path: path.clone(),
+            reason,
+        };
+        create_tables(&db).map_err(|e| recover(e.to_string()))?;
+        let state = MemState::restore(load(&db).map_err(|e| recover(e.to_string()))?);
+        let state = Arc::new(Mutex::new(state));
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let writer_state = state.clone();
+        let writer = std::thread::Builder::new()
+            .name("bachata-redb-writer".into())
+            .spawn(move || writer_loop(db, writer_state, rx, on_commit))
+            .map_err(OpenError::Thread)?;
+        Ok(RedbStore {
+            state,
+            tx: Some(tx),
+            writer: Some(writer),
+            path,
+        })
+    }
+
+    async fn call(&self, op: Op) -> Result<Reply, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.tx.as_ref().ok_or(StoreError::Closed)?;
+        tx.send(Request { op, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer after the batch in hand; wait
+        // for it so the file lock is released when this returns.
+        self.tx.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    txn.open_table(ENTRIES)?;
+    txn.open_table(ACKS)?;
+    txn.open_table(DEVICES)?;
+    txn.open_table(DEDUPE)?;
+    txn.commit()?;
+    Ok(())
+}
+
+fn load(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let mut entries: HashMap<(String, u64), (Channel, StoredEntry)> = HashMap::new();
+    for row in txn
+        .open_table(ENTRIES)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (key, value) = row.map_err(backend)?;
+        let (channel, seq) = key.value();
+        let channel_id = Channel::new(channel).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let entry = codec::decode(value.value()).map_err(StoreError::Corrupt)?;
+        entries.insert((channel.to_owned(), seq), (channel_id, entry));
+    }
+    for row in txn
+        .open_table(ACKS)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (key, _) = row.map_err(backend)?;
+        let (channel, seq, device) = key.value();
+        if let Some((_, entry)) = entries.get_mut(&(channel.to_owned(), seq)) {
+            entry.acked_by.push(device.to_owned());
+        }
+    }
+    let mut snapshot = Snapshot {
+        entries: entries
+            .into_iter()
+            .map(|((_, seq), (channel, entry))| (channel, seq, entry))
+            .collect(),
+        ..Snapshot::default()
+    };
+    for row in txn
+        .open_table(DEVICES)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (key, value) = row.map_err(backend)?;
+        let (channel, device) = key.value();
+        let channel = Channel::new(channel).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        snapshot
+            .devices
+            .push((channel, device.to_owned(), value.value()));
+    }
+    for row in txn
+        .open_table(DEDUPE)
+        .map_err(backend)?
+        .iter()
+        .map_err(backend)?
+    {
+        let (key, value) = row.map_err(backend)?;
+        let (sender, id) = key.value();
+        let id = MessageId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        snapshot.dedupe.push((sender.to_owned(), id, value.value()));
+    }
+    Ok(snapshot)
+}
+
+fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
+    match op {
+        Op::Enqueue(msg) => Reply::Enqueued(state.enqueue(&msg, changes)),
+        Op::Ack(ack) => Reply::Acked(state.ack(&ack, changes)),
+        Op::AckSeqs(channel, device, seqs) => {
+            state.ack_seqs(&channel, &device, &seqs, changes);
+            Reply::Done
+        }
+        Op::Touch(channel, device, now) => {
+            state.touch_device(&channel, &device, now, changes);
+            Reply::Done
+        }
+        Op::Expire(now) => Reply::Expired(state.expire(now, changes)),
+    }
+}
+
+fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        let mut entries = txn.open_table(ENTRIES)?;
+        let mut acks = txn.open_table(ACKS)?;
+        let mut devices = txn.open_table(DEVICES)?;
+        let mut dedupe = txn.open_table(DEDUPE)?;
+        for change in changes {
+            match change {
+                Change::PutEntry {
+                    channel,
+                    seq,
+                    entry,
+                } => {
+                    entries.insert((channel.as_str(), *seq), codec::encode(entry).as_slice())?;
+                }
+                Change::DelEntry {
+                    channel,
+                    seq,
+                    acked_by,
+                } => {
+                    entries.remove((channel.as_str(), *seq))?;
+                    for device in acked_by {
+                        acks.remove((channel.as_str(), *seq, device.as_str()))?;
+                    }
+                }
+                Change::PutAck {
+                    channel,
+                    seq,
+                    device,
+                } => {
+                    acks.insert((channel.as_str(), *seq, device.as_str()), ())?;
+                }
+                Change::PutDevice {
+                    channel,
+                    device,
+                    last_seen,
+                } => {
+                    devices.insert((channel.as_str(), device.as_str()), *last_seen)?;
+                }
+                Change::PutDedupe { sender, id, until } => {
+                    dedupe.insert((sender.as_str(), id.as_str()), *until)?;
+                }
+                Change::DelDedupe { sender, id } => {
+                    dedupe.remove((sender.as_str(), id.as_str()))?;
+                }
+            }
+        }
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn writer_loop(
+    db: Database,
+    state: Arc<Mutex<MemState>>,
+    mut rx: mpsc::Receiver<Request>,
+    on_commit: Option<CommitObserver>,
+) {
+    let mut changes = Vec::new();
+    let mut batch: Vec<Request> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        let mut replies = Vec::with_capacity(batch.len());
+        {
+            let mut state = state.lock();
+            for request in batch.drain(..) {
+                let reply = apply(&mut state, request.op, &mut changes);
+                replies.push((request.reply, reply));
+            }
+        }
+        let result = if changes.is_empty() {
+            Ok(())
+        } else {
+            let started = Instant::now();
+            let result = persist(&db, &changes);
+            if let Some(observe) = &on_commit {
+                observe(started.elapsed(), replies.len());
+            }
+            result
+        };
+        changes.clear();
+        match result {
+            Ok(()) => {
+                for (reply, value) in replies {
+                    let _ = reply.send(Ok(value));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "commit failed; reloading state from disk");
+                // The memory state ran ahead of the disk: rebuild it from
+                // the last commit so it never claims what is not stored.
+                match load(&db) {
+                    Ok(snapshot) => *state.lock() = MemState::restore(snapshot),
+                    Err(e) => tracing::error!(error = %e, "reload after failed commit failed"),
+                }
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(backend(&e)));
+                }
+            }
+        }
+    }
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Backend("writer answered with the wrong reply".into())
+}
+
+#[async_trait]
+impl Store for RedbStore {
+    async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
+        match self.call(Op::Enqueue(msg)).await? {
+            Reply::Enqueued(e) => Ok(e),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn read(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        after: Seq,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.state.lock().read(channel, device, after, limit, now))
+    }
+
+    async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError> {
+        match self.call(Op::Ack(ack)).await? {
+            Reply::Acked(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn ack_seqs(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        seqs: &[Seq],
+    ) -> Result<(), StoreError> {
+        self.call(Op::AckSeqs(channel.clone(), device.clone(), seqs.to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    async fn touch_device(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.call(Op::Touch(channel.clone(), device.clone(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
+        Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    fn pending_total(&self) -> Option<u64> {
+        Some(self.state.lock().pending_total())
+    }
+
+    async fn expire(&self, now: Millis) -> Result<u64, StoreError> {
+        match self.call(Op::Expire(now)).await? {
+            Reply::Expired(n) => Ok(n),
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,1 +1,8 @@
+//! Dev-only helpers for bachata's tests.
+//!
+//! - [`conformance`]: the `Store` conformance suite that every backend runs,
+//!   usually through [`store_conformance_tests!`].
 
+pub mod client;
+pub mod conformance;
+pub mod http;

@@ -1,0 +1,365 @@
+//! The messages center: stamps, routes, stores and announces messages, and
+//! opens delivery sessions for connections. It knows no socket and no disk.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bachata_proto::{Channel, DataMessage, ErrorCode, MessageId, delivered};
+use bytes::Bytes;
+
+use crate::hook::{FirstAck, PostProcess, Queued};
+use crate::hub::Hub;
+use crate::route::{DirectRoute, Route, RouteContext, Routed, run_chain};
+use crate::session::Session;
+use crate::store::{AckRequest, Device, Enqueued, Millis, NewMessage, Store, StoreError};
+
+/// Delivery policy (`spec.md` section 5).
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    /// Pending messages expire after this long.
+    pub message_ttl: Duration,
+    /// A resent id within this window is not stored twice.
+    pub dedupe_window: Duration,
+    /// A channel holding this many pending messages refuses more.
+    pub queue_limit: u64,
+    /// Unacked messages outstanding on one connection.
+    pub inflight: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            message_ttl: Duration::from_secs(7 * 24 * 3600),
+            dedupe_window: Duration::from_secs(24 * 3600),
+            queue_limit: 10_000,
+            inflight: 256,
+        }
+    }
+}
+
+/// Counters of what went through the center, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Data messages accepted (stored, or sent live when id-less).
+    pub received: AtomicU64,
+    /// Data messages refused with a 400.
+    pub rejected: AtomicU64,
+    /// Entries written to connections (messages and receipts).
+    pub delivered: AtomicU64,
+    /// 200s that acked a pending message.
+    pub acked: AtomicU64,
+}
+
+/// A message the sender gets a 400 for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub id: Option<MessageId>,
+    pub code: ErrorCode,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(id: Option<MessageId>, code: ErrorCode, reason: impl Into<String>) -> Self {
+        Rejection {
+            id,
+            code,
+            reason: reason.into(),
+        }
+    }
+
+    /// The 400 frame.
+    pub fn to_frame(&self) -> String {
+        bachata_proto::rejected(
+            self.id.as_ref().map(MessageId::as_str),
+            self.code,
+            &self.reason,
+        )
+    }
+}
+
+/// What happened to an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored durably for every destination (or a duplicate of a stored
+    /// one): the sender gets a 100 for this id.
+    Stored {
+        id: MessageId,
+        channels: Vec<Channel>,
+    },
+    /// No id: handed to the live connections of these channels, at most once.
+    Live { channels: Vec<Channel> },
+}
+
+/// Builds a [`MessagesCenter`] with the routes and hooks of your choice.
+pub struct CenterBuilder {
+    store: Arc<dyn Store>,
+    routes: Vec<Arc<dyn Route>>,
+    hooks: Vec<Arc<dyn PostProcess>>,
+    config: DeliveryConfig,
+}
+
+impl CenterBuilder {
+    /// Adds a route at the end of the chain (before the built-in direct
+    /// route, which is always last).
+    pub fn route(mut self, route: impl Route) -> Self {
+        self.routes.push(Arc::new(route));
+        self
+    }
+
+    pub fn hook(mut self, hook: impl PostProcess) -> Self {
+        self.hooks.push(Arc::new(hook));
+        self
+    }
+
+    pub fn config(mut self, config: DeliveryConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub fn build(mut self) -> Arc<MessagesCenter> {
+        self.routes.push(Arc::new(DirectRoute));
+        Arc::new(MessagesCenter {
+            store: self.store,
+            routes: self.routes,
+            hooks: self.hooks,
+            hub: Hub::new(),
+            config: self.config,
+            stats: Stats::default(),
+        })
+    }
+}
+
+/// See the module docs.
+pub struct MessagesCenter {
+    pub(crate) store: Arc<dyn Store>,
+    routes: Vec<Arc<dyn Route>>,
+    hooks: Vec<Arc<dyn PostProcess>>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) config: DeliveryConfig,
+    pub(crate) stats: Stats,
+}
+
+impl std::fmt::Debug for MessagesCenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagesCenter")
+            .field(
+                "routes",
+                &self.routes.iter().map(|r| r.name()).collect::<Vec<_>>(),
+            )
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+fn millis(d: Duration) -> Millis {
+    d.as_millis().min(u64::MAX as u128) as Millis
+}
+
+impl MessagesCenter {
+    pub fn builder(store: Arc<dyn Store>) -> CenterBuilder {
+        CenterBuilder {
+            store,
+            routes: Vec::new(),
+            hooks: Vec::new(),
+            config: DeliveryConfig::default(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn config(&self) -> &DeliveryConfig {
+        &self.config
+    }
+
+    /// Accepts a data message from `sender` (`None`: by system): stamps
+    /// `from` and `time`, routes it, stores it durably, and wakes its
+    /// receivers. `Ok` means the sender may be told 100.
+    pub async fn submit(
+        &self,
+        sender: Option<&Channel>,
+        mut msg: DataMessage,
+    ) -> Result<Accepted, Rejection> {
+        let result = self.submit_inner(sender, &mut msg).await;
+        let counter = match &result {
+            Ok(_) => &self.stats.received,
+            Err(_) => &self.stats.rejected,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        result
+    }
+
+    async fn submit_inner(
+        &self,
+        sender: Option<&Channel>,
+        msg: &mut DataMessage,
+    ) -> Result<Accepted, Rejection> {
+        let now = now_millis();
+        msg.from = sender.map(|c| c.as_str().to_owned());
+        if msg.time.is_none() {
+            msg.time = Some(now as i64);
+        }
+        let id = msg.id.clone();
+        let channels = match run_chain(&self.routes, &RouteContext { sender }, msg).await {
+            Routed::To(channels) => channels,
+            Routed::NoRoute => {
+                return Err(Rejection::new(
+                    id,
+                    ErrorCode::NoRoute,
+                    format!(
+                        "no route takes messages of type {:?} without dest",
+                        msg.kind
+                    ),
+                ));
+            }
+            Routed::Rejected { code, reason } => return Err(Rejection::new(id, code, reason)),
+        };
+        let payload = Bytes::from(msg.to_json());
+        let Some(id) = id else {
+            for channel in &channels {
+                self.hub.live(channel, &payload);
+            }
+            return Ok(Accepted::Live { channels });
+        };
+        if channels.is_empty() {
+            return Ok(Accepted::Stored { id, channels });
+        }
+        let request = NewMessage {
+            sender: sender.cloned(),
+            id: id.clone(),
+            destinations: channels.clone(),
+            payload: payload.clone(),
+            now,
+            expires_at: now.saturating_add(millis(self.config.message_ttl)),
+            dedupe_until: now.saturating_add(millis(self.config.dedupe_window)),
+            queue_limit: self.config.queue_limit,
+        };
+        match self.store.enqueue(request).await {
+            Ok(Enqueued::Stored(seqs)) => {
+                for (channel, seq) in &seqs {
+                    let entry = crate::store::Entry {
+                        seq: *seq,
+                        kind: crate::store::EntryKind::Message {
+                            sender: sender.cloned(),
+                            id: id.clone(),
+                        },
+                        payload: payload.clone(),
+                    };
+                    self.hub.entry(channel, &entry);
+                }
+                if !self.hooks.is_empty() {
+                    let queued = Queued {
+                        id: id.clone(),
+                        from: sender.cloned(),
+                        kind: msg.kind.clone(),
+                        time: msg.time.unwrap_or(now as i64),
+                        destinations: seqs,
+                        now,
+                    };
+                    for hook in &self.hooks {
+                        hook.queued(&queued);
+                    }
+                }
+                Ok(Accepted::Stored { id, channels })
+            }
+            Ok(Enqueued::Duplicate) => Ok(Accepted::Stored { id, channels }),
+            Ok(Enqueued::QueueFull(channel)) => Err(Rejection::new(
+                Some(id),
+                ErrorCode::QueueFull,
+                format!(
+                    "channel {channel} holds {} pending messages; retry later",
+                    self.config.queue_limit
+                ),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, "enqueue failed");
+                Err(Rejection::new(
+                    Some(id),
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; retry later",
+                ))
+            }
+        }
+    }
+
+    /// Records a 200 from `device` of `channel`. Unknown ids are ignored.
+    /// On the first ack of a message, the sender's channel is owed a 300,
+    /// which is stored before this returns.
+    pub async fn ack(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        id: MessageId,
+    ) -> Result<(), StoreError> {
+        let now = now_millis();
+        let request = AckRequest {
+            channel: channel.clone(),
+            device: device.clone(),
+            receipt: Bytes::from(delivered(id.as_str(), channel.as_str())),
+            id: id.clone(),
+            now,
+            receipt_expires_at: now.saturating_add(millis(self.config.message_ttl)),
+        };
+        let receipt_payload = request.receipt.clone();
+        let acked = self.store.ack(request).await?;
+        let Some(seq) = acked.seq else {
+            return Ok(());
+        };
+        self.stats.acked.fetch_add(1, Ordering::Relaxed);
+        self.hub.acked(channel, device, seq);
+        if let Some((sender, rseq)) = acked.receipt {
+            let entry = crate::store::Entry {
+                seq: rseq,
+                kind: crate::store::EntryKind::Receipt,
+                payload: receipt_payload,
+            };
+            self.hub.entry(&sender, &entry);
+            let first = FirstAck {
+                channel: channel.clone(),
+                seq,
+                id,
+            };
+            for hook in &self.hooks {
+                hook.first_ack(&first);
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a connection of `device` on `channel` and returns its
+    /// delivery session. The device becomes known to the channel first, so
+    /// entries are kept for it from now on.
+    pub async fn open_session(
+        self: &Arc<Self>,
+        channel: Channel,
+        device: Device,
+    ) -> Result<Session, StoreError> {
+        self.store
+            .touch_device(&channel, &device, now_millis())
+            .await?;
+        let sub = self.hub.subscribe(&channel, &device);
+        Ok(Session::new(self.clone(), channel, device, sub))
+    }
+
+    /// Drops expired entries; call it periodically.
+    pub async fn expire(&self) -> Result<u64, StoreError> {
+        self.store.expire(now_millis()).await
+    }
+}

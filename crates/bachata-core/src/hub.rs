@@ -1,0 +1,179 @@
+//! The local registry of live connections, by channel: how a new entry or
+//! an ack reaches the connections that care, without polling the store.
+//!
+//! The store stays the truth. A connection whose event queue is full is
+//! marked lagged instead of blocking the sender, and re-reads the store; so
+//! memory stays bounded and nothing stored is lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bachata_proto::Channel;
+use bytes::Bytes;
+use parking_lot::RwLock;
+use tokio::sync::mpsc;
+
+use crate::store::{Device, Entry, Seq};
+
+/// Events queued per connection before it counts as lagged.
+const EVENT_QUEUE: usize = 1024;
+
+/// What the hub tells a connection.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A new entry of the connection's channel log.
+    Entry(Entry),
+    /// A device of the channel acked `seq` (on any of its connections).
+    Acked { device: Device, seq: Seq },
+    /// A message without id: delivered at most once, live only.
+    Live(Bytes),
+}
+
+#[derive(Debug)]
+struct Subscriber {
+    id: u64,
+    device: Device,
+    tx: mpsc::Sender<Event>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct Hub {
+    channels: RwLock<HashMap<Channel, Vec<Subscriber>>>,
+    next_id: AtomicU64,
+    /// Live (id-less) messages that found a full queue and were dropped.
+    pub live_dropped: AtomicU64,
+}
+
+/// A live connection's registration; removed from the hub on drop.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    channel: Channel,
+    id: u64,
+    pub(crate) rx: mpsc::Receiver<Event>,
+    pub(crate) lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut channels = self.hub.channels.write();
+        if let Some(subs) = channels.get_mut(&self.channel) {
+            subs.retain(|s| s.id != self.id);
+            if subs.is_empty() {
+                channels.remove(&self.channel);
+            }
+        }
+    }
+}
+
+impl Hub {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Hub::default())
+    }
+
+    pub fn subscribe(self: &Arc<Self>, channel: &Channel, device: &Device) -> Subscription {
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.channels
+            .write()
+            .entry(channel.clone())
+            .or_default()
+            .push(Subscriber {
+                id,
+                device: device.clone(),
+                tx,
+                lagged: lagged.clone(),
+            });
+        Subscription {
+            hub: self.clone(),
+            channel: channel.clone(),
+            id,
+            rx,
+            lagged,
+        }
+    }
+
+    /// Tells every connection of `channel` about a new entry.
+    pub fn entry(&self, channel: &Channel, entry: &Entry) {
+        self.each(
+            channel,
+            |_| true,
+            |sub| {
+                if sub.tx.try_send(Event::Entry(entry.clone())).is_err() {
+                    sub.lagged.store(true, Ordering::Release);
+                }
+            },
+        );
+    }
+
+    /// Tells the connections of `device` that it acked `seq`.
+    pub fn acked(&self, channel: &Channel, device: &Device, seq: Seq) {
+        self.each(
+            channel,
+            |sub| &sub.device == device,
+            |sub| {
+                let event = Event::Acked {
+                    device: device.clone(),
+                    seq,
+                };
+                if sub.tx.try_send(event).is_err() {
+                    sub.lagged.store(true, Ordering::Release);
+                }
+            },
+        );
+    }
+
+    /// Sends an id-less message to the live connections of `channel`.
+    /// Returns how many connections took it.
+    pub fn live(&self, channel: &Channel, payload: &Bytes) -> usize {
+        let mut sent = 0;
+        self.each(
+            channel,
+            |_| true,
+            |sub| {
+                if sub.tx.try_send(Event::Live(payload.clone())).is_ok() {
+                    sent += 1;
+                } else {
+                    self.live_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            },
+        );
+        sent
+    }
+
+    /// Live connections of `channel`, per device.
+    pub fn online(&self, channel: &Channel) -> Vec<(Device, usize)> {
+        let channels = self.channels.read();
+        let mut out: Vec<(Device, usize)> = Vec::new();
+        for sub in channels.get(channel).into_iter().flatten() {
+            match out.iter_mut().find(|(d, _)| d == &sub.device) {
+                Some((_, n)) => *n += 1,
+                None => out.push((sub.device.clone(), 1)),
+            }
+        }
+        out
+    }
+
+    /// All live connections.
+    pub fn connections(&self) -> usize {
+        self.channels.read().values().map(Vec::len).sum()
+    }
+
+    fn each(
+        &self,
+        channel: &Channel,
+        filter: impl Fn(&Subscriber) -> bool,
+        mut f: impl FnMut(&Subscriber),
+    ) {
+        let channels = self.channels.read();
+        for sub in channels.get(channel).into_iter().flatten() {
+            if filter(sub) {
+                f(sub);
+            }
+        }
+    }
+}

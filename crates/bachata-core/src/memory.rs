@@ -1,0 +1,83 @@
+//! [`MemoryStore`]: the delivery state in memory only (`--store memory`).
+//!
+//! Everything is lost when the process exits; a 100 means "accepted by this
+//! process". For ephemeral deployments and tests.
+
+use async_trait::async_trait;
+use bachata_proto::Channel;
+use parking_lot::Mutex;
+
+use crate::memstate::MemState;
+use crate::store::{
+    AckRequest, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store, StoreError,
+};
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    state: Mutex<MemState>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
+        Ok(self.state.lock().enqueue(&msg, &mut Vec::new()))
+    }
+
+    async fn read(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        after: Seq,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<Entry>, StoreError> {
+        Ok(self.state.lock().read(channel, device, after, limit, now))
+    }
+
+    async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError> {
+        Ok(self.state.lock().ack(&ack, &mut Vec::new()))
+    }
+
+    async fn ack_seqs(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        seqs: &[Seq],
+    ) -> Result<(), StoreError> {
+        self.state
+            .lock()
+            .ack_seqs(channel, device, seqs, &mut Vec::new());
+        Ok(())
+    }
+
+    async fn touch_device(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        now: Millis,
+    ) -> Result<(), StoreError> {
+        self.state
+            .lock()
+            .touch_device(channel, device, now, &mut Vec::new());
+        Ok(())
+    }
+
+    async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
+        Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    fn pending_total(&self) -> Option<u64> {
+        Some(self.state.lock().pending_total())
+    }
+
+    async fn expire(&self, now: Millis) -> Result<u64, StoreError> {
+        Ok(self.state.lock().expire(now, &mut Vec::new()))
+    }
+}

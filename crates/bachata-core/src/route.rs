@@ -1,0 +1,182 @@
+//! The route chain (`spec.md` section 4), after the seed's `BaseRoute`.
+
+use async_trait::async_trait;
+use bachata_proto::{Channel, DataMessage, ErrorCode};
+
+/// What a route decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Not this route's message: ask the next route.
+    Pass,
+    /// Deliver to these channels too, and let later routes add more.
+    Add(Vec<Channel>),
+    /// Deliver to these channels (and those added before) and ask no further
+    /// route.
+    Stop(Vec<Channel>),
+    /// Refuse the message: the sender gets a 400 with this code.
+    Reject { code: ErrorCode, reason: String },
+}
+
+/// Who sent the message being routed.
+#[derive(Debug, Clone)]
+pub struct RouteContext<'a> {
+    /// The sender's channel; `None` for messages by system (HTTP API).
+    pub sender: Option<&'a Channel>,
+}
+
+/// One link of the chain. Implement it to add routes of your own; see the
+/// `examples/` crate.
+#[async_trait]
+pub trait Route: Send + Sync + 'static {
+    /// A short name for logs.
+    fn name(&self) -> &str;
+
+    /// Looks at a message (already stamped with `from` and `time`).
+    async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision;
+}
+
+/// The built-in direct route: any message with a `dest` goes to channel
+/// `dest`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DirectRoute;
+
+#[async_trait]
+impl Route for DirectRoute {
+    fn name(&self) -> &str {
+        "direct"
+    }
+
+    async fn route(&self, _ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
+        let Some(dest) = &msg.dest else {
+            return Decision::Pass;
+        };
+        match Channel::new(dest) {
+            Ok(channel) => Decision::Stop(vec![channel]),
+            Err(e) => Decision::Reject {
+                code: ErrorCode::InvalidMessage,
+                reason: format!("dest: {e}"),
+            },
+        }
+    }
+}
+
+/// The result of running the whole chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    /// Distinct destination channels, in the order routes named them.
+    To(Vec<Channel>),
+    /// No route took the message.
+    NoRoute,
+    /// A route refused it.
+    Rejected { code: ErrorCode, reason: String },
+}
+
+/// Runs `routes` in order over `msg`.
+pub async fn run_chain(
+    routes: &[std::sync::Arc<dyn Route>],
+    ctx: &RouteContext<'_>,
+    msg: &DataMessage,
+) -> Routed {
+    let mut channels: Vec<Channel> = Vec::new();
+    let mut taken = false;
+    let add = |channels: &mut Vec<Channel>, more: Vec<Channel>| {
+        for c in more {
+            if !channels.contains(&c) {
+                channels.push(c);
+            }
+        }
+    };
+    for route in routes {
+        match route.route(ctx, msg).await {
+            Decision::Pass => {}
+            Decision::Add(more) => {
+                taken = true;
+                add(&mut channels, more);
+            }
+            Decision::Stop(more) => {
+                add(&mut channels, more);
+                return Routed::To(channels);
+            }
+            Decision::Reject { code, reason } => return Routed::Rejected { code, reason },
+        }
+    }
+    if taken {
+        Routed::To(channels)
+    } else {
+        Routed::NoRoute
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Fixed(Decision);
+
+    #[async_trait]
+    impl Route for Fixed {
+        fn name(&self) -> &str {
+            "fixed"
+        }
+        async fn route(&self, _: &RouteContext<'_>, _: &DataMessage) -> Decision {
+            self.0.clone()
+        }
+    }
+
+    fn ch(s: &str) -> Channel {
+        Channel::new(s).expect("valid")
+    }
+
+    fn msg(dest: Option<&str>) -> DataMessage {
+        let mut m = DataMessage::new("direct");
+        m.dest = dest.map(str::to_owned);
+        m
+    }
+
+    #[tokio::test]
+    async fn chain_semantics() {
+        let ctx = RouteContext { sender: None };
+        let direct: Arc<dyn Route> = Arc::new(DirectRoute);
+        assert_eq!(
+            run_chain(std::slice::from_ref(&direct), &ctx, &msg(Some("bob"))).await,
+            Routed::To(vec![ch("bob")])
+        );
+        assert_eq!(
+            run_chain(std::slice::from_ref(&direct), &ctx, &msg(None)).await,
+            Routed::NoRoute
+        );
+        assert!(matches!(
+            run_chain(std::slice::from_ref(&direct), &ctx, &msg(Some(""))).await,
+            Routed::Rejected {
+                code: ErrorCode::InvalidMessage,
+                ..
+            }
+        ));
+        // Add accumulates and continues; Stop ends the chain; duplicates go.
+        let routes: Vec<Arc<dyn Route>> = vec![
+            Arc::new(Fixed(Decision::Add(vec![ch("a"), ch("b")]))),
+            Arc::new(Fixed(Decision::Pass)),
+            Arc::new(Fixed(Decision::Stop(vec![ch("b"), ch("c")]))),
+            Arc::new(Fixed(Decision::Add(vec![ch("never")]))),
+        ];
+        assert_eq!(
+            run_chain(&routes, &ctx, &msg(None)).await,
+            Routed::To(vec![ch("a"), ch("b"), ch("c")])
+        );
+        let routes: Vec<Arc<dyn Route>> = vec![
+            Arc::new(Fixed(Decision::Reject {
+                code: ErrorCode::Forbidden,
+                reason: "no".into(),
+            })),
+            direct,
+        ];
+        assert!(matches!(
+            run_chain(&routes, &ctx, &msg(Some("bob"))).await,
+            Routed::Rejected {
+                code: ErrorCode::Forbidden,
+                ..
+            }
+        ));
+    }
+}

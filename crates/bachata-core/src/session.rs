@@ -1,0 +1,187 @@
+//! One connection's delivery: which entries of its channel to send, in log
+//! order, within the in-flight window (`spec.md` section 5).
+//!
+//! The session starts by reading the store from the beginning of the log, so
+//! a (re)connecting device first gets everything it has not acked. After it
+//! has caught up, new entries come from the hub and are sent straight away
+//! when they are the next in sequence; on any gap (a lagged queue, a full
+//! window, a race between two senders) it goes back to reading the store.
+//!
+//! The caller (the server's connection task) drives it:
+//! ```text
+//! loop {
+//!     while session.wants_read() { send(session.read().await?) }
+//!     select! {
+//!         frame from client => ...session.ack(id).await...,
+//!         event = session.recv() => if let Some(out) = session.on_event(event) { send(out) },
+//!     }
+//!     after a flush: session.written().await
+//! }
+//! ```
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bachata_proto::{Channel, MessageId};
+use bytes::Bytes;
+
+use crate::center::{MessagesCenter, now_millis};
+use crate::hub::{Event, Subscription};
+use crate::store::{Device, Entry, Seq, StoreError};
+
+/// See the module docs.
+pub struct Session {
+    center: Arc<MessagesCenter>,
+    channel: Channel,
+    device: Device,
+    sub: Subscription,
+    /// Highest seq sent (or skipped as acked) on this connection.
+    cursor: Seq,
+    /// True when the last store read reached the end of the log, so the
+    /// next entry in sequence may come from the hub.
+    caught_up: bool,
+    /// Sent, not yet acked messages.
+    inflight: BTreeSet<Seq>,
+    /// Receipts sent since the last `written()`; acked for this device once
+    /// the frames are flushed.
+    receipts: Vec<Seq>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("channel", &self.channel)
+            .field("device", &self.device)
+            .field("cursor", &self.cursor)
+            .field("caught_up", &self.caught_up)
+            .field("inflight", &self.inflight.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        center: Arc<MessagesCenter>,
+        channel: Channel,
+        device: Device,
+        sub: Subscription,
+    ) -> Self {
+        Session {
+            center,
+            channel,
+            device,
+            sub,
+            cursor: 0,
+            caught_up: false,
+            inflight: BTreeSet::new(),
+            receipts: Vec::new(),
+        }
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn room(&self) -> usize {
+        self.center
+            .config
+            .inflight
+            .saturating_sub(self.inflight.len())
+    }
+
+    /// True when entries may be waiting in the store and the window has
+    /// room for them.
+    pub fn wants_read(&self) -> bool {
+        let lagged = self.sub.lagged.load(Ordering::Acquire);
+        (lagged || !self.caught_up) && self.room() > 0
+    }
+
+    /// Reads the next entries this device has not acked, up to the window,
+    /// and returns the frames to send.
+    pub async fn read(&mut self) -> Result<Vec<Bytes>, StoreError> {
+        // Clear first: an event that lags the queue after this point sets it
+        // again and is read by the next call.
+        self.sub.lagged.store(false, Ordering::Release);
+        let limit = self.room();
+        let entries = self
+            .center
+            .store
+            .read(
+                &self.channel,
+                &self.device,
+                self.cursor,
+                limit,
+                now_millis(),
+            )
+            .await?;
+        self.caught_up = entries.len() < limit;
+        Ok(entries.into_iter().map(|e| self.take(e)).collect())
+    }
+
+    fn take(&mut self, entry: Entry) -> Bytes {
+        self.cursor = self.cursor.max(entry.seq);
+        if entry.needs_ack() {
+            self.inflight.insert(entry.seq);
+        } else {
+            self.receipts.push(entry.seq);
+        }
+        self.center.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        entry.payload
+    }
+
+    /// Waits for the next hub event. Cancel-safe.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.sub.rx.recv().await
+    }
+
+    /// Applies a hub event; returns a frame to send now, if any.
+    pub fn on_event(&mut self, event: Event) -> Option<Bytes> {
+        match event {
+            Event::Entry(entry) => {
+                if entry.seq <= self.cursor {
+                    None
+                } else if self.caught_up && entry.seq == self.cursor + 1 && self.room() > 0 {
+                    Some(self.take(entry))
+                } else {
+                    self.caught_up = false;
+                    None
+                }
+            }
+            Event::Acked { seq, .. } => {
+                self.inflight.remove(&seq);
+                None
+            }
+            Event::Live(payload) => Some(payload),
+        }
+    }
+
+    /// Handles a 200 from this connection.
+    pub async fn ack(&mut self, id: MessageId) -> Result<(), StoreError> {
+        // The hub tells every connection of this device, this one included,
+        // which seq the id resolved to.
+        self.center.ack(&self.channel, &self.device, id).await
+    }
+
+    /// Call after the frames returned so far were written to the socket:
+    /// receipts among them count as delivered to this device.
+    pub async fn written(&mut self) -> Result<(), StoreError> {
+        if self.receipts.is_empty() {
+            return Ok(());
+        }
+        let seqs = std::mem::take(&mut self.receipts);
+        self.center
+            .store
+            .ack_seqs(&self.channel, &self.device, &seqs)
+            .await
+    }
+
+    /// Sent messages still waiting for this device's 200.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+}

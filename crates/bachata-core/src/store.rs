@@ -1,0 +1,189 @@
+//! The `Store` trait: where the delivery state lives and becomes durable.
+//!
+//! A store keeps, per channel, one ordered log of entries (data messages and
+//! delivery receipts), the acks of each device, the channel's known devices,
+//! and the senders' dedupe records. Every mutating call returns only once its
+//! effect is durable in the backend's own sense (synced to disk for the
+//! embedded store, written for Redis), which is what lets the center send a
+//! 100 or a 300 with a clear conscience.
+//!
+//! Policy (TTL, dedupe window, queue limit, receipt text) comes in with each
+//! request, so a backend holds no configuration of its own and every backend
+//! applies the same rules.
+//!
+//! # Invariants every backend keeps
+//! - Sequence numbers of one channel grow by exactly one per appended entry,
+//!   so a reader that saw `n` and is then told of `n + 1` knows it missed
+//!   nothing.
+//! - An enqueue is atomic over all its destinations: either every destination
+//!   log has the message, or none has (a full queue or a duplicate refuses the
+//!   whole message).
+//! - An entry stays readable for a device until that device acks it or it
+//!   expires. It is removed once every known device of the channel acked it,
+//!   or once it expires.
+
+use async_trait::async_trait;
+use bachata_proto::{Channel, DeviceId, MessageId};
+use bytes::Bytes;
+
+/// Position of an entry in its channel's log. Starts at 1.
+pub type Seq = u64;
+
+/// The device key of a connection: `None` is the channel's default device.
+pub type Device = Option<DeviceId>;
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = u64;
+
+/// What an entry of a channel log is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A data message, delivered until each device acks it with a 200.
+    Message {
+        /// The sender's channel, `None` for messages by system.
+        sender: Option<Channel>,
+        /// The sender's id, the key of 200s and 300s.
+        id: MessageId,
+    },
+    /// A 300 owed to this channel. It needs no 200: it counts as acked by a
+    /// device once written to one of its connections.
+    Receipt,
+}
+
+/// One entry of a channel's log as read back for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub seq: Seq,
+    pub kind: EntryKind,
+    /// The exact frame to send (a serialized data message or 300).
+    pub payload: Bytes,
+}
+
+impl Entry {
+    /// True when the receiving device must answer with a 200.
+    pub fn needs_ack(&self) -> bool {
+        matches!(self.kind, EntryKind::Message { .. })
+    }
+}
+
+/// A data message to append to the logs of its destinations.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub sender: Option<Channel>,
+    pub id: MessageId,
+    /// Distinct destination channels (the route chain removes duplicates).
+    pub destinations: Vec<Channel>,
+    pub payload: Bytes,
+    pub now: Millis,
+    /// The message is dropped from every log after this time.
+    pub expires_at: Millis,
+    /// A resend of `(sender, id)` before this time is a duplicate.
+    pub dedupe_until: Millis,
+    /// A destination already holding this many pending messages refuses it.
+    pub queue_limit: u64,
+}
+
+/// The result of [`Store::enqueue`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Appended and durable: the position in each destination's log.
+    Stored(Vec<(Channel, Seq)>),
+    /// `(sender, id)` was stored before, within the dedupe window. Nothing
+    /// was appended; the sender gets its 100 again.
+    Duplicate,
+    /// This destination holds `queue_limit` pending messages. Nothing was
+    /// appended anywhere.
+    QueueFull(Channel),
+}
+
+/// A device's 200 for a message of its channel.
+#[derive(Debug, Clone)]
+pub struct AckRequest {
+    pub channel: Channel,
+    pub device: Device,
+    pub id: MessageId,
+    pub now: Millis,
+    /// The 300 to append to the sender's log if this is the first ack of the
+    /// message by any device of the channel.
+    pub receipt: Bytes,
+    pub receipt_expires_at: Millis,
+}
+
+/// The result of [`Store::ack`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acked {
+    /// The acked entry, `None` when the id matched nothing the device still
+    /// had pending (unknown ids are ignored).
+    pub seq: Option<Seq>,
+    /// The receipt appended for the sender: its channel and the receipt's
+    /// position there. Only on the first ack by any device.
+    pub receipt: Option<(Channel, Seq)>,
+}
+
+/// Why a store could not do what was asked. Every variant means "nothing was
+/// promised": the caller reports `unavailable` and the client retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend failed: {0}")]
+    Backend(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("store is shut down")]
+    Closed,
+}
+
+/// Where the delivery state lives. See the module docs for the invariants.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Appends `msg` to the log of every destination, atomically with the
+    /// dedupe check and the queue limit. Durable when it returns `Stored`.
+    async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError>;
+
+    /// Up to `limit` entries of `channel` with `seq > after` that `device` has
+    /// not acked and that have not expired at `now`, in log order.
+    async fn read(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        after: Seq,
+        limit: usize,
+        now: Millis,
+    ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Records a 200. The oldest entry with this id that the device has not
+    /// acked is the one acked. On the first ack of a message by any device of
+    /// the channel, appends `receipt` to the sender's log (durably) unless the
+    /// message came from the system.
+    async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError>;
+
+    /// Marks entries (receipts, once written to a connection) as acked by
+    /// `device`. Seqs that are gone are ignored.
+    async fn ack_seqs(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        seqs: &[Seq],
+    ) -> Result<(), StoreError>;
+
+    /// Registers `device` as a known device of `channel`: from now on entries
+    /// are kept until it acks them too.
+    async fn touch_device(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        now: Millis,
+    ) -> Result<(), StoreError>;
+
+    /// Messages of `channel` not yet acked by any device and not expired.
+    async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError>;
+
+    /// Pending messages over all channels, for metrics; `None` where that
+    /// would be expensive to compute.
+    fn pending_total(&self) -> Option<u64> {
+        None
+    }
+
+    /// Drops expired entries and dedupe records. Returns how many entries
+    /// were dropped.
+    async fn expire(&self, now: Millis) -> Result<u64, StoreError>;
+}

@@ -1,0 +1,54 @@
+//! The axum application: routes and the state they share.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use bachata_core::MessagesCenter;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub config: Config,
+    pub center: Arc<MessagesCenter>,
+    pub metrics: Metrics,
+    /// Cancelled on shutdown: connections close with 1001.
+    pub shutdown: CancellationToken,
+    /// Every WebSocket task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/messages", get(crate::ws::upgrade))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../assets/index.html"))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}

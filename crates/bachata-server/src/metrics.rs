@@ -1,0 +1,152 @@
+//! `GET /metrics` in the Prometheus text format.
+//!
+//! We use `prometheus-client` with a registry per server instance instead of
+//! a process-global recorder: tests (and embedders) run several servers in
+//! one process, and each must report only its own numbers. Counters that the
+//! center keeps as atomics are read at scrape time by a collector.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bachata_core::MessagesCenter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Metrics of one server.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Durable commits of the store, in seconds.
+    pub commit_seconds: Histogram,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: Counter,
+    /// Frames refused with a close (1007, 1009).
+    pub closed_bad_frames: Counter,
+}
+
+#[derive(Debug)]
+struct CenterCollector(Arc<MessagesCenter>);
+
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for CenterCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let center = &self.0;
+        let stats = center.stats();
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        gauge(
+            &mut encoder,
+            "bachata_connections",
+            "Open WebSocket connections",
+            center.hub().connections() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "bachata_messages_received",
+            "Data messages accepted (stored, or sent live when without id)",
+            load(&stats.received),
+        )?;
+        counter(
+            &mut encoder,
+            "bachata_messages_rejected",
+            "Data messages refused with a 400",
+            load(&stats.rejected),
+        )?;
+        counter(
+            &mut encoder,
+            "bachata_messages_delivered",
+            "Log entries (messages and 300 receipts) written to connections",
+            load(&stats.delivered),
+        )?;
+        counter(
+            &mut encoder,
+            "bachata_messages_acked",
+            "200s that acked a pending message",
+            load(&stats.acked),
+        )?;
+        counter(
+            &mut encoder,
+            "bachata_live_messages_dropped",
+            "Messages without id dropped because a connection's queue was full",
+            load(&center.hub().live_dropped),
+        )?;
+        if let Some(pending) = center.store().pending_total() {
+            gauge(
+                &mut encoder,
+                "bachata_pending_messages",
+                "Messages not yet acked by any device of their channel",
+                pending as i64,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
+        registry.register(
+            "bachata_store_commit_seconds",
+            "Duration of the store's durable commits",
+            commit_seconds.clone(),
+        );
+        let slow_consumers = Counter::default();
+        registry.register(
+            "bachata_slow_consumers",
+            "Connections closed with 4008 because their writes stayed blocked",
+            slow_consumers.clone(),
+        );
+        let closed_bad_frames = Counter::default();
+        registry.register(
+            "bachata_bad_frame_closes",
+            "Connections closed with 1007 or 1009 for a bad frame",
+            closed_bad_frames.clone(),
+        );
+        Metrics {
+            registry,
+            commit_seconds,
+            slow_consumers,
+            closed_bad_frames,
+        }
+    }
+
+    /// Adds the center's counters; called once the center exists.
+    pub fn watch(&mut self, center: Arc<MessagesCenter>) {
+        self.registry
+            .register_collector(Box::new(CenterCollector(center)));
+    }
+
+    /// A callback for the store to report each commit.
+    pub fn commit_observer(&self) -> impl Fn(Duration, usize) + Send + Sync + 'static {
+        let histogram = self.commit_seconds.clone();
+        move |took, _requests| histogram.observe(took.as_secs_f64())
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,297 @@
+//! The `/messages` WebSocket endpoint (`spec.md` section 2): one task per
+//! connection reads client frames, hands them to the center, and writes what
+//! the connection's delivery [`Session`] hands back.
+//!
+//! The task is the single owner of its socket and its session, so nothing
+//! here takes a lock across an `.await`. Writes are bounded by the slow
+//! consumer timeout: a client that stops reading is closed with 4008 and its
+//! messages stay pending in the store.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bachata_core::{Accepted, Device, Session};
+use bachata_proto::{Channel, DeviceId, Inbound, Limits, parse_frame};
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite;
+
+use crate::app::AppState;
+
+/// Close codes used by the server.
+pub mod close {
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame that broke the WebSocket protocol.
+    pub const PROTOCOL: u16 = 1002;
+    /// A binary frame that is not UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
+    /// A frame larger than `--max-frame-bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The store failed while registering the connection.
+    pub const INTERNAL: u16 = 1011;
+    /// The client did not read its messages in time.
+    pub const SLOW_CONSUMER: u16 = 4008;
+}
+
+/// How long a close frame may wait behind unread data before the socket is
+/// dropped without it.
+const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn unauthorized(reason: &str) -> Response {
+    (StatusCode::UNAUTHORIZED, format!("{reason}\n")).into_response()
+}
+
+/// `GET /messages?channel=<id>[&device=<id>]`: checks who connects before
+/// the upgrade, so a refused client gets a plain HTTP 401 with a reason.
+pub async fn upgrade(
+    State(app): State<Arc<AppState>>,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(channel) = query.get("channel") else {
+        return unauthorized("missing ?channel=<id> (anonymous channels are on)");
+    };
+    let channel = match Channel::new(channel) {
+        Ok(c) => c,
+        Err(e) => return unauthorized(&format!("invalid channel: {e}")),
+    };
+    let device: Device = match query.get("device").map(|d| DeviceId::new(d)) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return unauthorized(&format!("invalid device: {e}")),
+    };
+    let max = app.config.max_frame_bytes;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let tracker = app.tracker.clone();
+            tracker.track_future(async move {
+                Connection::run(app, socket, channel, device).await;
+            })
+        })
+}
+
+enum Closing {
+    /// The client left or the socket broke; nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, &'static str),
+}
+
+struct Connection {
+    app: Arc<AppState>,
+    sink: SplitSink<WebSocket, Message>,
+    session: Session,
+    limits: Limits,
+}
+
+fn text(payload: Bytes) -> Option<Message> {
+    // Payloads are built from Rust strings, so this never fails; a frame
+    // that somehow is not UTF-8 is skipped rather than sent broken.
+    Utf8Bytes::try_from(payload).ok().map(Message::Text)
+}
+
+impl Connection {
+    async fn run(app: Arc<AppState>, socket: WebSocket, channel: Channel, device: Device) {
+        let (mut sink, stream) = socket.split();
+        let session = match app
+            .center
+            .open_session(channel.clone(), device.clone())
+            .await
+        {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::warn!(%channel, error = %e, "cannot register connection");
+                let frame = CloseFrame {
+                    code: close::INTERNAL,
+                    reason: "store unavailable".into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return;
+            }
+        };
+        tracing::debug!(%channel, ?device, "connected");
+        let mut conn = Connection {
+            limits: Limits {
+                max_depth: app.config.max_json_depth,
+            },
+            app,
+            sink,
+            session,
+        };
+        let ready = bachata_proto::ready(
+            channel.as_str(),
+            device.as_ref().map(DeviceId::as_str),
+            None,
+        );
+        let closing = match conn.send(vec![Message::Text(ready.into())]).await {
+            Ok(()) => conn.serve(stream).await,
+            Err(closing) => closing,
+        };
+        conn.close(closing).await;
+        tracing::debug!(%channel, ?device, "disconnected");
+    }
+
+    /// Writes frames, bounded by the slow consumer timeout.
+    async fn send(&mut self, frames: Vec<Message>) -> Result<(), Closing> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let sink = &mut self.sink;
+        let write = async move {
+            for frame in frames {
+                sink.feed(frame).await?;
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(self.app.config.slow_consumer_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Closing::Gone),
+            Err(_) => {
+                self.app.metrics.slow_consumers.inc();
+                Err(Closing::Close(close::SLOW_CONSUMER, "slow consumer"))
+            }
+        }
+    }
+
+    async fn send_payloads(&mut self, payloads: Vec<Bytes>) -> Result<(), Closing> {
+        self.send(payloads.into_iter().filter_map(text).collect())
+            .await?;
+        if let Err(e) = self.session.written().await {
+            tracing::warn!(error = %e, "cannot record delivered receipts");
+        }
+        Ok(())
+    }
+
+    async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> Closing {
+        let shutdown = self.app.shutdown.clone();
+        loop {
+            while self.session.wants_read() {
+                match self.session.read().await {
+                    Ok(payloads) => {
+                        if let Err(c) = self.send_payloads(payloads).await {
+                            return c;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store read failed");
+                        break;
+                    }
+                }
+            }
+            let result = tokio::select! {
+                frame = stream.next() => match frame {
+                    None => return Closing::Gone,
+                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Err(e)) => return self.on_error(e),
+                },
+                event = self.session.recv() => match event {
+                    Some(event) => match self.session.on_event(event) {
+                        Some(payload) => self.send_payloads(vec![payload]).await,
+                        None => Ok(()),
+                    },
+                    None => Ok(()),
+                },
+                () = shutdown.cancelled() => {
+                    return Closing::Close(close::GOING_AWAY, "server shutting down");
+                }
+            };
+            if let Err(c) = result {
+                return c;
+            }
+        }
+    }
+
+    fn on_error(&self, e: axum::Error) -> Closing {
+        let inner = e.into_inner();
+        match inner.downcast_ref::<tungstenite::Error>() {
+            Some(tungstenite::Error::Capacity(_)) => {
+                self.app.metrics.closed_bad_frames.inc();
+                Closing::Close(close::TOO_BIG, "frame larger than max_frame_bytes")
+            }
+            Some(tungstenite::Error::Utf8(_)) => {
+                self.app.metrics.closed_bad_frames.inc();
+                Closing::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
+            }
+            Some(tungstenite::Error::Protocol(_)) => {
+                Closing::Close(close::PROTOCOL, "WebSocket protocol error")
+            }
+            _ => Closing::Gone,
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
+        match message {
+            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(text).await,
+                Err(_) => {
+                    self.app.metrics.closed_bad_frames.inc();
+                    Err(Closing::Close(
+                        close::INVALID_DATA,
+                        "binary frame is not valid UTF-8",
+                    ))
+                }
+            },
+            // tungstenite answers pings itself; the pong goes out with the
+            // next write or flush.
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(Closing::Gone),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
+        let reply = match parse_frame(text, &self.limits) {
+            Err(rejected) => Some(bachata_proto::rejected(
+                rejected.id.as_ref().map(|id| id.as_str()),
+                rejected.error.code(),
+                &rejected.error.to_string(),
+            )),
+            Ok(Inbound::Ping) => Some(bachata_proto::pong().to_owned()),
+            Ok(Inbound::Pong) => None,
+            Ok(Inbound::Ack(id)) => match self.session.ack(id.clone()).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ack failed");
+                    Some(bachata_proto::rejected(
+                        Some(id.as_str()),
+                        bachata_proto::ErrorCode::Unavailable,
+                        "storage is unavailable; ack again later",
+                    ))
+                }
+            },
+            Ok(Inbound::Data(msg)) => {
+                let channel = self.session.channel().clone();
+                match self.app.center.submit(Some(&channel), msg).await {
+                    Ok(Accepted::Stored { id, .. }) => Some(bachata_proto::received(id.as_str())),
+                    Ok(Accepted::Live { .. }) => None,
+                    Err(rejection) => Some(rejection.to_frame()),
+                }
+            }
+        };
+        match reply {
+            Some(reply) => self.send(vec![Message::Text(reply.into())]).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn close(mut self, closing: Closing) {
+        let Closing::Close(code, reason) = closing else {
+            return;
+        };
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // The peer may not be reading (slow consumer): give the close frame
+        // a bounded chance, then drop the socket either way.
+        let _ =
+            tokio::time::timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+    }
+}

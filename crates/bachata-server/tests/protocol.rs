@@ -1,0 +1,262 @@
+//! Spec sections 2 and 3 through a real server and a real WebSocket client
+//! over loopback: connecting, ready, ping, parsing, 400s and closes.
+
+mod common;
+
+use bachata_testkit::client::{Closed, TestClient, url};
+use bachata_testkit::http;
+use common::{start, start_with};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn ready_names_channel_and_device() {
+    let s = start().await;
+    let c = TestClient::connect(s.addr(), "alice").await;
+    assert_eq!(c.ready, json!({"channel": "alice"}));
+    let c = TestClient::connect_device(s.addr(), "alice", "phone").await;
+    assert_eq!(c.ready, json!({"channel": "alice", "device": "phone"}));
+    let c = TestClient::connect(s.addr(), "ünï cødé/#?").await;
+    assert_eq!(c.ready, json!({"channel": "ünï cødé/#?"}));
+}
+
+async fn refused(url: &str) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn bad_handshakes_get_401_with_a_reason() {
+    let s = start().await;
+    let addr = s.addr();
+    let (status, body) = refused(&format!("ws://{addr}/messages")).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("channel"), "{body}");
+    let (status, body) = refused(&url(addr, &"x".repeat(129), None)).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("invalid channel"), "{body}");
+    let (status, _) = refused(&url(addr, "a\u{1}b", None)).await;
+    assert_eq!(status, 401);
+    let (status, body) = refused(&url(addr, "alice", Some(&"d".repeat(65)))).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("invalid device"), "{body}");
+}
+
+#[tokio::test]
+async fn ping_gets_pong() {
+    let s = start().await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    c.send(json!({"type": 1001})).await;
+    assert_eq!(c.recv().await, json!({"type": 1002}));
+    // A pong from the client needs no answer.
+    c.send(json!({"type": 1002})).await;
+    assert!(c.sync().await.is_empty());
+}
+
+async fn expect_400(c: &mut TestClient, frame: &str, code: &str, id: serde_json::Value) {
+    c.send_text(frame).await;
+    let v = c.recv().await;
+    assert_eq!(v["type"], 400, "{frame} -> {v}");
+    assert_eq!(v["error"], code, "{frame} -> {v}");
+    assert_eq!(v["data"], id, "{frame} -> {v}");
+    assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()), "{v}");
+}
+
+#[tokio::test]
+async fn every_bad_frame_gets_a_400_and_the_connection_stays() {
+    let s = start().await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    let null = serde_json::Value::Null;
+    expect_400(&mut c, "{", "invalid_json", null.clone()).await;
+    expect_400(&mut c, "hello", "invalid_json", null.clone()).await;
+    expect_400(&mut c, "[1,2]", "invalid_message", null.clone()).await;
+    expect_400(&mut c, "{}", "invalid_message", null.clone()).await;
+    expect_400(&mut c, r#"{"type":true}"#, "invalid_message", null.clone()).await;
+    expect_400(&mut c, r#"{"type":2.5}"#, "invalid_message", null.clone()).await;
+    expect_400(
+        &mut c,
+        r#"{"id":"m1","type":"direct","dest":"bob","time":"noon"}"#,
+        "invalid_message",
+        json!("m1"),
+    )
+    .await;
+    expect_400(
+        &mut c,
+        r#"{"id":7,"type":"direct","dest":"bob"}"#,
+        "invalid_message",
+        null.clone(),
+    )
+    .await;
+    expect_400(
+        &mut c,
+        r#"{"id":"m2","type":"direct","dest":5}"#,
+        "invalid_message",
+        json!("m2"),
+    )
+    .await;
+    expect_400(
+        &mut c,
+        r#"{"id":"m3","type":"direct","dest":""}"#,
+        "invalid_message",
+        json!("m3"),
+    )
+    .await;
+    expect_400(
+        &mut c,
+        r#"{"id":"m4","type":"direct"}"#,
+        "no_route",
+        json!("m4"),
+    )
+    .await;
+    expect_400(&mut c, r#"{"type":200}"#, "invalid_message", null.clone()).await;
+    for t in [100, 300, 400, 1000, 42] {
+        expect_400(
+            &mut c,
+            &format!(r#"{{"type":{t},"data":"x"}}"#),
+            "invalid_message",
+            null.clone(),
+        )
+        .await;
+    }
+    // Still fully usable.
+    c.send_direct("ok", "bob", json!("hi")).await;
+    c.expect(100, "ok").await;
+}
+
+#[tokio::test]
+async fn binary_frames_are_read_as_utf8_text() {
+    let s = start().await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    c.send_raw(Message::Binary(br#"{"type":1001}"#.to_vec().into()))
+        .await;
+    assert_eq!(c.recv().await, json!({"type": 1002}));
+    c.send_raw(Message::Binary(vec![b'{', 0xff, 0xfe, b'}'].into()))
+        .await;
+    assert_eq!(c.closed().await, Closed::Code(1007));
+}
+
+#[tokio::test]
+async fn oversized_frame_closes_with_1009() {
+    let s = start_with(|c| c.max_frame_bytes = 1024).await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    let big = format!(
+        r#"{{"type":"direct","dest":"bob","data":"{}"}}"#,
+        "x".repeat(2000)
+    );
+    c.send_text(&big).await;
+    assert_eq!(c.closed().await, Closed::Code(1009));
+    // The server is fine.
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    assert!(c.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn deep_nesting_does_not_hurt_the_server() {
+    // Within the frame limit: a clear 400.
+    let s = start_with(|c| c.max_frame_bytes = 1 << 20).await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    let deep = "[".repeat(100_000) + &"]".repeat(100_000);
+    c.send_text(&deep).await;
+    let v = c.recv().await;
+    assert_eq!(v["error"], "invalid_json", "{v}");
+    let deep_data = format!(
+        r#"{{"id":"d","type":"direct","dest":"bob","data":{}}}"#,
+        "{\"a\":".repeat(100_000)
+    );
+    c.send_text(&deep_data).await;
+    assert_eq!(c.recv().await["error"], "invalid_json");
+    assert!(c.sync().await.is_empty());
+    // Over the default frame limit: closed with 1009, server still up.
+    let s = start().await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    c.send_text(&deep).await;
+    assert_eq!(c.closed().await, Closed::Code(1009));
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    assert!(c.sync().await.is_empty());
+}
+
+#[tokio::test]
+async fn server_sets_from_and_time_and_keeps_other_fields() {
+    let s = start().await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    alice
+        .send_text(r#"{"id":"m1","type":"direct","dest":"bob","from":"mallory","data":{"text":"hi", "n": 1.50},"extra":[1,{"x":null}]}"#)
+        .await;
+    alice.expect(100, "m1").await;
+    let m = bob.recv().await;
+    assert_eq!(m["from"], "alice", "from cannot be spoofed: {m}");
+    assert!(
+        m["time"].as_i64().is_some_and(|t| t > 1_600_000_000_000),
+        "{m}"
+    );
+    assert_eq!(m["data"], json!({"text": "hi", "n": 1.50}));
+    assert_eq!(m["extra"], json!([1, {"x": null}]));
+    assert_eq!(m["type"], "direct");
+    assert_eq!(m["dest"], "bob");
+    alice
+        .send(json!({"id":"m2","type":"direct","dest":"bob","time": 1234}))
+        .await;
+    alice.expect(100, "m2").await;
+    assert_eq!(bob.recv().await["time"], 1234, "a given time is kept");
+}
+
+#[tokio::test]
+async fn health_and_metrics() {
+    let s = start().await;
+    let (status, body) = http::get(s.addr(), "/healthz").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    alice.send_direct("m1", "bob", json!(1)).await;
+    alice.expect(100, "m1").await;
+    let (status, body) = http::get(s.addr(), "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "bachata_connections 1",
+        "bachata_messages_received_total 1",
+        "bachata_messages_delivered_total",
+        "bachata_messages_acked_total",
+        "bachata_pending_messages 1",
+    ] {
+        assert!(body.contains(name), "{name} missing in:\n{body}");
+    }
+    let (status, body) = http::get(s.addr(), "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("bachata"));
+}
+
+#[tokio::test]
+async fn embedded_store_commit_latency_is_measured() {
+    let s = common::start_embedded().await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    alice.send_direct("m1", "bob", json!(1)).await;
+    alice.expect(100, "m1").await;
+    let (_, body) = http::get(s.addr(), "/metrics").await;
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("bachata_store_commit_seconds_count") && !l.ends_with(" 0")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_closes_websockets_with_1001() {
+    let s = start().await;
+    let mut c = TestClient::connect(s.addr(), "alice").await;
+    let server = s.server;
+    let stop = tokio::spawn(server.shutdown());
+    assert_eq!(c.closed().await, Closed::Code(1001));
+    tokio::time::timeout(std::time::Duration::from_secs(10), stop)
+        .await
+        .expect("shutdown finishes in time")
+        .expect("shutdown task");
+}
