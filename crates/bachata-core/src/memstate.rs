@@ -40,7 +40,7 @@ pub struct StoredEntry {
     pub acked_by: Vec<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ChannelState {
     next_seq: Seq,
     log: BTreeMap<Seq, StoredEntry>,
@@ -50,14 +50,19 @@ struct ChannelState {
     pending: u64,
 }
 
-impl ChannelState {
-    fn new() -> Self {
+impl Default for ChannelState {
+    fn default() -> Self {
         ChannelState {
             next_seq: 1,
-            ..Default::default()
+            log: BTreeMap::new(),
+            devices: BTreeMap::new(),
+            by_id: HashMap::new(),
+            pending: 0,
         }
     }
+}
 
+impl ChannelState {
     fn append(
         &mut self,
         kind: EntryKind,
@@ -102,16 +107,25 @@ impl ChannelState {
         !devices.is_empty() && devices.keys().all(|d| entry.acked_by.contains(d))
     }
 
+    /// Pending messages that have not expired at `now`. `pending` still
+    /// counts expired entries until the sweep removes them, so this scans the
+    /// log; [`ChannelState::is_full`] only scans when the cheap count says
+    /// the queue might be full.
     fn pending_at(&self, now: Millis) -> u64 {
-        // Expired entries still counted in `pending` until the sweep removes
-        // them; subtract them so the limit and the API see the truth.
         let expired = self
             .log
             .values()
-            .take_while(|e| e.expires_at <= now)
-            .filter(|e| e.acked_by.is_empty() && matches!(e.kind, EntryKind::Message { .. }))
+            .filter(|e| {
+                e.expires_at <= now
+                    && e.acked_by.is_empty()
+                    && matches!(e.kind, EntryKind::Message { .. })
+            })
             .count() as u64;
         self.pending.saturating_sub(expired)
+    }
+
+    fn is_full(&self, limit: u64, now: Millis) -> bool {
+        self.pending >= limit && self.pending_at(now) >= limit
     }
 }
 
@@ -162,6 +176,9 @@ pub struct MemState {
 /// Everything a persistent backend loads to rebuild a [`MemState`].
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Each channel's next seq, as persisted (the high-water mark that
+    /// survives its entries being removed).
+    pub next_seqs: Vec<(Channel, Seq)>,
     pub entries: Vec<(Channel, Seq, StoredEntry)>,
     pub devices: Vec<(Channel, String, Millis)>,
     pub dedupe: Vec<(String, MessageId, Millis)>,
@@ -176,11 +193,12 @@ impl MemState {
     /// entry are in `StoredEntry::acked_by`.
     pub fn restore(snapshot: Snapshot) -> Self {
         let mut state = MemState::new();
+        for (channel, next_seq) in snapshot.next_seqs {
+            let ch = state.channels.entry(channel).or_default();
+            ch.next_seq = ch.next_seq.max(next_seq);
+        }
         for (channel, seq, entry) in snapshot.entries {
-            let ch = state
-                .channels
-                .entry(channel)
-                .or_insert_with(ChannelState::new);
+            let ch = state.channels.entry(channel).or_default();
             ch.next_seq = ch.next_seq.max(seq + 1);
             if let EntryKind::Message { id, .. } = &entry.kind {
                 ch.by_id.entry(id.clone()).or_default().push(seq);
@@ -199,7 +217,7 @@ impl MemState {
             state
                 .channels
                 .entry(channel)
-                .or_insert_with(ChannelState::new)
+                .or_default()
                 .devices
                 .insert(device, last_seen);
         }
@@ -220,17 +238,17 @@ impl MemState {
             return Enqueued::Duplicate;
         }
         for dest in &msg.destinations {
-            let pending = self.channels.get(dest).map_or(0, |c| c.pending_at(msg.now));
-            if pending >= msg.queue_limit {
+            if self
+                .channels
+                .get(dest)
+                .is_some_and(|c| c.is_full(msg.queue_limit, msg.now))
+            {
                 return Enqueued::QueueFull(dest.clone());
             }
         }
         let mut seqs = Vec::with_capacity(msg.destinations.len());
         for dest in &msg.destinations {
-            let ch = self
-                .channels
-                .entry(dest.clone())
-                .or_insert_with(ChannelState::new);
+            let ch = self.channels.entry(dest.clone()).or_default();
             let kind = EntryKind::Message {
                 sender: msg.sender.clone(),
                 id: msg.id.clone(),
@@ -302,14 +320,12 @@ impl MemState {
             seq,
             device: device.to_owned(),
         });
-        if done {
-            if let Some(entry) = ch.remove(seq) {
-                changes.push(Change::DelEntry {
-                    channel: channel.clone(),
-                    seq,
-                    acked_by: entry.acked_by,
-                });
-            }
+        if let Some(entry) = done.then(|| ch.remove(seq)).flatten() {
+            changes.push(Change::DelEntry {
+                channel: channel.clone(),
+                seq,
+                acked_by: entry.acked_by,
+            });
         }
         Some((first, kind))
     }
@@ -343,10 +359,7 @@ impl MemState {
             },
         ) = (first, kind)
         {
-            let ch = self
-                .channels
-                .entry(sender.clone())
-                .or_insert_with(ChannelState::new);
+            let ch = self.channels.entry(sender.clone()).or_default();
             let (rseq, entry) = ch.append(
                 EntryKind::Receipt,
                 ack.receipt.clone(),
@@ -382,10 +395,7 @@ impl MemState {
         now: Millis,
         changes: &mut Vec<Change>,
     ) {
-        let ch = self
-            .channels
-            .entry(channel.clone())
-            .or_insert_with(ChannelState::new);
+        let ch = self.channels.entry(channel.clone()).or_default();
         let key = device_key(device).to_owned();
         ch.devices.insert(key.clone(), now);
         changes.push(Change::PutDevice {
@@ -428,8 +438,8 @@ impl MemState {
                 }
             }
         }
-        self.channels
-            .retain(|_, ch| !ch.log.is_empty() || !ch.devices.is_empty());
+        // Channels stay, even when empty: their `next_seq` must never go
+        // back, or a reader holding a cursor would skip new entries.
         self.dedupe.retain(|(sender, id), until| {
             let keep = *until > now;
             if !keep {

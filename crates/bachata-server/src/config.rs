@@ -247,6 +247,7 @@ impl Config {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // reason: figment::Jail's closure type, not ours
 mod tests {
     use super::*;
 

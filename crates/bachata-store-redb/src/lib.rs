@@ -22,6 +22,8 @@
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
 //! - `dedupe`: `(sender, id)` -> dedupe deadline (ms)
+//! - `channels`: `channel` -> next seq, so seqs never go back even after
+//!   every entry of a channel was removed
 //!
 //! `""` is the default device and the system sender; real names are never
 //! empty.
@@ -47,6 +49,7 @@ const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entri
 const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks");
 const DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("devices");
 const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
+const CHANNELS: TableDefinition<&str, u64> = TableDefinition::new("channels");
 
 /// Most requests folded into one commit.
 pub const MAX_BATCH: usize = 4096;
@@ -176,37 +179,48 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(ACKS)?;
     txn.open_table(DEVICES)?;
     txn.open_table(DEDUPE)?;
+    txn.open_table(CHANNELS)?;
     txn.commit()?;
     Ok(())
 }
 
-fn load(db: &Database) -> Result<Snapshot, StoreError> {
-    let txn = db.begin_read().map_err(backend)?;
-    let mut entries: HashMap<(String, u64), (Channel, StoredEntry)> = HashMap::new();
+/// Calls `f` with every row of `table`.
+fn scan<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<K, V>,
+    mut f: impl FnMut(K::SelfType<'_>, V::SelfType<'_>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     for row in txn
-        .open_table(ENTRIES)
+        .open_table(table)
         .map_err(backend)?
         .iter()
         .map_err(backend)?
     {
         let (key, value) = row.map_err(backend)?;
-        let (channel, seq) = key.value();
-        let channel_id = Channel::new(channel).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let entry = codec::decode(value.value()).map_err(StoreError::Corrupt)?;
-        entries.insert((channel.to_owned(), seq), (channel_id, entry));
+        f(key.value(), value.value())?;
     }
-    for row in txn
-        .open_table(ACKS)
-        .map_err(backend)?
-        .iter()
-        .map_err(backend)?
-    {
-        let (key, _) = row.map_err(backend)?;
-        let (channel, seq, device) = key.value();
+    Ok(())
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+fn load(db: &Database) -> Result<Snapshot, StoreError> {
+    let txn = db.begin_read().map_err(backend)?;
+    let mut entries: HashMap<(String, u64), (Channel, StoredEntry)> = HashMap::new();
+    scan(&txn, ENTRIES, |(channel, seq), value| {
+        let entry = codec::decode(value).map_err(StoreError::Corrupt)?;
+        let id = Channel::new(channel).map_err(corrupt)?;
+        entries.insert((channel.to_owned(), seq), (id, entry));
+        Ok(())
+    })?;
+    scan(&txn, ACKS, |(channel, seq, device), ()| {
         if let Some((_, entry)) = entries.get_mut(&(channel.to_owned(), seq)) {
             entry.acked_by.push(device.to_owned());
         }
-    }
+        Ok(())
+    })?;
     let mut snapshot = Snapshot {
         entries: entries
             .into_iter()
@@ -214,30 +228,23 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
             .collect(),
         ..Snapshot::default()
     };
-    for row in txn
-        .open_table(DEVICES)
-        .map_err(backend)?
-        .iter()
-        .map_err(backend)?
-    {
-        let (key, value) = row.map_err(backend)?;
-        let (channel, device) = key.value();
-        let channel = Channel::new(channel).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    scan(&txn, CHANNELS, |channel, next| {
+        let channel = Channel::new(channel).map_err(corrupt)?;
+        snapshot.next_seqs.push((channel, next));
+        Ok(())
+    })?;
+    scan(&txn, DEVICES, |(channel, device), last_seen| {
+        let channel = Channel::new(channel).map_err(corrupt)?;
         snapshot
             .devices
-            .push((channel, device.to_owned(), value.value()));
-    }
-    for row in txn
-        .open_table(DEDUPE)
-        .map_err(backend)?
-        .iter()
-        .map_err(backend)?
-    {
-        let (key, value) = row.map_err(backend)?;
-        let (sender, id) = key.value();
-        let id = MessageId::new(id).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        snapshot.dedupe.push((sender.to_owned(), id, value.value()));
-    }
+            .push((channel, device.to_owned(), last_seen));
+        Ok(())
+    })?;
+    scan(&txn, DEDUPE, |(sender, id), until| {
+        let id = MessageId::new(id).map_err(corrupt)?;
+        snapshot.dedupe.push((sender.to_owned(), id, until));
+        Ok(())
+    })?;
     Ok(snapshot)
 }
 
@@ -264,6 +271,7 @@ fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
         let mut acks = txn.open_table(ACKS)?;
         let mut devices = txn.open_table(DEVICES)?;
         let mut dedupe = txn.open_table(DEDUPE)?;
+        let mut next_seqs: HashMap<&str, u64> = HashMap::new();
         for change in changes {
             match change {
                 Change::PutEntry {
@@ -272,6 +280,8 @@ fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
                     entry,
                 } => {
                     entries.insert((channel.as_str(), *seq), codec::encode(entry).as_slice())?;
+                    let next = next_seqs.entry(channel.as_str()).or_default();
+                    *next = (*next).max(seq + 1);
                 }
                 Change::DelEntry {
                     channel,
@@ -304,6 +314,10 @@ fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
                     dedupe.remove((sender.as_str(), id.as_str()))?;
                 }
             }
+        }
+        let mut channels = txn.open_table(CHANNELS)?;
+        for (channel, next) in next_seqs {
+            channels.insert(channel, next)?;
         }
     }
     txn.commit()?;
