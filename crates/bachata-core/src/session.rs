@@ -95,10 +95,10 @@ impl Session {
     }
 
     /// True when entries may be waiting in the store and the window has
-    /// room for them.
+    /// room for them, or when the event queue overflowed and the session
+    /// must catch up with the store.
     pub fn wants_read(&self) -> bool {
-        let lagged = self.sub.lagged.load(Ordering::Acquire);
-        (lagged || !self.caught_up) && self.room() > 0
+        self.sub.lagged.load(Ordering::Acquire) || (!self.caught_up && self.room() > 0)
     }
 
     /// Reads the next entries this device has not acked, up to the window,
@@ -106,8 +106,17 @@ impl Session {
     pub async fn read(&mut self) -> Result<Vec<Bytes>, StoreError> {
         // Clear first: an event that lags the queue after this point sets it
         // again and is read by the next call.
-        self.sub.lagged.store(false, Ordering::Release);
+        if self.sub.lagged.swap(false, Ordering::AcqRel) {
+            // Dropped events may have been entries or acks.
+            self.caught_up = false;
+            if !self.inflight.is_empty() {
+                self.resync_inflight().await?;
+            }
+        }
         let limit = self.room();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let entries = self
             .center
             .store
@@ -121,6 +130,22 @@ impl Session {
             .await?;
         self.caught_up = entries.len() < limit;
         Ok(entries.into_iter().map(|e| self.take(e)).collect())
+    }
+
+    /// A lagged queue may have dropped `Acked` events: keep in flight only
+    /// what the store still has unacked for this device.
+    async fn resync_inflight(&mut self) -> Result<(), StoreError> {
+        let unacked: BTreeSet<Seq> = self
+            .center
+            .store
+            .read(&self.channel, &self.device, 0, usize::MAX, now_millis())
+            .await?
+            .into_iter()
+            .map(|e| e.seq)
+            .take_while(|seq| *seq <= self.cursor)
+            .collect();
+        self.inflight.retain(|seq| unacked.contains(seq));
+        Ok(())
     }
 
     fn take(&mut self, entry: Entry) -> Bytes {

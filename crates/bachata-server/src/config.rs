@@ -47,6 +47,10 @@ pub struct Config {
     /// closed as a slow consumer (4008).
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub slow_consumer_timeout: Duration,
+    /// How often the server pings each connection (WebSocket ping); one
+    /// that sends nothing, not even a pong, for three intervals is closed.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub ping_interval: Duration,
     pub insecure: bool,
 }
 
@@ -67,6 +71,7 @@ impl Default for Config {
             dedupe_window: Duration::from_secs(24 * 3600),
             inflight: 256,
             slow_consumer_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
             insecure: false,
         }
     }
@@ -157,6 +162,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub slow_consumer_timeout: Option<String>,
+    /// WebSocket ping interval; silent connections close after 3 [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping_interval: Option<String>,
     /// Allow anonymous channels on a non-loopback address.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -211,6 +220,9 @@ impl Config {
         }
         if self.message_ttl.is_zero() {
             return invalid("message_ttl must be longer than 0s");
+        }
+        if self.ping_interval < Duration::from_millis(10) {
+            return invalid("ping_interval must be at least 10ms");
         }
         if self.slow_consumer_timeout.is_zero() {
             return invalid("slow_consumer_timeout must be longer than 0s");

@@ -99,7 +99,7 @@ fn text(payload: Bytes) -> Option<Message> {
 
 impl Connection {
     async fn run(app: Arc<AppState>, socket: WebSocket, channel: Channel, device: Device) {
-        let (mut sink, stream) = socket.split();
+        let (mut sink, mut stream) = socket.split();
         let session = match app
             .center
             .open_session(channel.clone(), device.clone())
@@ -131,10 +131,10 @@ impl Connection {
             None,
         );
         let closing = match conn.send(vec![Message::Text(ready.into())]).await {
-            Ok(()) => conn.serve(stream).await,
+            Ok(()) => conn.serve(&mut stream).await,
             Err(closing) => closing,
         };
-        conn.close(closing).await;
+        conn.close(closing, stream).await;
         tracing::debug!(%channel, ?device, "disconnected");
     }
 
@@ -169,8 +169,12 @@ impl Connection {
         Ok(())
     }
 
-    async fn serve(&mut self, mut stream: SplitStream<WebSocket>) -> Closing {
+    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
         let shutdown = self.app.shutdown.clone();
+        let every = self.app.config.ping_interval;
+        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             while self.session.wants_read() {
                 match self.session.read().await {
@@ -188,9 +192,18 @@ impl Connection {
             let result = tokio::select! {
                 frame = stream.next() => match frame {
                     None => return Closing::Gone,
-                    Some(Ok(message)) => self.on_message(message).await,
+                    Some(Ok(message)) => {
+                        last_heard = tokio::time::Instant::now();
+                        self.on_message(message).await
+                    }
                     Some(Err(e)) => return self.on_error(e),
                 },
+                _ = pings.tick() => {
+                    if last_heard.elapsed() >= every * 3 {
+                        return Closing::Close(close::GOING_AWAY, "idle timeout: no frames or pongs");
+                    }
+                    self.send(vec![Message::Ping(Bytes::new())]).await
+                }
                 event = self.session.recv() => match event {
                     Some(event) => match self.session.on_event(event) {
                         Some(payload) => self.send_payloads(vec![payload]).await,
@@ -281,7 +294,12 @@ impl Connection {
         }
     }
 
-    async fn close(mut self, closing: Closing) {
+    /// The closing handshake: send our close frame, then wait for the
+    /// peer's before dropping the socket, so the peer reads everything we
+    /// sent (its pongs to our pings would otherwise hit a closed socket).
+    /// Both steps are bounded: a peer that is not reading (slow consumer)
+    /// or never answers loses the socket after [`CLOSE_GRACE`].
+    async fn close(mut self, closing: Closing, mut stream: SplitStream<WebSocket>) {
         let Closing::Close(code, reason) = closing else {
             return;
         };
@@ -289,9 +307,16 @@ impl Connection {
             code,
             reason: reason.into(),
         };
-        // The peer may not be reading (slow consumer): give the close frame
-        // a bounded chance, then drop the socket either way.
-        let _ =
-            tokio::time::timeout(CLOSE_GRACE, self.sink.send(Message::Close(Some(frame)))).await;
+        let handshake = async {
+            if self.sink.send(Message::Close(Some(frame))).await.is_err() {
+                return;
+            }
+            while let Some(Ok(message)) = stream.next().await {
+                if matches!(message, Message::Close(_)) {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
     }
 }

@@ -255,8 +255,40 @@ async fn shutdown_closes_websockets_with_1001() {
     let server = s.server;
     let stop = tokio::spawn(server.shutdown());
     assert_eq!(c.closed().await, Closed::Code(1001));
+    drop(c);
     tokio::time::timeout(std::time::Duration::from_secs(10), stop)
         .await
         .expect("shutdown finishes in time")
         .expect("shutdown task");
+}
+
+#[tokio::test]
+async fn the_server_pings_and_closes_silent_connections() {
+    let s = start_with(|c| c.ping_interval = std::time::Duration::from_millis(100)).await;
+    // A client that answers pings (tungstenite does while reading) stays.
+    let mut live = TestClient::connect(s.addr(), "alice").await;
+    assert!(
+        live.next_within(std::time::Duration::from_millis(600))
+            .await
+            .is_none(),
+        "nothing but pings in 6 intervals, and still open"
+    );
+    assert!(live.sync().await.is_empty());
+    // A raw socket that never reads, so never pongs, is closed.
+    let (mut silent, _) = tokio_tungstenite::connect_async(url(s.addr(), "bob", None))
+        .await
+        .expect("connect");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    use futures_util::StreamExt;
+    let mut pings = 0;
+    let code = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), silent.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => pings += 1,
+            Ok(Some(Ok(Message::Close(Some(f))))) => break u16::from(f.code),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close, got {other:?}"),
+        }
+    };
+    assert!(pings >= 2, "{pings} pings");
+    assert_eq!(code, 1001);
 }
