@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
-use crate::route::{DirectRoute, Route, RouteContext, Routed, run_chain};
+use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
 use crate::store::{AckRequest, Device, Enqueued, Millis, NewMessage, Store, StoreError};
 
@@ -100,8 +100,8 @@ pub struct CenterBuilder {
 }
 
 impl CenterBuilder {
-    /// Adds a route at the end of the chain (before the built-in direct
-    /// route, which is always last).
+    /// Adds a route at the end of the chain (before the built-in group and
+    /// direct routes, which are always last, in that order).
     pub fn route(mut self, route: impl Route) -> Self {
         self.routes.push(Arc::new(route));
         self
@@ -118,6 +118,8 @@ impl CenterBuilder {
     }
 
     pub fn build(mut self) -> Arc<MessagesCenter> {
+        self.routes
+            .push(Arc::new(GroupRoute::new(self.store.clone())));
         self.routes.push(Arc::new(DirectRoute));
         Arc::new(MessagesCenter {
             store: self.store,

@@ -6,7 +6,8 @@
 //!
 //! - [`MessagesCenter`] accepts messages ([`MessagesCenter::submit`]) and
 //!   acks, and opens a [`Session`] per connection.
-//! - [`Route`] is a link of the chain; [`DirectRoute`] is built in.
+//! - [`Route`] is a link of the chain; [`GroupRoute`] and [`DirectRoute`]
+//!   are built in.
 //! - [`Store`] is where the state lives; [`MemoryStore`] keeps it in memory,
 //!   and [`memstate`] is the state machine that the embedded store persists.
 //! - [`PostProcess`] hooks run after a message is queued or first acked.
@@ -26,7 +27,7 @@ pub use center::{
 pub use hook::{FirstAck, PostProcess, Queued};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
-pub use route::{Decision, DirectRoute, Route, RouteContext, Routed, run_chain};
+pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use store::{
     AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,

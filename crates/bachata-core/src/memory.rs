@@ -4,7 +4,7 @@
 //! process". For ephemeral deployments and tests.
 
 use async_trait::async_trait;
-use bachata_proto::Channel;
+use bachata_proto::{Channel, GroupId};
 use parking_lot::Mutex;
 
 use crate::memstate::MemState;
@@ -71,6 +71,21 @@ impl Store for MemoryStore {
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
         Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
+        Ok(self.state.lock().add_member(group, member, &mut Vec::new()))
+    }
+
+    async fn remove_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .remove_member(group, member, &mut Vec::new()))
+    }
+
+    async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError> {
+        Ok(self.state.lock().members(group))
     }
 
     fn pending_total(&self) -> Option<u64> {

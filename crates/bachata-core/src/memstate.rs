@@ -15,9 +15,9 @@
 //!   device has acked.
 //! - `by_id` maps exactly the ids of the message entries in `log`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use bachata_proto::{Channel, MessageId};
+use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
 
 use crate::store::{
@@ -163,6 +163,14 @@ pub enum Change {
         sender: String,
         id: MessageId,
     },
+    PutMember {
+        group: GroupId,
+        member: Channel,
+    },
+    DelMember {
+        group: GroupId,
+        member: Channel,
+    },
 }
 
 /// The whole delivery state. See the module docs.
@@ -171,6 +179,7 @@ pub struct MemState {
     channels: HashMap<Channel, ChannelState>,
     /// (sender key, id) -> dedupe deadline; sender key "" is the system.
     dedupe: HashMap<(String, MessageId), Millis>,
+    groups: HashMap<GroupId, BTreeSet<Channel>>,
 }
 
 /// Everything a persistent backend loads to rebuild a [`MemState`].
@@ -182,6 +191,7 @@ pub struct Snapshot {
     pub entries: Vec<(Channel, Seq, StoredEntry)>,
     pub devices: Vec<(Channel, String, Millis)>,
     pub dedupe: Vec<(String, MessageId, Millis)>,
+    pub members: Vec<(GroupId, Channel)>,
 }
 
 impl MemState {
@@ -223,6 +233,9 @@ impl MemState {
         }
         for (sender, id, until) in snapshot.dedupe {
             state.dedupe.insert((sender, id), until);
+        }
+        for (group, member) in snapshot.members {
+            state.groups.entry(group).or_default().insert(member);
         }
         state
     }
@@ -407,6 +420,55 @@ impl MemState {
 
     pub fn pending_count(&self, channel: &Channel, now: Millis) -> u64 {
         self.channels.get(channel).map_or(0, |c| c.pending_at(now))
+    }
+
+    pub fn add_member(
+        &mut self,
+        group: &GroupId,
+        member: &Channel,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        let added = self
+            .groups
+            .entry(group.clone())
+            .or_default()
+            .insert(member.clone());
+        if added {
+            changes.push(Change::PutMember {
+                group: group.clone(),
+                member: member.clone(),
+            });
+        }
+        added
+    }
+
+    pub fn remove_member(
+        &mut self,
+        group: &GroupId,
+        member: &Channel,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        let Some(members) = self.groups.get_mut(group) else {
+            return false;
+        };
+        let removed = members.remove(member);
+        if members.is_empty() {
+            self.groups.remove(group);
+        }
+        if removed {
+            changes.push(Change::DelMember {
+                group: group.clone(),
+                member: member.clone(),
+            });
+        }
+        removed
+    }
+
+    pub fn members(&self, group: &GroupId) -> Vec<Channel> {
+        self.groups
+            .get(group)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Messages not acked by any device, over all channels (expired ones

@@ -1,7 +1,11 @@
 //! The route chain (`spec.md` section 4), after the seed's `BaseRoute`.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
-use bachata_proto::{Channel, DataMessage, ErrorCode};
+use bachata_proto::{Channel, DataMessage, ErrorCode, GroupId};
+
+use crate::store::Store;
 
 /// What a route decided about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +64,72 @@ impl Route for DirectRoute {
     }
 }
 
+/// The built-in group route: a message of type `"group"` goes to every
+/// member of group `dest` but the sender, who must be a member
+/// (`spec.md` section 4). Membership lives in the store, so every node of a
+/// cluster sees the same groups. Messages by system (HTTP API) need no
+/// membership.
+#[derive(Clone)]
+pub struct GroupRoute {
+    store: Arc<dyn Store>,
+}
+
+impl GroupRoute {
+    /// The `type` this route takes.
+    pub const KIND: &'static str = "group";
+
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        GroupRoute { store }
+    }
+}
+
+impl std::fmt::Debug for GroupRoute {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GroupRoute")
+    }
+}
+
+#[async_trait]
+impl Route for GroupRoute {
+    fn name(&self) -> &str {
+        "group"
+    }
+
+    async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
+        if msg.kind != Self::KIND {
+            return Decision::Pass;
+        }
+        let reject = |code, reason: String| Decision::Reject { code, reason };
+        let Some(dest) = &msg.dest else {
+            return reject(
+                ErrorCode::InvalidMessage,
+                "a group message needs dest = the group id".into(),
+            );
+        };
+        let group = match GroupId::new(dest) {
+            Ok(group) => group,
+            Err(e) => return reject(ErrorCode::InvalidMessage, format!("dest: {e}")),
+        };
+        let members = match self.store.members(&group).await {
+            Ok(members) => members,
+            Err(e) => {
+                tracing::warn!(error = %e, %group, "cannot read group members");
+                return reject(
+                    ErrorCode::Unavailable,
+                    "storage is unavailable; retry later".into(),
+                );
+            }
+        };
+        match ctx.sender {
+            Some(sender) if !members.contains(sender) => reject(
+                ErrorCode::Forbidden,
+                format!("{sender} is not a member of group {group}"),
+            ),
+            sender => Decision::Stop(members.into_iter().filter(|m| Some(m) != sender).collect()),
+        }
+    }
+}
+
 /// The result of running the whole chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Routed {
@@ -73,7 +143,7 @@ pub enum Routed {
 
 /// Runs `routes` in order over `msg`.
 pub async fn run_chain(
-    routes: &[std::sync::Arc<dyn Route>],
+    routes: &[Arc<dyn Route>],
     ctx: &RouteContext<'_>,
     msg: &DataMessage,
 ) -> Routed {
@@ -110,7 +180,6 @@ pub async fn run_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     struct Fixed(Decision);
 

@@ -23,7 +23,7 @@
 //!   or once it expires.
 
 use async_trait::async_trait;
-use bachata_proto::{Channel, DeviceId, MessageId};
+use bachata_proto::{Channel, DeviceId, GroupId, MessageId};
 use bytes::Bytes;
 
 /// Position of an entry in its channel's log. Starts at 1.
@@ -176,6 +176,17 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages of `channel` not yet acked by any device and not expired.
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError>;
+
+    /// Adds `member` to `group` (durably). Returns false if it was a member
+    /// already.
+    async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError>;
+
+    /// Removes `member` from `group` (durably). Returns false if it was not
+    /// a member.
+    async fn remove_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError>;
+
+    /// The members of `group`, sorted; empty for an unknown group.
+    async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError>;
 
     /// Pending messages over all channels, for metrics; `None` where that
     /// would be expensive to compute.

@@ -9,7 +9,7 @@ use bachata_core::{
     AckRequest, Acked, DeliveryConfig, Device, Enqueued, Entry, MemoryStore, MessagesCenter,
     Millis, NewMessage, Rejection, Seq, Session, Store, StoreError,
 };
-use bachata_proto::{Channel, DataMessage, DeviceId, ErrorCode, MessageId};
+use bachata_proto::{Channel, DataMessage, DeviceId, ErrorCode, GroupId, MessageId};
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -136,6 +136,15 @@ impl Store for DeadStore {
     async fn expire(&self, _: Millis) -> Result<u64, StoreError> {
         Err(StoreError::Backend("disk on fire".into()))
     }
+    async fn add_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {
+        Err(StoreError::Backend("disk on fire".into()))
+    }
+    async fn remove_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {
+        Err(StoreError::Backend("disk on fire".into()))
+    }
+    async fn members(&self, _: &GroupId) -> Result<Vec<Channel>, StoreError> {
+        Err(StoreError::Backend("disk on fire".into()))
+    }
 }
 
 #[tokio::test]
@@ -159,4 +168,14 @@ async fn a_failing_store_means_unavailable_never_a_100() {
             .await
             .is_err()
     );
+}
+
+#[tokio::test]
+async fn a_failing_store_refuses_group_messages_as_unavailable() {
+    let c = MessagesCenter::builder(Arc::new(DeadStore)).build();
+    let mut m = DataMessage::new("group");
+    m.id = Some(MessageId::new("g1").expect("id"));
+    m.dest = Some("team".into());
+    let err = c.submit(Some(&ch("alice")), m).await.expect_err("refused");
+    assert_eq!(err.code, ErrorCode::Unavailable);
 }

@@ -80,6 +80,14 @@ id_type!(
     false
 );
 id_type!(
+    /// A group of channels (the `dest` of a `"group"` message), 1..=128 bytes
+    /// without control characters.
+    GroupId,
+    "group",
+    128,
+    false
+);
+id_type!(
     /// A device of a channel, 1..=64 bytes without control characters. Each
     /// device acknowledges messages on its own.
     DeviceId,

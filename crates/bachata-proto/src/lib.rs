@@ -17,7 +17,7 @@ mod outbound;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{DataMessage, Inbound, Limits, Rejected, check_depth, parse_frame};
-pub use ids::{Channel, DeviceId, IdError, MessageId};
+pub use ids::{Channel, DeviceId, GroupId, IdError, MessageId};
 pub use outbound::{delivered, pong, ready, received, rejected};
 
 /// Transport message types (integer `type`), as in the seed protocol.

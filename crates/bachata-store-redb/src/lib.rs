@@ -22,6 +22,7 @@
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
 //! - `dedupe`: `(sender, id)` -> dedupe deadline (ms)
+//! - `members`: `(group, channel)` -> `()`
 //! - `channels`: `channel` -> next seq, so seqs never go back even after
 //!   every entry of a channel was removed
 //!
@@ -40,7 +41,7 @@ use bachata_core::memstate::{Change, MemState, Snapshot, StoredEntry};
 use bachata_core::{
     AckRequest, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store, StoreError,
 };
-use bachata_proto::{Channel, MessageId};
+use bachata_proto::{Channel, GroupId, MessageId};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -50,6 +51,7 @@ const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks"
 const DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("devices");
 const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
 const CHANNELS: TableDefinition<&str, u64> = TableDefinition::new("channels");
+const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
 
 /// Most requests folded into one commit.
 pub const MAX_BATCH: usize = 4096;
@@ -85,6 +87,8 @@ enum Op {
     AckSeqs(Channel, Device, Vec<Seq>),
     Touch(Channel, Device, Millis),
     Expire(Millis),
+    AddMember(GroupId, Channel),
+    RemoveMember(GroupId, Channel),
 }
 
 enum Reply {
@@ -92,6 +96,7 @@ enum Reply {
     Acked(Acked),
     Done,
     Expired(u64),
+    Changed(bool),
 }
 
 struct Request {
@@ -180,6 +185,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(DEVICES)?;
     txn.open_table(DEDUPE)?;
     txn.open_table(CHANNELS)?;
+    txn.open_table(MEMBERS)?;
     txn.commit()?;
     Ok(())
 }
@@ -245,6 +251,12 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
         snapshot.dedupe.push((sender.to_owned(), id, until));
         Ok(())
     })?;
+    scan(&txn, MEMBERS, |(group, member), ()| {
+        let group = GroupId::new(group).map_err(corrupt)?;
+        let member = Channel::new(member).map_err(corrupt)?;
+        snapshot.members.push((group, member));
+        Ok(())
+    })?;
     Ok(snapshot)
 }
 
@@ -261,6 +273,10 @@ fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
             Reply::Done
         }
         Op::Expire(now) => Reply::Expired(state.expire(now, changes)),
+        Op::AddMember(group, member) => Reply::Changed(state.add_member(&group, &member, changes)),
+        Op::RemoveMember(group, member) => {
+            Reply::Changed(state.remove_member(&group, &member, changes))
+        }
     }
 }
 
@@ -271,6 +287,7 @@ fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
         let mut acks = txn.open_table(ACKS)?;
         let mut devices = txn.open_table(DEVICES)?;
         let mut dedupe = txn.open_table(DEDUPE)?;
+        let mut members = txn.open_table(MEMBERS)?;
         let mut next_seqs: HashMap<&str, u64> = HashMap::new();
         for change in changes {
             match change {
@@ -312,6 +329,12 @@ fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
                 }
                 Change::DelDedupe { sender, id } => {
                     dedupe.remove((sender.as_str(), id.as_str()))?;
+                }
+                Change::PutMember { group, member } => {
+                    members.insert((group.as_str(), member.as_str()), ())?;
+                }
+                Change::DelMember { group, member } => {
+                    members.remove((group.as_str(), member.as_str()))?;
                 }
             }
         }
@@ -436,6 +459,30 @@ impl Store for RedbStore {
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
         Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
+        match self
+            .call(Op::AddMember(group.clone(), member.clone()))
+            .await?
+        {
+            Reply::Changed(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn remove_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
+        match self
+            .call(Op::RemoveMember(group.clone(), member.clone()))
+            .await?
+        {
+            Reply::Changed(c) => Ok(c),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError> {
+        Ok(self.state.lock().members(group))
     }
 
     fn pending_total(&self) -> Option<u64> {

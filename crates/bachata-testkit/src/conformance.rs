@@ -42,7 +42,7 @@ use std::sync::Arc;
 use bachata_core::{
     AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
 };
-use bachata_proto::{Channel, DeviceId, MessageId};
+use bachata_proto::{Channel, DeviceId, GroupId, MessageId};
 use bytes::Bytes;
 
 /// Makes the stores a check runs against. One value serves one check.
@@ -153,6 +153,8 @@ macro_rules! __store_conformance_checks {
             concurrent_acks_give_one_receipt,
             reopen_keeps_state,
             reopen_never_reuses_seqs,
+            group_membership,
+            reopen_keeps_groups,
         ]);
     };
 }
@@ -1519,4 +1521,99 @@ pub async fn reopen_never_reuses_seqs<B: Backend>(mut backend: B) {
         2,
         "carol continues at 2"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Groups
+// ---------------------------------------------------------------------------
+
+fn group(name: &str) -> GroupId {
+    GroupId::new(name).expect("valid group")
+}
+
+async fn members(s: &Probe, name: &str) -> Vec<Channel> {
+    s.0.members(&group(name))
+        .await
+        .unwrap_or_else(|e| panic!("members of {name} failed: {e}"))
+}
+
+/// Membership: add and remove are idempotent and say whether they changed
+/// anything; members come back sorted; groups are independent.
+pub async fn group_membership<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    assert!(
+        members(&s, "team").await.is_empty(),
+        "unknown group is empty"
+    );
+    for (name, added) in [
+        ("carol", true),
+        ("alice", true),
+        ("bob", true),
+        ("alice", false),
+    ] {
+        assert_eq!(
+            s.0.add_member(&group("team"), &ch(name))
+                .await
+                .expect("add"),
+            added,
+            "add {name}"
+        );
+    }
+    assert_eq!(
+        members(&s, "team").await,
+        [ch("alice"), ch("bob"), ch("carol")]
+    );
+    assert!(
+        s.0.add_member(&group("other"), &ch("dave"))
+            .await
+            .expect("add")
+    );
+    assert!(
+        s.0.remove_member(&group("team"), &ch("bob"))
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !s.0.remove_member(&group("team"), &ch("bob"))
+            .await
+            .expect("remove")
+    );
+    assert!(
+        !s.0.remove_member(&group("nope"), &ch("bob"))
+            .await
+            .expect("remove")
+    );
+    assert_eq!(members(&s, "team").await, [ch("alice"), ch("carol")]);
+    assert_eq!(members(&s, "other").await, [ch("dave")]);
+    for name in ["alice", "carol"] {
+        assert!(
+            s.0.remove_member(&group("team"), &ch(name))
+                .await
+                .expect("remove")
+        );
+    }
+    assert!(members(&s, "team").await.is_empty());
+    assert!(
+        s.0.add_member(&group("team"), &ch("erin"))
+            .await
+            .expect("re-add")
+    );
+    assert_eq!(members(&s, "team").await, [ch("erin")]);
+}
+
+/// Group membership is durable.
+pub async fn reopen_keeps_groups<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    for name in ["alice", "bob", "carol"] {
+        s.0.add_member(&group("team"), &ch(name))
+            .await
+            .expect("add");
+    }
+    s.0.remove_member(&group("team"), &ch("bob"))
+        .await
+        .expect("remove");
+    let Some(s) = reopen(&mut backend, s, "reopen_keeps_groups").await else {
+        return;
+    };
+    assert_eq!(members(&s, "team").await, [ch("alice"), ch("carol")]);
 }
