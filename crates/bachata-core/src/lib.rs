@@ -30,6 +30,6 @@ pub use memory::MemoryStore;
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use store::{
-    AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
-    StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
+    Store, StoreError,
 };

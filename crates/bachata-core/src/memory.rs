@@ -9,7 +9,8 @@ use parking_lot::Mutex;
 
 use crate::memstate::MemState;
 use crate::store::{
-    AckRequest, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store, StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
+    StoreError,
 };
 
 /// See the module docs.
@@ -71,6 +72,10 @@ impl Store for MemoryStore {
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
         Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {
+        Ok(self.state.lock().ack_state(channel, seq))
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

@@ -21,7 +21,7 @@ use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
 
 use crate::store::{
-    AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
 };
 
 /// The key under which a device is stored: its name, or "" for the default
@@ -420,6 +420,14 @@ impl MemState {
 
     pub fn pending_count(&self, channel: &Channel, now: Millis) -> u64 {
         self.channels.get(channel).map_or(0, |c| c.pending_at(now))
+    }
+
+    pub fn ack_state(&self, channel: &Channel, seq: Seq) -> AckState {
+        match self.channels.get(channel).and_then(|c| c.log.get(&seq)) {
+            None => AckState::Gone,
+            Some(e) if e.acked_by.is_empty() => AckState::Pending,
+            Some(_) => AckState::Acked,
+        }
     }
 
     pub fn add_member(

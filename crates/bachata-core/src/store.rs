@@ -120,6 +120,18 @@ pub struct Acked {
     pub receipt: Option<(Channel, Seq)>,
 }
 
+/// Where a message entry stands, for hooks that act on undelivered
+/// messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckState {
+    /// No device of the channel acked it yet.
+    Pending,
+    /// At least one device acked it.
+    Acked,
+    /// Not in the log: acked by every known device, or expired.
+    Gone,
+}
+
 /// Why a store could not do what was asked. Every variant means "nothing was
 /// promised": the caller reports `unavailable` and the client retries.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +188,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Messages of `channel` not yet acked by any device and not expired.
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError>;
+
+    /// Whether any device of `channel` acked the entry at `seq`.
+    async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError>;
 
     /// Adds `member` to `group` (durably). Returns false if it was a member
     /// already.

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bachata_core::{
-    AckRequest, Acked, DeliveryConfig, Device, Enqueued, Entry, MemoryStore, MessagesCenter,
-    Millis, NewMessage, Rejection, Seq, Session, Store, StoreError,
+    AckRequest, AckState, Acked, DeliveryConfig, Device, Enqueued, Entry, MemoryStore,
+    MessagesCenter, Millis, NewMessage, Rejection, Seq, Session, Store, StoreError,
 };
 use bachata_proto::{Channel, DataMessage, DeviceId, ErrorCode, GroupId, MessageId};
 use bytes::Bytes;
@@ -134,6 +134,9 @@ impl Store for DeadStore {
         Err(StoreError::Backend("disk on fire".into()))
     }
     async fn expire(&self, _: Millis) -> Result<u64, StoreError> {
+        Err(StoreError::Backend("disk on fire".into()))
+    }
+    async fn ack_state(&self, _: &Channel, _: Seq) -> Result<AckState, StoreError> {
         Err(StoreError::Backend("disk on fire".into()))
     }
     async fn add_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {

@@ -31,9 +31,22 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub redis_url: Option<String>,
+    /// HS256 secret for JWTs.
     pub jwt_secret: Option<String>,
+    /// PEM file with an RSA or EC public key for RS256 / ES256 JWTs.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Key for the HTTP API (`Authorization: Bearer <key>`).
     pub api_key: Option<String>,
+    /// Key from which each channel's signing secret is derived (spec 6).
     pub sign_key: Option<String>,
+    /// Data messages per second per connection; `None` is no limit.
+    pub rate_limit: Option<u32>,
+    /// Burst above the rate limit; defaults to the rate limit itself.
+    pub rate_burst: Option<u32>,
+    /// URL that gets a POST for each message not acked in time.
+    pub undelivered_webhook: Option<String>,
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub undelivered_after: Duration,
     pub max_frame_bytes: usize,
     /// Deepest JSON nesting accepted in a frame.
     pub max_json_depth: usize,
@@ -62,8 +75,13 @@ impl Default for Config {
             store: StoreKind::Embedded,
             redis_url: None,
             jwt_secret: None,
+            jwt_public_key: None,
             api_key: None,
             sign_key: None,
+            rate_limit: None,
+            rate_burst: None,
+            undelivered_webhook: None,
+            undelivered_after: Duration::from_secs(60),
             max_frame_bytes: 65536,
             max_json_depth: 32,
             queue_limit: 10_000,
@@ -122,18 +140,38 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
-    /// Secret for HS256 JWTs (not yet supported).
+    /// Secret for HS256 JWTs; turns JWT auth on and anonymous channels off.
     #[arg(long, value_name = "SECRET")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
-    /// Key for the HTTP API (not yet supported).
+    /// PEM public key (RSA or EC) for RS256 / ES256 JWTs.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Key for the HTTP API, sent as `Authorization: Bearer <key>`.
     #[arg(long, value_name = "KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
-    /// Key for message signatures (not yet supported).
+    /// Turns message signatures on; channel secrets derive from this key.
     #[arg(long, value_name = "KEY")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sign_key: Option<String>,
+    /// Data messages per second per connection (off by default).
+    #[arg(long, value_name = "PER_SECOND")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<u32>,
+    /// Burst allowed above --rate-limit [default: the rate limit].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_burst: Option<u32>,
+    /// POST here when a message is not acked within --undelivered-after.
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undelivered_webhook: Option<String>,
+    /// How long a message may stay unacked before the webhook [default: 60s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undelivered_after: Option<String>,
     /// Largest accepted frame; larger ones close with 1009 [default: 65536].
     #[arg(long, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -203,6 +241,11 @@ impl Config {
         Ok(config)
     }
 
+    /// True when clients connect with `?channel=` instead of a JWT.
+    pub fn anonymous(&self) -> bool {
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+    }
+
     /// Checks what serde cannot: ranges and combinations.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_owned()));
@@ -227,17 +270,33 @@ impl Config {
         if self.slow_consumer_timeout.is_zero() {
             return invalid("slow_consumer_timeout must be longer than 0s");
         }
-        for (name, set) in [
-            ("--jwt-secret", self.jwt_secret.is_some()),
-            ("--api-key", self.api_key.is_some()),
-            ("--sign-key", self.sign_key.is_some()),
+        for (name, value) in [
+            ("jwt_secret", &self.jwt_secret),
+            ("api_key", &self.api_key),
+            ("sign_key", &self.sign_key),
         ] {
-            if set {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} is not supported by this build yet; JWT auth, the HTTP API and \
-                     signatures come in a later release"
-                )));
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Invalid(format!("{name} must not be empty")));
             }
+        }
+        if self.jwt_secret.is_some() && self.jwt_public_key.is_some() {
+            return invalid(
+                "set either jwt_secret (HS256) or jwt_public_key (RS256/ES256), not both",
+            );
+        }
+        if self.rate_limit == Some(0) || self.rate_burst == Some(0) {
+            return invalid("rate_limit and rate_burst must be at least 1");
+        }
+        if self.rate_burst.is_some() && self.rate_limit.is_none() {
+            return invalid("rate_burst needs rate_limit");
+        }
+        if let Some(url) = &self.undelivered_webhook {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return invalid("undelivered_webhook must be an http:// or https:// URL");
+            }
+        }
+        if self.undelivered_after.is_zero() {
+            return invalid("undelivered_after must be longer than 0s");
         }
         if self.store == StoreKind::Redis {
             return invalid(
@@ -245,8 +304,7 @@ impl Config {
             );
         }
         // Safe default (spec 1): anonymous channels only on loopback.
-        let auth = self.jwt_secret.is_some();
-        if !auth && !self.listen.ip().is_loopback() && !self.insecure {
+        if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
                 "refusing to listen on {} without authentication: anyone could connect as any \
                  channel. Set --jwt-secret, listen on a loopback address such as \

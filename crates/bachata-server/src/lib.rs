@@ -5,9 +5,11 @@
 //! parses the command line and waits for a signal. Tests start servers on
 //! port 0 through the same function.
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod metrics;
+pub mod webhook;
 pub mod ws;
 
 use std::net::SocketAddr;

@@ -39,7 +39,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bachata_core::memstate::{Change, MemState, Snapshot, StoredEntry};
 use bachata_core::{
-    AckRequest, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store, StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
+    StoreError,
 };
 use bachata_proto::{Channel, GroupId, MessageId};
 use parking_lot::Mutex;
@@ -459,6 +460,10 @@ impl Store for RedbStore {
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
         Ok(self.state.lock().pending_count(channel, now))
+    }
+
+    async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {
+        Ok(self.state.lock().ack_state(channel, seq))
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

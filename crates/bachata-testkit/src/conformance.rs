@@ -40,7 +40,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bachata_core::{
-    AckRequest, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
 };
 use bachata_proto::{Channel, DeviceId, GroupId, MessageId};
 use bytes::Bytes;
@@ -155,6 +155,7 @@ macro_rules! __store_conformance_checks {
             reopen_never_reuses_seqs,
             group_membership,
             reopen_keeps_groups,
+            ack_state_per_entry,
         ]);
     };
 }
@@ -1616,4 +1617,24 @@ pub async fn reopen_keeps_groups<B: Backend>(mut backend: B) {
         return;
     };
     assert_eq!(members(&s, "team").await, [ch("alice"), ch("carol")]);
+}
+
+/// `ack_state`: pending until the first ack by any device, then acked, and
+/// gone once removed (every known device acked, or expired).
+pub async fn ack_state_per_entry<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    let (phone, laptop) = (dev("phone"), dev("laptop"));
+    s.touch("bob", &phone, T0).await;
+    s.touch("bob", &laptop, T0).await;
+    let seq = s.stored_one(msg("alice", "m1", &["bob"], T0)).await;
+    let state = |seq| {
+        let store = s.handle();
+        async move { store.ack_state(&ch("bob"), seq).await.expect("ack_state") }
+    };
+    assert_eq!(state(seq).await, AckState::Pending);
+    assert_eq!(state(seq + 100).await, AckState::Gone, "unknown seq");
+    s.ack("bob", &phone, "m1", T0).await;
+    assert_eq!(state(seq).await, AckState::Acked);
+    s.ack("bob", &laptop, "m1", T0).await;
+    assert_eq!(state(seq).await, AckState::Gone, "acked by every device");
 }

@@ -1,0 +1,2 @@
+//! The undelivered-message webhook: a built-in post-process hook.
+//! (Being written: see issue 3.)
