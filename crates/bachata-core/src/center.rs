@@ -97,6 +97,7 @@ pub struct CenterBuilder {
     routes: Vec<Arc<dyn Route>>,
     hooks: Vec<Arc<dyn PostProcess>>,
     config: DeliveryConfig,
+    sign_key: Option<Arc<[u8]>>,
 }
 
 impl CenterBuilder {
@@ -117,6 +118,14 @@ impl CenterBuilder {
         self
     }
 
+    /// Turns signatures on (`spec.md` section 6): every data message from a
+    /// client must carry a `sign` made with its channel's secret, derived
+    /// from this key.
+    pub fn sign_key(mut self, key: Option<&[u8]>) -> Self {
+        self.sign_key = key.map(Arc::from);
+        self
+    }
+
     pub fn build(mut self) -> Arc<MessagesCenter> {
         self.routes
             .push(Arc::new(GroupRoute::new(self.store.clone())));
@@ -128,6 +137,7 @@ impl CenterBuilder {
             hub: Hub::new(),
             config: self.config,
             stats: Stats::default(),
+            sign_key: self.sign_key,
         })
     }
 }
@@ -140,6 +150,7 @@ pub struct MessagesCenter {
     pub(crate) hub: Arc<Hub>,
     pub(crate) config: DeliveryConfig,
     pub(crate) stats: Stats,
+    sign_key: Option<Arc<[u8]>>,
 }
 
 impl std::fmt::Debug for MessagesCenter {
@@ -172,7 +183,15 @@ impl MessagesCenter {
             routes: Vec::new(),
             hooks: Vec::new(),
             config: DeliveryConfig::default(),
+            sign_key: None,
         }
+    }
+
+    /// The signing secret of `channel`, when signatures are on.
+    pub fn channel_secret(&self, channel: &Channel) -> Option<String> {
+        self.sign_key
+            .as_deref()
+            .map(|key| bachata_proto::sign::channel_secret(key, channel.as_str()))
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -213,6 +232,22 @@ impl MessagesCenter {
         sender: Option<&Channel>,
         msg: &mut DataMessage,
     ) -> Result<Accepted, Rejection> {
+        if let Some(sender) = sender {
+            if let Some(secret) = self.channel_secret(sender) {
+                if !bachata_proto::sign::verify(&secret, msg) {
+                    let reason = if msg.sign.is_some() {
+                        "sign does not match the message"
+                    } else {
+                        "sign is missing: signatures are required on this server"
+                    };
+                    return Err(Rejection::new(
+                        msg.id.clone(),
+                        ErrorCode::BadSignature,
+                        reason,
+                    ));
+                }
+            }
+        }
         let now = now_millis();
         msg.from = sender.map(|c| c.as_str().to_owned());
         if msg.time.is_none() {

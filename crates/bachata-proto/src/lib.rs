@@ -14,6 +14,7 @@ mod error;
 mod frame;
 mod ids;
 mod outbound;
+pub mod sign;
 
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{DataMessage, Inbound, Limits, Rejected, check_depth, parse_frame};

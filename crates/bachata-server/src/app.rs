@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 #[derive(Debug)]
 pub struct AppState {
     pub config: Config,
+    /// How WebSocket clients prove who they are.
+    pub auth: crate::auth::Auth,
     pub center: Arc<MessagesCenter>,
     pub metrics: Metrics,
     /// Cancelled on shutdown: connections close with 1001.

@@ -12,16 +12,17 @@ use std::sync::Arc;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bachata_core::{Accepted, Device, Session};
-use bachata_proto::{Channel, DeviceId, Inbound, Limits, parse_frame};
+use bachata_proto::{Channel, DeviceId, ErrorCode, Inbound, Limits, parse_frame};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use crate::app::AppState;
+use crate::auth::Identity;
 
 /// Close codes used by the server.
 pub mod close {
@@ -47,24 +48,18 @@ fn unauthorized(reason: &str) -> Response {
     (StatusCode::UNAUTHORIZED, format!("{reason}\n")).into_response()
 }
 
-/// `GET /messages?channel=<id>[&device=<id>]`: checks who connects before
-/// the upgrade, so a refused client gets a plain HTTP 401 with a reason.
+/// `GET /messages?channel=<id>[&device=<id>]` or `?token=<jwt>`: checks
+/// who connects before the upgrade, so a refused client gets a plain HTTP
+/// 401 with a reason.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
     Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(channel) = query.get("channel") else {
-        return unauthorized("missing ?channel=<id> (anonymous channels are on)");
-    };
-    let channel = match Channel::new(channel) {
-        Ok(c) => c,
-        Err(e) => return unauthorized(&format!("invalid channel: {e}")),
-    };
-    let device: Device = match query.get("device").map(|d| DeviceId::new(d)) {
-        None => None,
-        Some(Ok(d)) => Some(d),
-        Some(Err(e)) => return unauthorized(&format!("invalid device: {e}")),
+    let Identity { channel, device } = match app.auth.identify(&query, &headers) {
+        Ok(identity) => identity,
+        Err(refused) => return unauthorized(&refused.0),
     };
     let max = app.config.max_frame_bytes;
     ws.max_message_size(max)
@@ -84,11 +79,25 @@ enum Closing {
     Close(u16, &'static str),
 }
 
+/// A per-connection token bucket for data messages.
+type RateLimiter = governor::DefaultDirectRateLimiter;
+
 struct Connection {
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     session: Session,
     limits: Limits,
+    rate: Option<RateLimiter>,
+}
+
+fn rate_limiter(per_second: Option<u32>, burst: Option<u32>) -> Option<RateLimiter> {
+    let per_second = std::num::NonZeroU32::new(per_second?)?;
+    let burst = burst
+        .and_then(std::num::NonZeroU32::new)
+        .unwrap_or(per_second);
+    Some(governor::RateLimiter::direct(
+        governor::Quota::per_second(per_second).allow_burst(burst),
+    ))
 }
 
 fn text(payload: Bytes) -> Option<Message> {
@@ -121,14 +130,16 @@ impl Connection {
             limits: Limits {
                 max_depth: app.config.max_json_depth,
             },
+            rate: rate_limiter(app.config.rate_limit, app.config.rate_burst),
             app,
             sink,
             session,
         };
+        let secret = conn.app.center.channel_secret(&channel);
         let ready = bachata_proto::ready(
             channel.as_str(),
             device.as_ref().map(DeviceId::as_str),
-            None,
+            secret.as_deref(),
         );
         let closing = match conn.send(vec![Message::Text(ready.into())]).await {
             Ok(()) => conn.serve(&mut stream).await,
@@ -274,11 +285,18 @@ impl Connection {
                     tracing::warn!(error = %e, "ack failed");
                     Some(bachata_proto::rejected(
                         Some(id.as_str()),
-                        bachata_proto::ErrorCode::Unavailable,
+                        ErrorCode::Unavailable,
                         "storage is unavailable; ack again later",
                     ))
                 }
             },
+            Ok(Inbound::Data(msg)) if self.rate.as_ref().is_some_and(|r| r.check().is_err()) => {
+                Some(bachata_proto::rejected(
+                    msg.id.as_ref().map(|id| id.as_str()),
+                    ErrorCode::RateLimited,
+                    "too many messages; slow down and resend",
+                ))
+            }
             Ok(Inbound::Data(msg)) => {
                 let channel = self.session.channel().clone();
                 match self.app.center.submit(Some(&channel), msg).await {
