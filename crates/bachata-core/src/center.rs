@@ -232,21 +232,20 @@ impl MessagesCenter {
         sender: Option<&Channel>,
         msg: &mut DataMessage,
     ) -> Result<Accepted, Rejection> {
-        if let Some(sender) = sender {
-            if let Some(secret) = self.channel_secret(sender) {
-                if !bachata_proto::sign::verify(&secret, msg) {
-                    let reason = if msg.sign.is_some() {
-                        "sign does not match the message"
-                    } else {
-                        "sign is missing: signatures are required on this server"
-                    };
-                    return Err(Rejection::new(
-                        msg.id.clone(),
-                        ErrorCode::BadSignature,
-                        reason,
-                    ));
-                }
-            }
+        let secret = sender.and_then(|s| self.channel_secret(s));
+        if let Some(secret) = secret
+            && !bachata_proto::sign::verify(&secret, msg)
+        {
+            let reason = if msg.sign.is_some() {
+                "sign does not match the message"
+            } else {
+                "sign is missing: signatures are required on this server"
+            };
+            return Err(Rejection::new(
+                msg.id.clone(),
+                ErrorCode::BadSignature,
+                reason,
+            ));
         }
         let now = now_millis();
         msg.from = sender.map(|c| c.as_str().to_owned());
@@ -362,12 +361,8 @@ impl MessagesCenter {
         self.stats.acked.fetch_add(1, Ordering::Relaxed);
         self.hub.acked(channel, device, seq);
         if let Some((sender, rseq)) = acked.receipt {
-            let entry = crate::store::Entry {
-                seq: rseq,
-                kind: crate::store::EntryKind::Receipt,
-                payload: receipt_payload,
-            };
-            self.hub.entry(&sender, &entry);
+            // Hooks first, so that whoever sees the 300 can rely on them
+            // having run.
             let first = FirstAck {
                 channel: channel.clone(),
                 seq,
@@ -376,6 +371,12 @@ impl MessagesCenter {
             for hook in &self.hooks {
                 hook.first_ack(&first);
             }
+            let entry = crate::store::Entry {
+                seq: rseq,
+                kind: crate::store::EntryKind::Receipt,
+                payload: receipt_payload,
+            };
+            self.hub.entry(&sender, &entry);
         }
         Ok(())
     }

@@ -32,6 +32,8 @@ pub trait PostProcess: Send + Sync + 'static {
     /// After a data message with an id was queued for its destinations.
     fn queued(&self, _msg: &Queued) {}
 
-    /// After the first ack of a message by any device of a destination.
+    /// After the first ack of a message by any device of a destination,
+    /// when that ack queued a 300 (so not for messages by system, which get
+    /// no 300). Runs before the 300 is handed to the sender's connections.
     fn first_ack(&self, _ack: &FirstAck) {}
 }

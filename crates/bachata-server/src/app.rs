@@ -35,6 +35,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .nest("/api", crate::api::router())
+        // A nested router does not see its own root with a trailing slash.
+        .route("/api/", axum::routing::any(crate::api::not_found))
         .with_state(state)
 }
 

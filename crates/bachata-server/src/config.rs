@@ -290,10 +290,16 @@ impl Config {
         if self.rate_burst.is_some() && self.rate_limit.is_none() {
             return invalid("rate_burst needs rate_limit");
         }
-        if let Some(url) = &self.undelivered_webhook {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return invalid("undelivered_webhook must be an http:// or https:// URL");
-            }
+        if let Some(url) = &self.undelivered_webhook
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return invalid("undelivered_webhook must be an http:// or https:// URL");
+        }
+        if self.undelivered_webhook.is_some() && self.undelivered_after >= self.message_ttl {
+            return invalid(
+                "undelivered_after must be shorter than message_ttl: an expired message \
+                 can no longer be reported",
+            );
         }
         if self.undelivered_after.is_zero() {
             return invalid("undelivered_after must be longer than 0s");

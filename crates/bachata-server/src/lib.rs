@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod metrics;
 pub mod webhook;
@@ -16,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bachata_core::{DeliveryConfig, MemoryStore, MessagesCenter, Store};
+use bachata_core::{CenterBuilder, DeliveryConfig, MemoryStore, MessagesCenter, Store};
 use bachata_store_redb::RedbStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Auth(#[from] auth::KeyError),
     #[error("cannot open the embedded store: {0}")]
     Store(#[from] bachata_store_redb::OpenError),
     #[error("cannot listen on {addr}: {source}")]
@@ -100,10 +103,33 @@ fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, Star
 
 /// Starts a server with `config`; returns once it accepts connections.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+    start_with(config, |center| center).await
+}
+
+/// Starts a server whose messages center is customised by `customize`: add
+/// routes (they run before the built-in group and direct routes) and
+/// post-process hooks. This is how a Rust application extends bachata; see
+/// `examples/custom-route`.
+pub async fn start_with(
+    config: Config,
+    customize: impl FnOnce(CenterBuilder) -> CenterBuilder,
+) -> Result<RunningServer, StartError> {
     config.validate()?;
+    let auth = auth::Auth::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+    )?;
     let mut metrics = Metrics::new();
     let store = open_store(&config, &metrics)?;
-    let center = MessagesCenter::builder(store)
+    let mut builder = customize(MessagesCenter::builder(store.clone()));
+    if let Some(url) = &config.undelivered_webhook {
+        builder = builder.hook(
+            webhook::UndeliveredWebhook::new(url, config.undelivered_after, store, &metrics)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        );
+    }
+    let center = builder
+        .sign_key(config.sign_key.as_deref().map(str::as_bytes))
         .config(DeliveryConfig {
             message_ttl: config.message_ttl,
             dedupe_window: config.dedupe_window,
@@ -125,6 +151,7 @@ pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         config,
+        auth,
         center: center.clone(),
         metrics,
         shutdown: shutdown.clone(),

@@ -27,6 +27,10 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     /// Frames refused with a close (1007, 1009).
     pub closed_bad_frames: Counter,
+    /// Undelivered-message webhook POSTs answered with a 2xx.
+    pub webhook_sent: Counter,
+    /// Undelivered-message webhook POSTs given up (see `webhook.rs`).
+    pub webhook_failed: Counter,
 }
 
 #[derive(Debug)]
@@ -116,11 +120,26 @@ impl Metrics {
             "Connections closed with 1007 or 1009 for a bad frame",
             closed_bad_frames.clone(),
         );
+        let webhook_sent = Counter::default();
+        registry.register(
+            "bachata_webhook_sent",
+            "Undelivered-message webhook POSTs answered with a 2xx",
+            webhook_sent.clone(),
+        );
+        let webhook_failed = Counter::default();
+        registry.register(
+            "bachata_webhook_failed",
+            "Undelivered-message webhook POSTs given up: refused (4xx), retries exhausted, \
+             or dropped because the webhook queue was full",
+            webhook_failed.clone(),
+        );
         Metrics {
             registry,
             commit_seconds,
             slow_consumers,
             closed_bad_frames,
+            webhook_sent,
+            webhook_failed,
         }
     }
 
