@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use bachata_testkit::client::TestClient;
+use bachata_testkit::client::{TestClient, refused};
 use common::start_with;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
@@ -34,20 +34,6 @@ fn key_file(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/keys")
         .join(name)
-}
-
-async fn refused(request: impl IntoClientRequest + Unpin) -> (u16, String) {
-    match tokio_tungstenite::connect_async(request).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (resp.status().as_u16(), body)
-        }
-        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
-    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bachata_testkit::client::{Closed, TestClient, url};
+use bachata_testkit::client::{Closed, TestClient, refused, url};
 use bachata_testkit::http;
 use common::{start, start_with};
 use serde_json::json;
@@ -20,33 +20,19 @@ async fn ready_names_channel_and_device() {
     assert_eq!(c.ready, json!({"channel": "ünï cødé/#?"}));
 }
 
-async fn refused(url: &str) -> (u16, String) {
-    match tokio_tungstenite::connect_async(url).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-            let body = resp
-                .body()
-                .as_ref()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .unwrap_or_default();
-            (resp.status().as_u16(), body)
-        }
-        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
-    }
-}
-
 #[tokio::test]
 async fn bad_handshakes_get_401_with_a_reason() {
     let s = start().await;
     let addr = s.addr();
-    let (status, body) = refused(&format!("ws://{addr}/messages")).await;
+    let (status, body) = refused(format!("ws://{addr}/messages")).await;
     assert_eq!(status, 401);
     assert!(body.contains("channel"), "{body}");
-    let (status, body) = refused(&url(addr, &"x".repeat(129), None)).await;
+    let (status, body) = refused(url(addr, &"x".repeat(129), None)).await;
     assert_eq!(status, 401);
     assert!(body.contains("invalid channel"), "{body}");
-    let (status, _) = refused(&url(addr, "a\u{1}b", None)).await;
+    let (status, _) = refused(url(addr, "a\u{1}b", None)).await;
     assert_eq!(status, 401);
-    let (status, body) = refused(&url(addr, "alice", Some(&"d".repeat(65)))).await;
+    let (status, body) = refused(url(addr, "alice", Some(&"d".repeat(65)))).await;
     assert_eq!(status, 401);
     assert!(body.contains("invalid device"), "{body}");
 }

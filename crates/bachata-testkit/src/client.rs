@@ -39,6 +39,27 @@ impl std::fmt::Debug for TestClient {
     }
 }
 
+/// Connects expecting the server to refuse the handshake with an HTTP
+/// status; returns the status and the body. Panics if the upgrade succeeds.
+pub async fn refused(
+    request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> (u16, String) {
+    let attempt = tokio::time::timeout(WAIT, connect_async(request))
+        .await
+        .expect("handshake timed out");
+    match attempt {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            (resp.status().as_u16(), body)
+        }
+        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
 /// The URL of the messages endpoint for `channel` (and `device`).
 pub fn url(addr: SocketAddr, channel: &str, device: Option<&str>) -> String {
     let mut url = format!("ws://{addr}/messages?channel={}", encode(channel));
