@@ -20,7 +20,7 @@ pub enum StoreKind {
     Embedded,
     /// In memory only: lost on exit.
     Memory,
-    /// Redis (planned; not in this build).
+    /// Redis 7 at `--redis-url`, shared by any number of server nodes.
     Redis,
 }
 
@@ -136,7 +136,7 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreKind>,
-    /// Redis URL for `--store redis`.
+    /// Redis URL for `--store redis` (`redis://HOST:PORT[/DB]`).
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
@@ -304,10 +304,8 @@ impl Config {
         if self.undelivered_after.is_zero() {
             return invalid("undelivered_after must be longer than 0s");
         }
-        if self.store == StoreKind::Redis {
-            return invalid(
-                "--store redis is not supported by this build yet; use embedded or memory",
-            );
+        if self.store == StoreKind::Redis && self.redis_url.is_none() {
+            return invalid("--store redis needs --redis-url redis://HOST:PORT");
         }
         // Safe default (spec 1): anonymous channels only on loopback.
         if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {

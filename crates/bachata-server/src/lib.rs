@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use bachata_core::{CenterBuilder, DeliveryConfig, MemoryStore, MessagesCenter, Store};
 use bachata_store_redb::RedbStore;
+use bachata_store_redis::RedisStore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -40,6 +41,8 @@ pub enum StartError {
     Auth(#[from] auth::KeyError),
     #[error("cannot open the embedded store: {0}")]
     Store(#[from] bachata_store_redb::OpenError),
+    #[error("cannot connect to Redis: {0}")]
+    Redis(#[from] bachata_store_redis::RedisStoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -91,13 +94,17 @@ impl RunningServer {
     }
 }
 
-fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
+async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
-        StoreKind::Embedded | StoreKind::Redis => Arc::new(RedbStore::open(
+        StoreKind::Embedded => Arc::new(RedbStore::open(
             &config.data_dir,
             Some(Box::new(metrics.commit_observer())),
         )?),
+        StoreKind::Redis => {
+            let url = config.redis_url.as_deref().unwrap_or_default();
+            Arc::new(RedisStore::connect(url).await?)
+        }
     })
 }
 
@@ -120,7 +127,7 @@ pub async fn start_with(
         config.jwt_public_key.as_deref(),
     )?;
     let mut metrics = Metrics::new();
-    let store = open_store(&config, &metrics)?;
+    let store = open_store(&config, &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
     if let Some(url) = &config.undelivered_webhook {
         builder = builder.hook(

@@ -1,0 +1,17 @@
+-- ack_seqs: marks entries as acked by the device; gone or already acked
+-- seqs are ignored. No receipt is ever appended here.
+-- KEYS: the channel's 8 keys. ARGV: device, then seqs.
+local ch = keys_at(1, '')
+local dev = ARGV[1]
+for i = 2, #ARGV do
+  local s = ARGV[i]
+  local v = redis.call('HGET', ch.ent, s)
+  if v then
+    local e = parse(v, s)
+    local acks = redis.call('HGET', ch.acks, s)
+    if not has_ack(acks, dev) then
+      ack_seq(ch, s, e, dev, acks)
+    end
+  end
+end
+return 0

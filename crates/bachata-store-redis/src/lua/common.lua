@@ -1,0 +1,125 @@
+-- Shared by every script (prepended after the shebang line).
+--
+-- An entry is stored in the channel's `ent` hash under its seq as
+--   "<kind> <expires_at> <sender_len> <id_len>\n" .. sender .. id .. payload
+-- kind "m" is a data message (sender_len 0: sent by the system), "r" a
+-- receipt (both lengths 0). Acks of an entry are in the channel's `acks` hash
+-- under its seq as "\n" .. device for each device that acked, in ack order
+-- (device names have no control characters; "" is the default device).
+--
+-- Times and seqs cross the boundary as decimal strings and are never turned
+-- back into text by Lua (whose number formatting is not exact), except seqs
+-- through string.format('%d').
+
+local function corrupt(what)
+  error({err = 'BACHATA_CORRUPT ' .. what})
+end
+
+local function parse(v, seq)
+  local kind, exp, slen, ilen, pos = string.match(v, '^(%a) (%d+) (%d+) (%d+)\n()')
+  if not kind then corrupt('entry ' .. tostring(seq)) end
+  slen = tonumber(slen)
+  ilen = tonumber(ilen)
+  if #v < pos + slen + ilen - 1 then corrupt('entry ' .. tostring(seq)) end
+  return {
+    kind = kind,
+    exp = tonumber(exp),
+    sender = string.sub(v, pos, pos + slen - 1),
+    id = string.sub(v, pos + slen, pos + slen + ilen - 1),
+  }
+end
+
+local function has_ack(acks, dev)
+  return acks and string.find(acks .. '\n', '\n' .. dev .. '\n', 1, true) ~= nil
+end
+
+local function hex(s)
+  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+end
+
+-- The keys of one channel, named as in the crate docs.
+local function channel_keys(prefix, tag)
+  local p = prefix .. '{' .. tag .. '}:'
+  return {
+    tag = tag,
+    seq = p .. 'seq', log = p .. 'log', exp = p .. 'exp', unacked = p .. 'unacked',
+    ent = p .. 'ent', acks = p .. 'acks', ids = p .. 'ids', devices = p .. 'devices',
+  }
+end
+
+-- Appends an entry; returns its seq (a Lua number).
+local function append(ch, expiring, kind, exp, sender, id, payload)
+  local seq = redis.call('INCR', ch.seq)
+  local s = string.format('%d', seq)
+  local value = kind .. ' ' .. exp .. ' ' .. #sender .. ' ' .. #id .. '\n' .. sender .. id .. payload
+  redis.call('HSET', ch.ent, s, value)
+  redis.call('ZADD', ch.log, s, s)
+  redis.call('ZADD', ch.exp, exp, s)
+  if kind == 'm' then
+    redis.call('ZADD', ch.unacked, exp, s)
+    local list = redis.call('HGET', ch.ids, id)
+    if list then list = list .. ' ' .. s else list = s end
+    redis.call('HSET', ch.ids, id, list)
+  end
+  -- The channel's earliest expiry, kept as a lower bound.
+  redis.call('ZADD', expiring, 'LT', exp, ch.tag)
+  return seq
+end
+
+-- Removes an entry (parsed as `e`) and its index records.
+local function remove(ch, s, e)
+  redis.call('HDEL', ch.ent, s)
+  redis.call('HDEL', ch.acks, s)
+  redis.call('ZREM', ch.log, s)
+  redis.call('ZREM', ch.exp, s)
+  if e.kind == 'm' then
+    redis.call('ZREM', ch.unacked, s)
+    local list = redis.call('HGET', ch.ids, e.id)
+    if list then
+      local rest = {}
+      for x in string.gmatch(list, '%d+') do
+        if x ~= s then rest[#rest + 1] = x end
+      end
+      if #rest == 0 then
+        redis.call('HDEL', ch.ids, e.id)
+      else
+        redis.call('HSET', ch.ids, e.id, table.concat(rest, ' '))
+      end
+    end
+  end
+end
+
+-- Records `dev`'s ack of entry `s` (parsed as `e`), which it has not acked.
+-- Removes the entry once every known device acked it. Returns true when this
+-- was the first ack by any device.
+local function ack_seq(ch, s, e, dev, acks)
+  local first = not acks
+  local now_acks = (acks or '') .. '\n' .. dev
+  if first and e.kind == 'm' then
+    redis.call('ZREM', ch.unacked, s)
+  end
+  local devices = redis.call('HKEYS', ch.devices)
+  local done = #devices > 0
+  for _, d in ipairs(devices) do
+    if not has_ack(now_acks, d) then
+      done = false
+      break
+    end
+  end
+  if done then
+    remove(ch, s, e)
+  else
+    redis.call('HSET', ch.acks, s, now_acks)
+  end
+  return first
+end
+
+-- The keys of a channel passed as KEYS[i .. i + 7], in the order of
+-- `channel_keys`.
+local function keys_at(i, tag)
+  return {
+    tag = tag,
+    seq = KEYS[i], log = KEYS[i + 1], exp = KEYS[i + 2], unacked = KEYS[i + 3],
+    ent = KEYS[i + 4], acks = KEYS[i + 5], ids = KEYS[i + 6], devices = KEYS[i + 7],
+  }
+end

@@ -1,0 +1,26 @@
+-- expire, for one channel: drops up to `batch` entries with
+-- expires_at <= now, then (when none is left) sets the channel's score in the
+-- expiring index to its earliest expiry, or removes it when it has no entry.
+-- KEYS: the channel's 8 keys, then the expiring index.
+-- ARGV: now, the channel's tag, batch.
+local ch = keys_at(1, ARGV[2])
+local batch = tonumber(ARGV[3])
+local due = redis.call('ZRANGE', ch.exp, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, batch)
+local dropped = 0
+for _, s in ipairs(due) do
+  local v = redis.call('HGET', ch.ent, s)
+  if v then
+    remove(ch, s, parse(v, s))
+    dropped = dropped + 1
+  else
+    redis.call('ZREM', ch.exp, s)
+  end
+end
+if #due >= batch then return {dropped, 1} end
+local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
+if #first == 0 then
+  redis.call('ZREM', KEYS[9], ch.tag)
+else
+  redis.call('ZADD', KEYS[9], first[2], ch.tag)
+end
+return {dropped, 0}
