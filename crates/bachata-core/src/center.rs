@@ -8,6 +8,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bachata_proto::{Channel, DataMessage, ErrorCode, MessageId, delivered};
 use bytes::Bytes;
 
+use std::sync::Weak;
+
+use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
 use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
@@ -98,9 +101,18 @@ pub struct CenterBuilder {
     hooks: Vec<Arc<dyn PostProcess>>,
     config: DeliveryConfig,
     sign_key: Option<Arc<[u8]>>,
+    bus: Option<Arc<dyn Bus>>,
 }
 
 impl CenterBuilder {
+    /// Connects this node to the others that share its store. `build` must
+    /// then run inside a tokio runtime: it spawns the task that feeds the
+    /// bus's events to local connections.
+    pub fn bus(mut self, bus: Arc<dyn Bus>) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
     /// Adds a route at the end of the chain (before the built-in group and
     /// direct routes, which are always last, in that order).
     pub fn route(mut self, route: impl Route) -> Self {
@@ -130,11 +142,16 @@ impl CenterBuilder {
         self.routes
             .push(Arc::new(GroupRoute::new(self.store.clone())));
         self.routes.push(Arc::new(DirectRoute));
+        let hub = Hub::new();
+        if let Some(bus) = &self.bus {
+            tokio::spawn(listen_to_bus(bus.subscribe(), Arc::downgrade(&hub)));
+        }
         Arc::new(MessagesCenter {
             store: self.store,
             routes: self.routes,
             hooks: self.hooks,
-            hub: Hub::new(),
+            hub,
+            bus: self.bus,
             config: self.config,
             stats: Stats::default(),
             sign_key: self.sign_key,
@@ -151,6 +168,39 @@ pub struct MessagesCenter {
     pub(crate) config: DeliveryConfig,
     pub(crate) stats: Stats,
     sign_key: Option<Arc<[u8]>>,
+    bus: Option<Arc<dyn Bus>>,
+}
+
+/// Feeds other nodes' events to the local hub until the bus closes or the
+/// hub is gone; resyncs every session every [`RESYNC_EVERY`] too.
+async fn listen_to_bus(mut events: tokio::sync::mpsc::Receiver<BusEvent>, hub: Weak<Hub>) {
+    let mut resync = tokio::time::interval(RESYNC_EVERY);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => return,
+            },
+            _ = resync.tick() => BusEvent::Resync,
+        };
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        match event {
+            BusEvent::Entry { channel, seq } => hub.wake(&channel, seq),
+            BusEvent::Acked {
+                channel,
+                device,
+                seq,
+            } => hub.acked(&channel, &device, seq),
+            BusEvent::Live { channel, payload } => {
+                hub.live(&channel, &payload);
+            }
+            BusEvent::Resync => hub.resync_all(),
+        }
+    }
 }
 
 impl std::fmt::Debug for MessagesCenter {
@@ -184,6 +234,7 @@ impl MessagesCenter {
             hooks: Vec::new(),
             config: DeliveryConfig::default(),
             sign_key: None,
+            bus: None,
         }
     }
 
@@ -271,6 +322,10 @@ impl MessagesCenter {
         let Some(id) = id else {
             for channel in &channels {
                 self.hub.live(channel, &payload);
+                self.publish(BusEvent::Live {
+                    channel: channel.clone(),
+                    payload: payload.clone(),
+                });
             }
             return Ok(Accepted::Live { channels });
         };
@@ -299,6 +354,10 @@ impl MessagesCenter {
                         payload: payload.clone(),
                     };
                     self.hub.entry(channel, &entry);
+                    self.publish(BusEvent::Entry {
+                        channel: channel.clone(),
+                        seq: *seq,
+                    });
                 }
                 if !self.hooks.is_empty() {
                     let queued = Queued {
@@ -360,6 +419,11 @@ impl MessagesCenter {
         };
         self.stats.acked.fetch_add(1, Ordering::Relaxed);
         self.hub.acked(channel, device, seq);
+        self.publish(BusEvent::Acked {
+            channel: channel.clone(),
+            device: device.clone(),
+            seq,
+        });
         if let Some((sender, rseq)) = acked.receipt {
             // Hooks first, so that whoever sees the 300 can rely on them
             // having run.
@@ -377,6 +441,10 @@ impl MessagesCenter {
                 payload: receipt_payload,
             };
             self.hub.entry(&sender, &entry);
+            self.publish(BusEvent::Entry {
+                channel: sender,
+                seq: rseq,
+            });
         }
         Ok(())
     }
@@ -394,6 +462,12 @@ impl MessagesCenter {
             .await?;
         let sub = self.hub.subscribe(&channel, &device);
         Ok(Session::new(self.clone(), channel, device, sub))
+    }
+
+    fn publish(&self, event: BusEvent) {
+        if let Some(bus) = &self.bus {
+            bus.publish(event);
+        }
     }
 
     /// Drops expired entries; call it periodically.

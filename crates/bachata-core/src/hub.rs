@@ -28,6 +28,8 @@ pub enum Event {
     Acked { device: Device, seq: Seq },
     /// A message without id: delivered at most once, live only.
     Live(Bytes),
+    /// Another node appended `seq` to the channel: read the store.
+    Wake(Seq),
 }
 
 #[derive(Debug)]
@@ -125,6 +127,30 @@ impl Hub {
                 }
             },
         );
+    }
+
+    /// Tells every connection of `channel` that the store has entries up to
+    /// `seq` (from another node).
+    pub fn wake(&self, channel: &Channel, seq: Seq) {
+        self.each(
+            channel,
+            |_| true,
+            |sub| {
+                if sub.tx.try_send(Event::Wake(seq)).is_err() {
+                    sub.lagged.store(true, Ordering::Release);
+                }
+            },
+        );
+    }
+
+    /// Makes every connection re-read the store (lost bus events).
+    pub fn resync_all(&self) {
+        let channels = self.channels.read();
+        for sub in channels.values().flatten() {
+            sub.lagged.store(true, Ordering::Release);
+            // An empty wake-up gets an idle session to look at the flag.
+            let _ = sub.tx.try_send(Event::Wake(0));
+        }
     }
 
     /// Sends an id-less message to the live connections of `channel`.

@@ -12,6 +12,7 @@
 //!   and [`memstate`] is the state machine that the embedded store persists.
 //! - [`PostProcess`] hooks run after a message is queued or first acked.
 
+pub mod bus;
 mod center;
 mod hook;
 mod hub;
@@ -21,6 +22,7 @@ mod route;
 mod session;
 mod store;
 
+pub use bus::{Bus, BusEvent};
 pub use center::{
     Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, Rejection, Stats, now_millis,
 };

@@ -182,6 +182,12 @@ impl Session {
                 None
             }
             Event::Live(payload) => Some(payload),
+            Event::Wake(seq) => {
+                if seq > self.cursor {
+                    self.caught_up = false;
+                }
+                None
+            }
         }
     }
 

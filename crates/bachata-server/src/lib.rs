@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bachata_core::{CenterBuilder, DeliveryConfig, MemoryStore, MessagesCenter, Store};
 use bachata_store_redb::RedbStore;
-use bachata_store_redis::RedisStore;
+use bachata_store_redis::{RedisBus, RedisStore};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -129,6 +129,10 @@ pub async fn start_with(
     let mut metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
+    if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
+        // Other nodes share this Redis: hear about their messages.
+        builder = builder.bus(Arc::new(RedisBus::connect(url).await?));
+    }
     if let Some(url) = &config.undelivered_webhook {
         builder = builder.hook(
             webhook::UndeliveredWebhook::new(url, config.undelivered_after, store, &metrics)

@@ -120,8 +120,11 @@
 //! [`StoreError::Backend`] after at most that long and work again once Redis
 //! is back. Malformed data read from Redis is [`StoreError::Corrupt`].
 
+pub mod bus;
 mod codec;
 mod keys;
+
+pub use bus::RedisBus;
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -92,6 +92,24 @@ impl TestClient {
         Self::connect_url(&url(addr, channel, Some(device))).await
     }
 
+    /// Connects to `url`; returns how the server closed the connection if it
+    /// did so instead of sending the ready message (e.g. 1011 while its
+    /// store is unavailable).
+    pub async fn try_connect_url(url: &str) -> Result<TestClient, Closed> {
+        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        let mut client = TestClient {
+            ws,
+            ready: Value::Null,
+        };
+        let ready = client.next().await?;
+        assert_eq!(ready["type"], 1000, "first message must be ready: {ready}");
+        client.ready = ready["data"].clone();
+        Ok(client)
+    }
+
     /// Connects to `url` and waits for the ready message.
     pub async fn connect_url(url: &str) -> TestClient {
         let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))

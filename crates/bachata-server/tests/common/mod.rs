@@ -3,7 +3,12 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::time::Duration;
+
+use bachata_testkit::client::WAIT;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
 
 use bachata_server::{Config, RunningServer, StoreKind};
 
@@ -51,3 +56,45 @@ pub async fn start_embedded() -> TestServer {
 }
 
 pub const SHORT: Duration = Duration::from_millis(300);
+
+/// Starts a real `bachata serve` process on a free loopback port with extra
+/// `args`; returns the process and the address it printed when it began
+/// accepting connections.
+pub async fn spawn_bachata(args: &[String]) -> (Child, std::net::SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("BACHATA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bachata");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("accepting connections") {
+                let addr = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("addr="))
+                    .expect("addr in the log line");
+                return addr.parse().expect("socket address");
+            }
+        }
+        panic!("server exited before accepting connections");
+    })
+    .await
+    .expect("server did not start in time");
+    // Keep draining stderr so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+pub async fn kill9(mut child: Child) {
+    child.start_kill().expect("SIGKILL");
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("killed server exits")
+        .expect("wait");
+}

@@ -1,0 +1,284 @@
+//! [`RedisBus`]: the wake-ups between bachata nodes that share one Redis,
+//! over Redis pub/sub.
+//!
+//! Every node publishes to one pub/sub channel, [`BUS_CHANNEL`], and
+//! subscribes to it; events carry the publishing node's id, so a node skips
+//! its own. Pub/sub is fire-and-forget: a node that is disconnected misses
+//! events. That is fine because the log in Redis stays the truth: after
+//! every (re)subscribe the bus emits [`BusEvent::Resync`], which makes every
+//! local session re-read the store, and the center resyncs periodically too.
+//!
+//! Wire format of one pub/sub message (space separated, names hex-encoded so
+//! they never contain a space; the payload of `L` is the raw rest):
+//! ```text
+//! E <node> <channel-hex> <seq>
+//! A <node> <channel-hex> <device-hex or -> <seq>
+//! L <node> <channel-hex> <payload>
+//! ```
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bachata_core::{Bus, BusEvent, Device};
+use bachata_proto::{Channel, DeviceId};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+
+use crate::RedisStoreError;
+
+/// The pub/sub channel all nodes share.
+pub const BUS_CHANNEL: &str = "bachata:bus";
+
+/// Events queued for publishing; beyond this, events are dropped (the
+/// periodic resync covers them) rather than slowing senders down.
+const OUTGOING: usize = 65_536;
+/// Events from other nodes waiting for the center.
+const INCOMING: usize = 65_536;
+
+/// See the module docs.
+pub struct RedisBus {
+    node: String,
+    outgoing: mpsc::Sender<BusEvent>,
+    incoming: Mutex<Option<mpsc::Receiver<BusEvent>>>,
+}
+
+impl std::fmt::Debug for RedisBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBus")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+fn node_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:08x}", nanos, std::process::id())
+}
+
+impl RedisBus {
+    /// Connects to Redis at `url` and starts publishing and listening. Must
+    /// run inside a tokio runtime; the tasks end when the bus is dropped.
+    pub async fn connect(url: &str) -> Result<RedisBus, RedisStoreError> {
+        let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        let publisher = ConnectionManager::new(client.clone())
+            .await
+            .map_err(|e| RedisStoreError::Connect(e.to_string()))?;
+        let node = node_id();
+        let (outgoing, to_publish) = mpsc::channel(OUTGOING);
+        let (from_others, incoming) = mpsc::channel(INCOMING);
+        tokio::spawn(publish_loop(publisher, node.clone(), to_publish));
+        tokio::spawn(subscribe_loop(client, node.clone(), from_others));
+        Ok(RedisBus {
+            node,
+            outgoing,
+            incoming: Mutex::new(Some(incoming)),
+        })
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish(&self, event: BusEvent) {
+        // Full: drop it; the resync re-reads what it would have announced.
+        let _ = self.outgoing.try_send(event);
+    }
+
+    fn subscribe(&self) -> mpsc::Receiver<BusEvent> {
+        let taken = self.incoming.lock().ok().and_then(|mut r| r.take());
+        taken.unwrap_or_else(|| {
+            // A second subscriber gets a closed channel rather than a panic.
+            mpsc::channel(1).1
+        })
+    }
+}
+
+fn encode(node: &str, event: &BusEvent) -> Option<Vec<u8>> {
+    let text = match event {
+        BusEvent::Entry { channel, seq } => {
+            format!("E {node} {} {seq}", hex::encode(channel.as_str()))
+        }
+        BusEvent::Acked {
+            channel,
+            device,
+            seq,
+        } => format!(
+            "A {node} {} {} {seq}",
+            hex::encode(channel.as_str()),
+            device
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |d| hex::encode(d.as_str()))
+        ),
+        BusEvent::Live { channel, payload } => {
+            let mut out = format!("L {node} {} ", hex::encode(channel.as_str())).into_bytes();
+            out.extend_from_slice(payload);
+            return Some(out);
+        }
+        // A resync is local to each node.
+        BusEvent::Resync => return None,
+    };
+    Some(text.into_bytes())
+}
+
+fn unhex(field: &[u8]) -> Option<String> {
+    String::from_utf8(hex::decode(field).ok()?).ok()
+}
+
+/// Decodes a message; `None` for our own events and anything malformed.
+fn decode(own: &str, bytes: &[u8]) -> Option<BusEvent> {
+    let mut parts = bytes.splitn(4, |b| *b == b' ');
+    let kind = parts.next()?;
+    let node = parts.next()?;
+    if node == own.as_bytes() {
+        return None;
+    }
+    let channel = Channel::new(&unhex(parts.next()?)?).ok()?;
+    let rest = parts.next()?;
+    let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
+    match kind {
+        b"E" => Some(BusEvent::Entry {
+            channel,
+            seq: number(rest)?,
+        }),
+        b"A" => {
+            let (device, seq) = {
+                let mut fields = rest.splitn(2, |b| *b == b' ');
+                (fields.next()?, number(fields.next()?)?)
+            };
+            let device: Device = match device {
+                b"-" => None,
+                hex => Some(DeviceId::new(&unhex(hex)?).ok()?),
+            };
+            Some(BusEvent::Acked {
+                channel,
+                device,
+                seq,
+            })
+        }
+        b"L" => Some(BusEvent::Live {
+            channel,
+            payload: Bytes::copy_from_slice(rest),
+        }),
+        _ => None,
+    }
+}
+
+async fn publish_loop(
+    mut conn: ConnectionManager,
+    node: String,
+    mut events: mpsc::Receiver<BusEvent>,
+) {
+    let mut batch = Vec::new();
+    let mut failing = false;
+    while events.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        for event in batch.drain(..) {
+            if let Some(message) = encode(&node, &event) {
+                pipe.cmd("PUBLISH").arg(BUS_CHANNEL).arg(message).ignore();
+            }
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => failing = false,
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(error = %e, "cannot publish wake-ups to other nodes");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn subscribe_loop(client: redis::Client, node: String, events: mpsc::Sender<BusEvent>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let run = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(BUS_CHANNEL).await?;
+            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+        };
+        let stream = tokio::select! {
+            result = run => result,
+            () = events.closed() => return,
+        };
+        match stream {
+            Ok(mut stream) => {
+                backoff = Duration::from_millis(100);
+                // Whatever was published while we were away is in the store.
+                if events.send(BusEvent::Resync).await.is_err() {
+                    return;
+                }
+                loop {
+                    let message = tokio::select! {
+                        message = stream.next() => message,
+                        () = events.closed() => return,
+                    };
+                    let Some(message) = message else { break };
+                    if let Some(event) = decode(&node, message.get_payload_bytes())
+                        && events.try_send(event).is_err()
+                    {
+                        // Overloaded: drop, and have everyone re-read.
+                        let _ = events.try_send(BusEvent::Resync);
+                    }
+                }
+                tracing::warn!("lost the pub/sub connection to Redis; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis pub/sub"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = events.closed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ch(s: &str) -> Channel {
+        Channel::new(s).expect("channel")
+    }
+
+    #[test]
+    fn events_round_trip_and_own_events_are_skipped() {
+        let events = [
+            BusEvent::Entry {
+                channel: ch("a b{c}"),
+                seq: 42,
+            },
+            BusEvent::Acked {
+                channel: ch("bob"),
+                device: Some(DeviceId::new("my phone").expect("device")),
+                seq: 7,
+            },
+            BusEvent::Acked {
+                channel: ch("bob"),
+                device: None,
+                seq: 8,
+            },
+            BusEvent::Live {
+                channel: ch("bob"),
+                payload: Bytes::from_static(b"{\"type\":\"x y\"}"),
+            },
+        ];
+        for event in events {
+            let bytes = encode("n1", &event).expect("encodable");
+            assert_eq!(decode("n2", &bytes), Some(event.clone()));
+            assert_eq!(decode("n1", &bytes), None, "own event");
+        }
+        assert_eq!(encode("n1", &BusEvent::Resync), None);
+        for junk in [
+            &b""[..],
+            b"E",
+            b"E n2 zz 1",
+            b"E n2 61 x",
+            b"Q n2 61 1",
+            b"A n2 61 1",
+        ] {
+            assert_eq!(decode("n1", junk), None, "{junk:?}");
+        }
+    }
+}
