@@ -203,6 +203,12 @@ pub trait Store: Send + Sync + 'static {
     /// The members of `group`, sorted; empty for an unknown group.
     async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError>;
 
+    /// Whether the backend answers now, for `/healthz`. Stores inside the
+    /// process are always healthy; a networked store pings its server.
+    async fn health(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Pending messages over all channels, for metrics; `None` where that
     /// would be expensive to compute.
     fn pending_total(&self) -> Option<u64> {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use bachata_core::MessagesCenter;
@@ -44,8 +44,16 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// 200 `ok` while the server accepts connections and its store answers;
+/// 503 with the reason while the store (Redis) is unreachable.
+async fn healthz(State(app): State<Arc<AppState>>) -> impl IntoResponse {
+    match app.center.store().health().await {
+        Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: store unavailable ({e})\n"),
+        ),
+    }
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> impl IntoResponse {

@@ -70,7 +70,12 @@ async fn a_redis_outage_is_unavailable_and_recovers() {
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     alice.send_direct("m1", "bob", json!(1)).await;
     alice.expect(100, "m1").await;
+    let (status, _) = bachata_testkit::http::get(s.addr(), "/healthz").await;
+    assert_eq!(status, 200);
     redis.kill();
+    let (status, body) = bachata_testkit::http::get(s.addr(), "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("store unavailable"), "{body}");
     alice.send_direct("m2", "bob", json!(2)).await;
     let v = alice.recv().await;
     assert_eq!(v["type"], 400, "{v}");
@@ -93,4 +98,6 @@ async fn a_redis_outage_is_unavailable_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(stored, "never recovered");
+    let (status, _) = bachata_testkit::http::get(s.addr(), "/healthz").await;
+    assert_eq!(status, 200, "healthy again");
 }

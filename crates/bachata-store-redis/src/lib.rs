@@ -106,10 +106,13 @@
 //! before its first write, so that only happens on data that is already
 //! broken (a key of the wrong type, a malformed entry: `Corrupt`).
 //!
+//! # Cross-node wake-ups
+//! [`RedisBus`] (module [`bus`]) tells the other nodes over Redis pub/sub
+//! that a channel got a new entry, so their live connections read it at
+//! once. Pub/sub may lose messages; the log stays the truth (see the module).
+//!
 //! # Not here yet
-//! Cross-node wake-ups (a message enqueued on one node reaching live
-//! connections on another) need (sharded) pub/sub next to this store; this
-//! crate only keeps the state. `pending_total` is not computed (`None`).
+//! `pending_total` is not computed (`None`).
 //! Redis Cluster (see above). TLS (`rediss://`) needs the redis crate's
 //! `tokio-rustls-comp` feature, not enabled yet.
 //!
@@ -538,6 +541,15 @@ impl Store for RedisStore {
             )
             .await?;
         Ok(())
+    }
+
+    async fn health(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.call("ping", async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
