@@ -1,6 +1,8 @@
 //! `bachata`: the command line. It parses settings and starts things; the
 //! server itself lives in the library.
 
+mod cli;
+
 use anyhow::Context;
 use bachata_server::{Config, ServeArgs};
 use clap::{Parser, Subcommand};
@@ -18,6 +20,10 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(ServeArgs),
+    /// Send one message and wait for its 100 (and 300 with --wait-delivered).
+    Send(cli::SendArgs),
+    /// Print received messages, one JSON object per line, and ack them.
+    Listen(cli::ListenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,11 +38,27 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
             let config = Config::load(&args).context("invalid configuration")?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?
-                .block_on(serve(config))
+            runtime()?.block_on(serve(config))
+        }
+        Command::Send(args) => exit_with(runtime()?.block_on(cli::send(args))),
+        Command::Listen(args) => exit_with(runtime()?.block_on(cli::listen(args))),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+/// Client commands report failures as one line on stderr and an exit code.
+fn exit_with(result: Result<(), cli::Failed>) -> anyhow::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(failed) => {
+            eprintln!("bachata: {}", failed.message);
+            std::process::exit(failed.code);
         }
     }
 }

@@ -1,0 +1,151 @@
+//! `bachata send` and `bachata listen`, as real processes against a real
+//! server.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bachata_testkit::client::WAIT;
+use common::start;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+fn bachata() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bachata"));
+    c.env("BACHATA_LOG", "warn").kill_on_drop(true);
+    c
+}
+
+async fn run(args: &[&str]) -> (i32, String, String) {
+    let out = tokio::time::timeout(WAIT, bachata().args(args).output())
+        .await
+        .expect("command finished in time")
+        .expect("command ran");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn send_and_listen() {
+    let s = start().await;
+    let url = format!("ws://{}", s.addr());
+    let mut listener = bachata()
+        .args(["listen", "--url", &url, "--channel", "bob", "--count", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("listen");
+    let mut lines = BufReader::new(listener.stdout.take().expect("stdout")).lines();
+
+    // Offline first: stored, then printed when bob listens. Wait for bob's
+    // connection by sending and reading the first line.
+    let (code, out, err) = run(&[
+        "send",
+        "--url",
+        &url,
+        "--channel",
+        "alice",
+        "--to",
+        "bob",
+        "--id",
+        "m1",
+        "hi bob",
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("JSON report");
+    assert_eq!(report, serde_json::json!({"id": "m1", "stored": true}));
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("a line in time")
+        .expect("read")
+        .expect("a line");
+    let m: Value = serde_json::from_str(&line).expect("one JSON message per line");
+    assert_eq!(m["id"], "m1");
+    assert_eq!(m["from"], "alice");
+    assert_eq!(m["data"], serde_json::json!({"text": "hi bob"}));
+
+    // --wait-delivered: bob's listener acks, so the 300 comes.
+    let (code, out, err) = run(&[
+        "send",
+        "--url",
+        &url,
+        "--channel",
+        "alice",
+        "--to",
+        "bob",
+        "--json",
+        "--wait-delivered",
+        r#"{"n": 2}"#,
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let report: Value = serde_json::from_str(out.trim()).expect("JSON report");
+    assert_eq!(report["delivered_to"], "bob");
+    let line = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("in time")
+        .expect("read")
+        .expect("line");
+    assert_eq!(
+        serde_json::from_str::<Value>(&line).expect("json")["data"]["n"],
+        2
+    );
+    // --count 2: the listener exits by itself.
+    let status = tokio::time::timeout(WAIT, listener.wait())
+        .await
+        .expect("exits")
+        .expect("wait");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn errors_have_exit_codes() {
+    let s = start().await;
+    let url = format!("ws://{}", s.addr());
+    // 1: refused by the server (a group the sender is not in).
+    let (code, _, err) = run(&["send", "--url", &url, "--group", "nope", "x"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("forbidden"), "{err}");
+    // 2: usage.
+    let (code, _, _) = run(&["send", "--url", &url, "x"]).await;
+    assert_eq!(code, 2);
+    let (code, _, err) = run(&["send", "--url", &url, "--to", "b", "--json", "{not json"]).await;
+    assert_eq!(code, 2, "{err}");
+    // 3: no 300 within the timeout (nobody listens).
+    let (code, _, err) = run(&[
+        "send",
+        "--url",
+        &url,
+        "--to",
+        "offline",
+        "--wait-delivered",
+        "--timeout",
+        "300ms",
+        "x",
+    ])
+    .await;
+    assert_eq!(code, 3, "{err}");
+    // 4: nobody at that address / handshake refused.
+    let (code, _, _) = run(&[
+        "send",
+        "--url",
+        "ws://127.0.0.1:1",
+        "--to",
+        "b",
+        "--timeout",
+        "2s",
+        "x",
+    ])
+    .await;
+    assert_eq!(code, 4);
+    let long = "c".repeat(200);
+    let (code, _, err) = run(&["send", "--url", &url, "--channel", &long, "--to", "b", "x"]).await;
+    assert_eq!(code, 4);
+    assert!(err.contains("401"), "{err}");
+    let _ = Duration::ZERO;
+}
