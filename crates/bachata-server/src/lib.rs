@@ -172,6 +172,14 @@ pub async fn start_with(
     let app = app::router(state.clone());
     let stop = shutdown.clone();
     let task = tokio::spawn(async move {
+        use axum::serve::ListenerExt;
+        // Small frames (100s, 300s) must not wait for Nagle's algorithm: a
+        // 40 ms delayed-ACK stall per receipt otherwise.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "server failed");

@@ -1,0 +1,129 @@
+//! The `null` target: a bare WebSocket relay that reads only `type`, `id`
+//! and `dest`, answers 100 at once, forwards to the destination's
+//! connection, and turns the receiver's 200 into a 300 for the sender. No
+//! storage, no routing, no limits: what this machine can do with WebSockets
+//! and JSON at all, measured in the same run as the server.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+type Peers = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Message>>>>;
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type")]
+    kind: serde_json::Value,
+    #[serde(borrow)]
+    id: Option<&'a str>,
+    #[serde(borrow)]
+    dest: Option<&'a str>,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Serves until the process ends; prints the address to stdout first.
+pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen).await?;
+    println!("listening {}", listener.local_addr()?);
+    let peers: Peers = Arc::default();
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        let _ = tcp.set_nodelay(true);
+        tokio::spawn(connection(tcp, peers.clone()));
+    }
+}
+
+#[allow(clippy::result_large_err)] // reason: tungstenite's handshake callback type, not ours
+async fn connection(tcp: tokio::net::TcpStream, peers: Peers) {
+    let mut channel = String::new();
+    let callback = |req: &Request, resp: Response| {
+        if let Some(q) = req.uri().query() {
+            for pair in q.split('&') {
+                if let Some(v) = pair.strip_prefix("channel=") {
+                    channel = v.to_owned();
+                }
+            }
+        }
+        Ok(resp)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        return;
+    };
+    let (mut sink, mut stream) = ws.split();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    if let Ok(mut p) = peers.lock() {
+        p.insert(channel.clone(), tx.clone());
+    }
+    let _ = tx.send(Message::Text(
+        format!(r#"{{"type":1000,"data":{{"channel":"{channel}"}}}}"#).into(),
+    ));
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if sink.feed(m).await.is_err() {
+                return;
+            }
+            while let Ok(m) = rx.try_recv() {
+                if sink.feed(m).await.is_err() {
+                    return;
+                }
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let Message::Text(text) = msg else { continue };
+        let Ok(head) = serde_json::from_str::<Head>(text.as_str()) else {
+            continue;
+        };
+        let peer = |name: &str| peers.lock().ok().and_then(|p| p.get(name).cloned());
+        match (&head.kind, head.dest) {
+            (serde_json::Value::String(_), Some(dest)) => {
+                if let Some(id) = head.id {
+                    let _ = tx.send(Message::Text(
+                        format!(r#"{{"type":100,"data":"{id}"}}"#).into(),
+                    ));
+                }
+                if let Some(to) = peer(dest) {
+                    // Forward with `from`, so the receiver can address the 300.
+                    let forwarded = format!(
+                        r#"{{"id":"{}","type":"direct","from":"{channel}","dest":"{dest}","data":{}}}"#,
+                        head.id.unwrap_or_default(),
+                        head.data.map_or("null", |d| d.get())
+                    );
+                    let _ = to.send(Message::Text(forwarded.into()));
+                }
+            }
+            (serde_json::Value::Number(n), _) if n.as_i64() == Some(200) => {
+                // The relay keeps no state: the bench's ids name the sender
+                // ("<sender>/<n>").
+                let id = head.id.or(head.data.map(|d| d.get().trim_matches('"')));
+                if let Some(id) = id
+                    && let Some((sender, _)) = id.split_once('/')
+                    && let Some(to) = peer(sender)
+                {
+                    let _ = to.send(Message::Text(
+                        format!(r#"{{"type":300,"data":"{id}","from":"{channel}"}}"#).into(),
+                    ));
+                }
+            }
+            (serde_json::Value::Number(n), _) if n.as_i64() == Some(1001) => {
+                let _ = tx.send(Message::Text(r#"{"type":1002}"#.into()));
+            }
+            _ => {}
+        }
+    }
+    if let Ok(mut p) = peers.lock() {
+        p.remove(&channel);
+    }
+    writer.abort();
+}
