@@ -31,6 +31,9 @@ pub struct AppState {
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/bachata.js", get(bachata_js))
+        .route("/app.js", get(app_js))
+        .route("/app.css", get(app_css))
         .route("/messages", get(crate::ws::upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -42,6 +45,33 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../assets/index.html"))
+}
+
+/// The demo page's assets, embedded in the binary: no CDN, no build step.
+/// `/bachata.js` is the JavaScript client itself (one copy, in `clients/js`).
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
+
+async fn bachata_js() -> impl IntoResponse {
+    static_asset(JAVASCRIPT, include_str!("../../../clients/js/bachata.js"))
+}
+
+async fn app_js() -> impl IntoResponse {
+    static_asset(JAVASCRIPT, include_str!("../assets/app.js"))
+}
+
+async fn app_css() -> impl IntoResponse {
+    static_asset("text/css; charset=utf-8", include_str!("../assets/app.css"))
+}
+
+fn static_asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            // Revalidate on every load: a new server binary brings new assets.
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
 }
 
 /// 200 `ok` while the server accepts connections and its store answers;
