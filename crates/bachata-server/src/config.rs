@@ -136,7 +136,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store: Option<StoreKind>,
-    /// Redis URL for `--store redis` (`redis://HOST:PORT[/DB]`).
+    /// Redis URL for `--store redis`: `redis://HOST:PORT[/DB]`, or
+    /// `redis+cluster://H1:P1,H2:P2` for Redis Cluster.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
@@ -305,7 +306,9 @@ impl Config {
             return invalid("undelivered_after must be longer than 0s");
         }
         if self.store == StoreKind::Redis && self.redis_url.is_none() {
-            return invalid("--store redis needs --redis-url redis://HOST:PORT");
+            return invalid(
+                "--store redis needs --redis-url redis://HOST:PORT (or redis+cluster://H1:P1,H2:P2)",
+            );
         }
         // Safe default (spec 1): anonymous channels only on loopback.
         if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {

@@ -3,8 +3,16 @@
 //!
 //! Every node publishes to one pub/sub channel, [`BUS_CHANNEL`], and
 //! subscribes to it; events carry the publishing node's id, so a node skips
-//! its own. Pub/sub is fire-and-forget: a node that is disconnected misses
-//! events. That is fine because the log in Redis stays the truth: after
+//! its own.
+//!
+//! On a Redis Cluster (a `redis+cluster://` URL), a `PUBLISH` on any node
+//! reaches the subscribers of every node (classic pub/sub is broadcast over
+//! the cluster bus). So a node publishes through its cluster connection and
+//! subscribes on one node at a time: the first seed of the URL, and on every
+//! reconnect the next one, so a dead node is left behind.
+//!
+//! Pub/sub is fire-and-forget: a node that is disconnected misses events.
+//! That is fine because the log in Redis stays the truth: after
 //! every (re)subscribe the bus emits [`BusEvent::Resync`], which makes every
 //! local session re-read the store, and the center resyncs periodically too.
 //!
@@ -17,16 +25,16 @@
 //! ```
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bachata_core::{Bus, BusEvent, Device};
 use bachata_proto::{Channel, DeviceId};
 use bytes::Bytes;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 
-use crate::RedisStoreError;
+use crate::conn::{Conn, cluster_seeds};
+use crate::{RedisStoreError, RedisStoreOptions, connect_conn, node_id};
 
 /// The pub/sub channel all nodes share.
 pub const BUS_CHANNEL: &str = "bachata:bus";
@@ -52,26 +60,25 @@ impl std::fmt::Debug for RedisBus {
     }
 }
 
-fn node_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:08x}", nanos, std::process::id())
-}
-
 impl RedisBus {
-    /// Connects to Redis at `url` and starts publishing and listening. Must
-    /// run inside a tokio runtime; the tasks end when the bus is dropped.
+    /// Connects to Redis at `url` (`redis://...` or `redis+cluster://...`,
+    /// as for [`RedisStore::connect`](crate::RedisStore::connect)) and starts
+    /// publishing and listening. Must run inside a tokio runtime; the tasks
+    /// end when the bus is dropped.
     pub async fn connect(url: &str) -> Result<RedisBus, RedisStoreError> {
-        let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(e.to_string()))?;
-        let publisher = ConnectionManager::new(client.clone())
-            .await
-            .map_err(|e| RedisStoreError::Connect(e.to_string()))?;
+        // Where to subscribe: the server, or each seed of a cluster in turn.
+        let seeds = cluster_seeds(url)?.unwrap_or_else(|| vec![url.to_owned()]);
+        let subscribers = seeds
+            .iter()
+            .map(|seed| redis::Client::open(seed.as_str()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedisStoreError::Url(e.to_string()))?;
+        let publisher = connect_conn(url, &RedisStoreOptions::default()).await?;
         let node = node_id();
         let (outgoing, to_publish) = mpsc::channel(OUTGOING);
         let (from_others, incoming) = mpsc::channel(INCOMING);
         tokio::spawn(publish_loop(publisher, node.clone(), to_publish));
-        tokio::spawn(subscribe_loop(client, node.clone(), from_others));
+        tokio::spawn(subscribe_loop(subscribers, node.clone(), from_others));
         Ok(RedisBus {
             node,
             outgoing,
@@ -165,11 +172,7 @@ fn decode(own: &str, bytes: &[u8]) -> Option<BusEvent> {
     }
 }
 
-async fn publish_loop(
-    mut conn: ConnectionManager,
-    node: String,
-    mut events: mpsc::Receiver<BusEvent>,
-) {
+async fn publish_loop(mut conn: Conn, node: String, mut events: mpsc::Receiver<BusEvent>) {
     let mut batch = Vec::new();
     let mut failing = false;
     while events.recv_many(&mut batch, 512).await > 0 {
@@ -190,9 +193,14 @@ async fn publish_loop(
     }
 }
 
-async fn subscribe_loop(client: redis::Client, node: String, events: mpsc::Sender<BusEvent>) {
+/// Subscribes through `clients[0]`; after a failure or a lost connection,
+/// through the next one (round robin), with a backoff.
+async fn subscribe_loop(clients: Vec<redis::Client>, node: String, events: mpsc::Sender<BusEvent>) {
     let mut backoff = Duration::from_millis(100);
+    let mut next = 0;
     loop {
+        let client = &clients[next % clients.len()];
+        next += 1;
         let run = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(BUS_CHANNEL).await?;

@@ -13,8 +13,30 @@ use bachata_proto::{Channel, GroupId, MessageId};
 pub(crate) const PREFIX: &str = "bachata:";
 
 /// The global index of channels with entries, scored by (a lower bound of)
-/// their earliest expiry.
+/// their earliest expiry (standalone Redis).
 pub(crate) const EXPIRING: &str = "bachata:expiring";
+
+/// Shards of the expiry index in Redis Cluster mode.
+pub(crate) const EXPIRING_SHARDS: u32 = 16;
+
+/// The shard of the expiry index (Redis Cluster mode) that holds a channel:
+/// `bachata:expiring:{<n>}`, `n` the FNV-1a hash of the channel's tag modulo
+/// [`EXPIRING_SHARDS`]. Every node must agree on it: never change the hash.
+pub(crate) fn expiring_shard(tag: &str) -> String {
+    let hash = tag.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    shard_key(hash % EXPIRING_SHARDS)
+}
+
+/// Every shard of the expiry index (Redis Cluster mode).
+pub(crate) fn expiring_shards() -> impl Iterator<Item = String> {
+    (0..EXPIRING_SHARDS).map(shard_key)
+}
+
+fn shard_key(n: u32) -> String {
+    format!("{EXPIRING}:{{{n}}}")
+}
 
 /// The tag of a channel: its name as lowercase hex (never empty).
 pub(crate) fn tag(channel: &Channel) -> String {
@@ -34,6 +56,9 @@ pub(crate) struct ChannelKeys {
     pub acks: String,
     pub ids: String,
     pub devices: String,
+    /// Reservations of queue room by enqueues in progress (Redis Cluster
+    /// mode); not among [`ChannelKeys::all`].
+    pub resv: String,
 }
 
 impl ChannelKeys {
@@ -52,6 +77,7 @@ impl ChannelKeys {
             acks: format!("{p}acks"),
             ids: format!("{p}ids"),
             devices: format!("{p}devices"),
+            resv: format!("{p}resv"),
             tag,
         }
     }
@@ -91,6 +117,29 @@ pub(crate) fn dedupe(sender: Option<&Channel>, id: &MessageId) -> Vec<u8> {
     key
 }
 
+/// The marker of a message in one destination's log (Redis Cluster mode):
+/// `bachata:{<dest tag>}:got:<hex sender, or - for the system>:<id>`. Holds
+/// `"<dedupe_until> <seq> <attempt>"`, so that a retried enqueue finds the
+/// message it appended before its dedupe record was written.
+pub(crate) fn got(dest: &ChannelKeys, sender: Option<&Channel>, id: &MessageId) -> Vec<u8> {
+    let sender = sender.map_or_else(|| "-".to_owned(), |s| hex::encode(s.as_str()));
+    let mut key = format!("{PREFIX}{{{}}}:got:{sender}:", dest.tag).into_bytes();
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+/// The marker of a receipt appended to the sender's log for the entry `seq`
+/// of `receiver` (Redis Cluster mode):
+/// `bachata:{<sender tag>}:rcpt:<hex receiver>:<seq>`, holding the receipt's
+/// seq, so that a retried append returns the same receipt.
+pub(crate) fn receipt_marker(sender: &ChannelKeys, receiver: &Channel, seq: u64) -> String {
+    format!(
+        "{PREFIX}{{{}}}:rcpt:{}:{seq}",
+        sender.tag,
+        hex::encode(receiver.as_str())
+    )
+}
+
 /// The device's field in `devices` and in ack lists: its name, "" for the
 /// default device.
 pub(crate) fn device(device: &Device) -> &str {
@@ -122,6 +171,34 @@ mod tests {
         assert_eq!(keys.seq, "bachata:{617d627b633a64}:seq");
         let sender = dedupe(Some(&ch), &MessageId::new("x}{").expect("id"));
         assert_eq!(hash_tag(&sender), b"617d627b633a64");
+    }
+
+    #[test]
+    fn cluster_keys_of_a_channel_share_its_tag() {
+        let ch = Channel::new("a}b{c:d").expect("channel");
+        let keys = ChannelKeys::new(&ch);
+        let id = MessageId::new("x}{").expect("id");
+        let alice = Channel::new("alice").expect("channel");
+        assert_eq!(hash_tag(keys.resv.as_bytes()), b"617d627b633a64");
+        assert_eq!(hash_tag(&got(&keys, Some(&alice), &id)), b"617d627b633a64");
+        assert_eq!(
+            got(&keys, None, &id),
+            b"bachata:{617d627b633a64}:got:-:x}{".to_vec()
+        );
+        let marker = receipt_marker(&keys, &alice, 7);
+        assert_eq!(marker, "bachata:{617d627b633a64}:rcpt:616c696365:7");
+    }
+
+    #[test]
+    fn expiry_shards_are_stable() {
+        let shards: Vec<String> = expiring_shards().collect();
+        assert_eq!(shards.len(), 16);
+        assert_eq!(shards[0], "bachata:expiring:{0}");
+        // FNV-1a("626f62") = 0x237287ad (the tag of "bob").
+        assert_eq!(expiring_shard("626f62"), "bachata:expiring:{13}");
+        for tag in ["", "61", "626f62", "ffff"] {
+            assert!(shards.contains(&expiring_shard(tag)), "{tag}");
+        }
     }
 
     #[test]

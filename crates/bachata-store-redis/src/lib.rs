@@ -1,5 +1,12 @@
-//! Bachata's scale-out store on Redis 7 (standalone): any number of bachata
-//! nodes share one Redis and so one delivery state.
+//! Bachata's scale-out store on Redis 7, standalone or Redis Cluster: any
+//! number of bachata nodes share one Redis (or one cluster) and so one
+//! delivery state.
+//!
+//! [`RedisStore::connect`] takes `redis://host:port` for standalone Redis and
+//! `redis+cluster://host:port[,host:port...]` (seed nodes) for Redis Cluster.
+//! This section and the next describe standalone Redis; the cluster mode
+//! keeps every rule but splits the operations that span channels into
+//! single-slot steps: see [Redis Cluster](#redis-cluster).
 //!
 //! # How it works
 //! Every operation of the [`Store`] trait is one Lua script (sent with
@@ -42,7 +49,18 @@
 //! | `bachata:g:{<hex group>}:members` | set | member channel names |
 //! | `bachata:d:{<hex sender>}:<id>` | string | dedupe deadline (ms) of a sender's id, with a `PX` expiry |
 //! | `bachata:d:{-<hex id>}:<id>` | string | the same for messages by the system (spread by id) |
-//! | `bachata:expiring` | zset | channel tag → score ≤ its earliest `expires_at` (global) |
+//! | `bachata:expiring` | zset | channel tag → score ≤ its earliest `expires_at` (global; standalone only) |
+//!
+//! Redis Cluster mode adds (see [Redis Cluster](#redis-cluster)):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `bachata:expiring:{<n>}` | zset | replaces `bachata:expiring`: 16 shards, `n` = FNV-1a of the channel tag mod 16 |
+//! | `bachata:{<tag>}:resv` | zset | attempt → deadline: queue room reserved by group enqueues in progress (lives seconds) |
+//! | `bachata:{<tag>}:got:<hex sender or ->:<id>` | string | `"<dedupe_until> <seq> <attempt>"`: this message is in this log (for retries; 60 s once committed) |
+//! | `bachata:{<sender tag>}:rcpt:<hex receiver>:<seq>` | string | the seq of the receipt for that entry (for retries; 60 s) |
+//!
+//! and its dedupe records hold `"<dedupe_until> <attempt>"`.
 //!
 //! Redis deletes a collection when its last element goes, so an idle channel
 //! leaves only its `seq` key and its `devices` hash.
@@ -57,14 +75,89 @@
 //! sets the exact earliest expiry again, or removes the channel when its log
 //! is empty.
 //!
-//! # Redis Cluster (later)
-//! The keys are ready for it: each channel, group and sender lives on one
-//! slot. The scripts are not: `enqueue` touches every destination and the
-//! sender's dedupe record in one script, `ack` derives the receipt's sender
-//! keys inside the script, and `expire` updates the global index from each
-//! channel's script. Standalone Redis allows all of that; a cluster will need
-//! per-slot scripts (e.g. reserve then commit per destination, with the
-//! dedupe record as the commit point) and a sharded expiry index.
+//! # Redis Cluster
+//! `redis+cluster://[user:password@]host:port[,host:port...]` names seed
+//! nodes (the rest of the cluster is found from them); the connection is the
+//! redis crate's cluster connection, which routes each command or script by
+//! its keys' slot, follows `MOVED`/`ASK` and reconnects by itself. Redis
+//! Cluster runs a script only when all its keys are on one slot, so every
+//! script here touches one channel, or one sender, or one index shard.
+//! Single-channel operations (`read`, `ack_seqs`, `touch_device`,
+//! `pending_count`, `ack_state`, groups) are the same scripts and commands as
+//! on standalone Redis. The others:
+//!
+//! **`enqueue`**, in steps, each atomic on its slot, the per-destination ones
+//! concurrent:
+//! 1. `GET` the sender's dedupe record: live → `Duplicate`. Meanwhile every
+//!    destination goes into its expiry index shard (`ZADD LT`, first, so a
+//!    crash after the append leaves nothing unindexed).
+//! 2. With several destinations: in each, reserve room for this attempt
+//!    (`resv`, counted with the unacked messages against the limit, lapsing
+//!    after 60 s), or find the message there already (`have`, below). One
+//!    `full` cancels the other reservations and answers `QueueFull`: nothing
+//!    was appended.
+//! 3. In each destination, append the message and write its marker (`got`),
+//!    unless a marker says it is there already (then its seq is returned
+//!    again). A single destination checks the queue limit here; with a
+//!    reservation the append never refuses, so a group message is never
+//!    stored half way for want of room.
+//! 4. Write the dedupe record (the commit point; if another attempt's record
+//!    is live by now, the answer is `Duplicate`), index the destinations
+//!    again (see `expire`), and cut the markers' lives to 60 s.
+//!
+//! A crash (of the bachata node, or of the connection) between steps leaves
+//! the message in some destinations and no dedupe record; the client got no
+//! 100 and sends again, and the markers make that retry append nothing twice
+//! and return the same seqs: the markers live for the whole dedupe window
+//! until the commit. Each step can also run twice (the cluster connection
+//! resends a command whose connection dropped) with the same outcome.
+//!
+//! **`ack`**: the ack script on the channel's slot records the ack (exactly
+//! as standalone) and, on the first ack of a message with a sender, returns
+//! the sender; a second script appends the receipt to the sender's log,
+//! once per acked entry (its marker `rcpt` makes a retry return the same
+//! seq; it is retried up to three times).
+//!
+//! **`expire`** visits the due channels of each of the 16 index shards. An
+//! append cannot update the shard in its own script, so the index is kept
+//! outside it: appends index before and after appending (`ZADD LT`), and
+//! `expire`, after setting a channel's score (or removing it), re-reads the
+//! channel's seq counter and indexes it again if an append ran meanwhile.
+//!
+//! **`health`** asks every master of the slot map for `CLUSTER INFO` and
+//! wants `cluster_state:ok` from each.
+//!
+//! What is weaker than on standalone Redis:
+//! - An enqueue is not atomic across destinations for readers: a device of
+//!   one destination can read a group message before it is in the other
+//!   destinations' logs.
+//! - A crash between steps 3 and 4 leaves a message that got no 100 in some
+//!   destinations; it is delivered there although the sender may never
+//!   resend it (on standalone Redis it would be stored nowhere).
+//! - The queue limit is exact for single destinations; for group messages,
+//!   a reservation that outlives a crashed attempt holds a place for up to
+//!   60 s, and clocks more than 60 s apart between nodes make reservations
+//!   lapse early (the limit can then be passed by concurrent senders).
+//! - Two concurrent sends of one message (same sender and id) store it once
+//!   and answer one `Stored` and one `Duplicate`; but if they name different
+//!   destinations, the loser's extra destinations keep it.
+//! - A crash between the two steps of `ack` loses that 300 (the ack is
+//!   recorded; a resent 200 matches nothing). A receipt is never appended
+//!   twice. If the receipt cannot be appended within its three tries, `ack`
+//!   still succeeds (the ack stands), without a receipt, and logs a warning.
+//! - A crash between an append and the index update after it, with an
+//!   `expire` sweep of that channel running in between, can leave the
+//!   channel out of the index until its next append (its expired entries are
+//!   invisible but take memory until then).
+//! - Memory: a marker per destination while a send is in progress (and for
+//!   the dedupe window after a crash before the commit); about 3 more round
+//!   trips per enqueue (4 with several destinations), 3 more per first ack.
+//! - Redis Cluster replicates asynchronously: a failover loses the writes
+//!   the replica had not received, as on standalone Redis with a replica.
+//!
+//! The bus ([`RedisBus`]) on a cluster publishes through the cluster
+//! connection and subscribes on one node (the seeds in turn on reconnect):
+//! classic pub/sub reaches the subscribers of every node.
 //!
 //! # Memory per message (rough)
 //! Per destination, a data message costs its payload plus the sender and id
@@ -113,25 +206,30 @@
 //!
 //! # Not here yet
 //! `pending_total` is not computed (`None`).
-//! Redis Cluster (see above). TLS (`rediss://`) needs the redis crate's
-//! `tokio-rustls-comp` feature, not enabled yet.
+//! TLS (`rediss://`) needs the redis crate's `tokio-rustls-comp` feature, not
+//! enabled yet.
 //!
 //! # Errors and outages
-//! The connection is a [`ConnectionManager`], which reconnects by itself.
-//! Each call is bounded by [`RedisStoreOptions::call_timeout`] and by the
-//! connection and response timeouts: with Redis down, calls fail with
-//! [`StoreError::Backend`] after at most that long and work again once Redis
-//! is back. Malformed data read from Redis is [`StoreError::Corrupt`].
+//! The connection is a [`ConnectionManager`] (standalone) or the redis
+//! crate's cluster connection, both of which reconnect by themselves. Each
+//! call is bounded by [`RedisStoreOptions::call_timeout`] and by the
+//! connection and response timeouts: with Redis (or the master of a slot)
+//! down, calls fail with [`StoreError::Backend`] after at most that long and
+//! work again once it is back. Malformed data read from Redis is
+//! [`StoreError::Corrupt`].
 
 pub mod bus;
 mod codec;
+mod conn;
 mod keys;
 
 pub use bus::RedisBus;
+pub use conn::CLUSTER_SCHEME;
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bachata_core::{
@@ -140,8 +238,10 @@ use bachata_core::{
 };
 use bachata_proto::{Channel, GroupId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Script, Value};
 
+use conn::Conn;
 use keys::{ChannelKeys, EXPIRING, PREFIX};
 
 /// Added to the dedupe record's `PX` expiry, so that nodes whose clocks run
@@ -153,7 +253,10 @@ const EXPIRE_CHANNELS: usize = 256;
 /// Entries one `expire` script drops at most, so no script runs long.
 const EXPIRE_BATCH: usize = 1000;
 
-/// Connection settings.
+/// Connection settings. On a cluster they apply to each node's connection;
+/// `reconnect_retries` and `max_reconnect_delay` bound the cluster
+/// connection's retries of a command (after `MOVED`, a lost connection, a
+/// cluster that is down).
 #[derive(Debug, Clone)]
 pub struct RedisStoreOptions {
     /// Bound on one TCP connect (and handshake) attempt.
@@ -209,6 +312,8 @@ macro_rules! script {
     };
 }
 
+mod cluster;
+
 #[derive(Debug)]
 struct Scripts {
     enqueue: Script,
@@ -216,6 +321,7 @@ struct Scripts {
     ack: Script,
     ack_seqs: Script,
     expire: Script,
+    cluster: cluster::Scripts,
 }
 
 impl Scripts {
@@ -226,23 +332,32 @@ impl Scripts {
             ack: script!("ack.lua"),
             ack_seqs: script!("ack_seqs.lua"),
             expire: script!("expire.lua"),
+            cluster: cluster::Scripts::new(),
         }
     }
 }
 
-/// The [`Store`] on Redis 7. See the crate docs. Cheap to share behind an
-/// `Arc`; every call goes over one multiplexed connection.
+/// The [`Store`] on Redis 7, standalone or Redis Cluster. See the crate
+/// docs. Cheap to share behind an `Arc`; every call goes over one
+/// multiplexed connection (per cluster node).
 #[derive(Debug)]
 pub struct RedisStore {
-    conn: ConnectionManager,
+    conn: Conn,
     scripts: Scripts,
     options: RedisStoreOptions,
+    /// Names this store's enqueue attempts (cluster mode), with `attempts`.
+    node: String,
+    attempts: AtomicU64,
 }
 
 impl RedisStore {
-    /// Connects to `url` (`redis://[user:password@]host:port[/db]`) with the
-    /// default [`RedisStoreOptions`], and checks that the server is Redis 7
-    /// or newer.
+    /// Connects to `url` with the default [`RedisStoreOptions`], and checks
+    /// that the server (every master of a cluster) is Redis 7 or newer.
+    ///
+    /// - `redis://[user:password@]host:port[/db]`: standalone Redis;
+    /// - `redis+cluster://[user:password@]host:port[,host:port...]`: Redis
+    ///   Cluster, given by one or more seed nodes (the rest of the cluster is
+    ///   discovered from them); see "Redis Cluster" in the crate docs.
     pub async fn connect(url: &str) -> Result<RedisStore, RedisStoreError> {
         Self::connect_with(url, RedisStoreOptions::default()).await
     }
@@ -251,35 +366,27 @@ impl RedisStore {
         url: &str,
         options: RedisStoreOptions,
     ) -> Result<RedisStore, RedisStoreError> {
-        let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(short(&e)))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(options.connection_timeout))
-            .set_response_timeout(Some(options.response_timeout))
-            .set_number_of_retries(options.reconnect_retries)
-            .set_max_delay(options.max_reconnect_delay);
-        let connect = ConnectionManager::new_with_config(client, config);
-        let conn = match tokio::time::timeout(options.call_timeout, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return Err(RedisStoreError::Connect(short(&e))),
-            Err(_) => {
-                return Err(RedisStoreError::Connect(format!(
-                    "timed out after {:?}",
-                    options.call_timeout
-                )));
-            }
-        };
+        let conn = connect_conn(url, &options).await?;
         let store = RedisStore {
             conn,
             scripts: Scripts::new(),
             options,
+            node: node_id(),
+            attempts: AtomicU64::new(0),
         };
         store.check_version().await?;
         Ok(store)
     }
 
+    /// Whether this store is on a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
     async fn check_version(&self) -> Result<(), RedisStoreError> {
         let mut conn = self.conn.clone();
-        let info: String = self
+        // On a cluster, INFO goes to every master: one reply per node.
+        let info: Value = self
             .call("INFO", async move {
                 redis::cmd("INFO")
                     .arg("server")
@@ -288,18 +395,30 @@ impl RedisStore {
             })
             .await
             .map_err(|e| RedisStoreError::Connect(e.to_string()))?;
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .map(str::trim)
-            .unwrap_or("unknown");
-        let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
-        match major {
-            Some(m) if m >= 7 => Ok(()),
-            _ => Err(RedisStoreError::Unsupported(format!(
-                "redis_version {version}, need 7 or newer"
-            ))),
+        let texts = info_texts(info);
+        if texts.is_empty() {
+            return Err(RedisStoreError::Unsupported("no INFO reply".into()));
         }
+        for info in texts {
+            let version = info
+                .lines()
+                .find_map(|l| l.strip_prefix("redis_version:"))
+                .map(str::trim)
+                .unwrap_or("unknown");
+            let major: Option<u32> = version.split('.').next().and_then(|m| m.parse().ok());
+            if !matches!(major, Some(m) if m >= 7) {
+                return Err(RedisStoreError::Unsupported(format!(
+                    "redis_version {version}, need 7 or newer"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// A name for one enqueue attempt, unique across nodes and time.
+    fn attempt_token(&self) -> String {
+        let n = self.attempts.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n:x}", self.node)
     }
 
     /// Runs one call against Redis within the call timeout, mapping errors.
@@ -345,6 +464,86 @@ impl RedisStore {
     }
 }
 
+/// Opens the connection `url` asks for: a Redis Cluster for
+/// `redis+cluster://`, else standalone Redis.
+pub(crate) async fn connect_conn(
+    url: &str,
+    options: &RedisStoreOptions,
+) -> Result<Conn, RedisStoreError> {
+    let connect = async {
+        if let Some(seeds) = conn::cluster_seeds(url)? {
+            let client = ClusterClientBuilder::new(seeds)
+                .connection_timeout(options.connection_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(u32::try_from(options.reconnect_retries).unwrap_or(u32::MAX))
+                .max_retry_wait(
+                    u64::try_from(options.max_reconnect_delay.as_millis()).unwrap_or(u64::MAX),
+                )
+                .build()
+                .map_err(|e| RedisStoreError::Url(short(&e)))?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
+            Ok(Conn::Cluster(conn))
+        } else {
+            let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(short(&e)))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connection_timeout))
+                .set_response_timeout(Some(options.response_timeout))
+                .set_number_of_retries(options.reconnect_retries)
+                .set_max_delay(options.max_reconnect_delay);
+            let conn = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
+            Ok(Conn::Standalone(conn))
+        }
+    };
+    match tokio::time::timeout(options.call_timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisStoreError::Connect(format!(
+            "timed out after {:?}",
+            options.call_timeout
+        ))),
+    }
+}
+
+/// The text of an `INFO` reply: one per node on a cluster.
+fn info_texts(value: Value) -> Vec<String> {
+    match value {
+        Value::BulkString(b) => vec![String::from_utf8_lossy(&b).into_owned()],
+        Value::VerbatimString { text, .. } | Value::SimpleString(text) => vec![text],
+        Value::Map(pairs) => pairs.into_iter().flat_map(|(_, v)| info_texts(v)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Names this process's store or bus among bachata nodes.
+pub(crate) fn node_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:08x}", nanos, std::process::id())
+}
+
+/// The `PX` of a dedupe record: the window plus [`DEDUPE_GRACE_MS`], or 0
+/// when the message opens no window (no record is written).
+fn dedupe_px(msg: &NewMessage) -> u64 {
+    match msg.dedupe_until.saturating_sub(msg.now) {
+        0 => 0,
+        window => window.saturating_add(DEDUPE_GRACE_MS),
+    }
+}
+
+/// A channel tag read from the expiry index.
+fn due_tag(value: Value) -> Result<String, StoreError> {
+    let raw = codec::bytes(value, "expire")?;
+    String::from_utf8(raw)
+        .ok()
+        .filter(|t| !t.is_empty() && hex::decode(t).is_ok())
+        .ok_or_else(|| StoreError::Corrupt("redis expire: bad channel tag".into()))
+}
+
 /// A short, single-line description of a Redis error.
 fn short(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string().replace(['\r', '\n'], " ");
@@ -366,11 +565,11 @@ fn map_error(what: &str, e: &RedisError) -> StoreError {
 #[async_trait]
 impl Store for RedisStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
+        if self.is_cluster() {
+            return self.enqueue_cluster(msg).await;
+        }
         let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
-        let px = match msg.dedupe_until.saturating_sub(msg.now) {
-            0 => 0,
-            window => window.saturating_add(DEDUPE_GRACE_MS),
-        };
+        let px = dedupe_px(&msg);
         let mut inv = self.scripts.enqueue.prepare_invoke();
         inv.key(keys::dedupe(msg.sender.as_ref(), &msg.id))
             .key(EXPIRING);
@@ -465,6 +664,9 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError> {
+        if self.is_cluster() {
+            return self.ack_cluster(ack).await;
+        }
         let keys = ChannelKeys::new(&ack.channel);
         let mut inv = self.scripts.ack.prepare_invoke();
         for key in keys.all() {
@@ -544,6 +746,9 @@ impl Store for RedisStore {
     }
 
     async fn health(&self) -> Result<(), StoreError> {
+        if let Some(cluster) = self.conn.cluster() {
+            return self.health_cluster(cluster).await;
+        }
         let mut conn = self.conn.clone();
         self.call("ping", async move {
             redis::cmd("PING").query_async::<String>(&mut conn).await
@@ -633,6 +838,9 @@ impl Store for RedisStore {
     }
 
     async fn expire(&self, now: Millis) -> Result<u64, StoreError> {
+        if self.is_cluster() {
+            return self.expire_cluster(now).await;
+        }
         let mut dropped = 0;
         // A channel leaves the due range once visited (its score becomes its
         // next expiry, or it is removed); one re-added meanwhile with an
@@ -653,11 +861,7 @@ impl Store for RedisStore {
                 .await?;
             let mut fresh = Vec::new();
             for tag in codec::array(reply, "expire")? {
-                let raw = codec::bytes(tag, "expire")?;
-                let tag = String::from_utf8(raw)
-                    .ok()
-                    .filter(|t| !t.is_empty() && hex::decode(t).is_ok())
-                    .ok_or_else(|| StoreError::Corrupt("redis expire: bad channel tag".into()))?;
+                let tag = due_tag(tag)?;
                 if visited.insert(tag.clone()) {
                     fresh.push(tag);
                 }

@@ -1,5 +1,6 @@
 //! Random operation sequences run against the reference `MemoryStore` and
-//! against `RedisStore` side by side: every answer must be the same.
+//! against `RedisStore` (on standalone Redis, and on a Redis Cluster) side by
+//! side: every answer must be the same.
 //! Deterministic (a fixed xorshift seed per case), so a failure names its
 //! case and step and reproduces.
 
@@ -7,6 +8,7 @@ use bachata_core::{AckRequest, Enqueued, MemoryStore, NewMessage, Store};
 use bachata_proto::{Channel, DeviceId, MessageId};
 use bachata_store_redis::RedisStore;
 use bachata_testkit::redis::RedisServer;
+use bachata_testkit::redis_cluster::RedisCluster;
 use bytes::Bytes;
 
 const T0: u64 = 1_700_000_000_000;
@@ -53,16 +55,35 @@ async fn redis_store_answers_like_the_memory_store() {
         .get_multiplexed_async_connection()
         .await
         .expect("raw connection");
-    // How often each interesting outcome happened, so the test cannot pass
-    // by never reaching it.
-    let (mut stored, mut dups, mut full, mut acks, mut receipts, mut dropped) =
-        (0u64, 0, 0, 0, 0, 0);
-    for case in 0..CASES {
+    let flush = async move || {
         let _: () = redis::cmd("FLUSHALL")
             .query_async(&mut raw)
             .await
             .expect("FLUSHALL");
-        let redis = RedisStore::connect(&server.url()).await.expect("connect");
+    };
+    differential(&server.url(), CASES, flush).await;
+}
+
+/// The same on a 3-master Redis Cluster, where enqueue, ack and expire are
+/// several single-slot steps (fewer cases: more round trips per step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_answers_like_the_memory_store() {
+    let cluster = RedisCluster::lease(3);
+    let url = cluster.url();
+    let flush = async || cluster.flush_all();
+    differential(&url, CASES / 2, flush).await;
+}
+
+/// Runs `cases` random cases against the store at `url` and a
+/// `MemoryStore`, calling `flush` to empty Redis before each.
+async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
+    // How often each interesting outcome happened, so the test cannot pass
+    // by never reaching it.
+    let (mut stored, mut dups, mut full, mut acks, mut receipts, mut dropped) =
+        (0u64, 0, 0, 0, 0, 0);
+    for case in 0..cases {
+        flush().await;
+        let redis = RedisStore::connect(url).await.expect("connect");
         let memory = MemoryStore::new();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (case + 1).wrapping_mul(0x1000_0001));
         let mut now = T0;

@@ -7,3 +7,4 @@ pub mod client;
 pub mod conformance;
 pub mod http;
 pub mod redis;
+pub mod redis_cluster;

@@ -12,6 +12,8 @@
 //! [`kill`](RedisServer::kill) and [`restart`](RedisServer::restart) the
 //! server on the same port and directory to see what survived.
 //!
+//! For a Redis Cluster, see [`redis_cluster`](crate::redis_cluster).
+//!
 //! The binary is `redis-server` from `PATH`, or the path in the environment
 //! variable `BACHATA_REDIS_SERVER`. Tests need no Redis client for this: the
 //! readiness check sends the inline `INFO server` command over a plain
@@ -55,28 +57,29 @@ impl RedisServer {
     /// the defaults (e.g. `["--appendonly", "yes", "--appendfsync",
     /// "always"]`).
     pub fn start_with_args(args: &[&str]) -> RedisServer {
-        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-        let dir = new_dir();
         let mut last_failure = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: dir.clone(),
-                args: args.clone(),
-            };
-            match server.spawn_and_wait() {
-                Ok(()) => return server,
-                Err(failure) => {
-                    // Keep the directory for the next attempt.
-                    server.dir = PathBuf::new();
-                    last_failure = failure;
-                }
+            match Self::try_start_with_args(args) {
+                Ok(server) => return server,
+                Err(failure) => last_failure = failure,
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
         panic!("redis-server did not start after {PORT_ATTEMPTS} attempts: {last_failure}");
+    }
+
+    /// One attempt of [`RedisServer::start_with_args`] on one fresh port (in
+    /// a fresh directory, removed again on failure): the error has the
+    /// server's log. For launchers that choose more ports than the one of
+    /// the server (a cluster's bus port) and retry with new ones.
+    pub(crate) fn try_start_with_args(args: &[&str]) -> Result<RedisServer, String> {
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: new_dir(),
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        // On failure `server` is dropped, which removes its directory.
+        server.spawn_and_wait().map(|()| server)
     }
 
     /// `redis://127.0.0.1:<port>/`.
@@ -202,7 +205,7 @@ impl Drop for RedisServer {
 }
 
 /// A port that was free a moment ago (bound to port 0, then released).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

@@ -47,7 +47,9 @@ local function channel_keys(prefix, tag)
   }
 end
 
--- Appends an entry; returns its seq (a Lua number).
+-- Appends an entry; returns its seq (a Lua number). `expiring` is the
+-- global expiry index (standalone), nil in cluster mode (the caller indexes
+-- the channel in its shard).
 local function append(ch, expiring, kind, exp, sender, id, payload)
   local seq = redis.call('INCR', ch.seq)
   local s = string.format('%d', seq)
@@ -62,7 +64,9 @@ local function append(ch, expiring, kind, exp, sender, id, payload)
     redis.call('HSET', ch.ids, id, list)
   end
   -- The channel's earliest expiry, kept as a lower bound.
-  redis.call('ZADD', expiring, 'LT', exp, ch.tag)
+  if expiring then
+    redis.call('ZADD', expiring, 'LT', exp, ch.tag)
+  end
   return seq
 end
 
@@ -112,6 +116,43 @@ local function ack_seq(ch, s, e, dev, acks)
     redis.call('HSET', ch.acks, s, now_acks)
   end
   return first
+end
+
+-- Drops up to `batch` entries with expires_at <= now (a string). Returns
+-- how many were dropped and whether `batch` were due (there may be more).
+local function drop_expired(ch, now, batch)
+  local due = redis.call('ZRANGE', ch.exp, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+  local dropped = 0
+  for _, s in ipairs(due) do
+    local v = redis.call('HGET', ch.ent, s)
+    if v then
+      remove(ch, s, parse(v, s))
+      dropped = dropped + 1
+    else
+      redis.call('ZREM', ch.exp, s)
+    end
+  end
+  return dropped, #due >= batch
+end
+
+-- Cluster mode: the marker of a message in one destination's log is
+-- "<dedupe_until> <seq> <attempt token>". It stands for the message while
+-- its dedupe window lasts, and always for the attempt that wrote it.
+-- Returns the seq (a string) when it stands, else nil.
+local function marker_seq(m, now, token)
+  if not m then return nil end
+  local u, s, t = string.match(m, '^(%d+) (%d+) (.*)$')
+  if not u then corrupt('marker') end
+  if tonumber(u) > now or t == token then return s end
+  return nil
+end
+
+-- Cluster mode: what counts against a channel's queue limit: the messages no
+-- device acked and the live reservations of enqueues in progress (dropping
+-- the stale ones). `now` is a string.
+local function queued(unacked, resv, now)
+  redis.call('ZREMRANGEBYSCORE', resv, '-inf', now)
+  return redis.call('ZCOUNT', unacked, '(' .. now, '+inf') + redis.call('ZCARD', resv)
 end
 
 -- The keys of a channel passed as KEYS[i .. i + 7], in the order of

@@ -5,18 +5,8 @@
 -- ARGV: now, the channel's tag, batch.
 local ch = keys_at(1, ARGV[2])
 local batch = tonumber(ARGV[3])
-local due = redis.call('ZRANGE', ch.exp, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, batch)
-local dropped = 0
-for _, s in ipairs(due) do
-  local v = redis.call('HGET', ch.ent, s)
-  if v then
-    remove(ch, s, parse(v, s))
-    dropped = dropped + 1
-  else
-    redis.call('ZREM', ch.exp, s)
-  end
-end
-if #due >= batch then return {dropped, 1} end
+local dropped, more = drop_expired(ch, ARGV[1], batch)
+if more then return {dropped, 1} end
 local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
 if #first == 0 then
   redis.call('ZREM', KEYS[9], ch.tag)

@@ -1,0 +1,570 @@
+//! Redis Cluster mode: the operations whose keys span slots (`enqueue`,
+//! `ack` with a receipt, `expire`) as a sequence of single-slot scripts and
+//! commands. See "Redis Cluster" in the crate docs for the design and what
+//! it guarantees; every other operation touches one channel (one slot) and
+//! runs the same script or command in both modes.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::Duration;
+
+use bachata_core::{AckRequest, Acked, Enqueued, Millis, NewMessage, Seq, StoreError};
+use bachata_proto::Channel;
+use futures_util::future::{join, join_all, try_join, try_join_all};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+use redis::{Script, Value};
+
+use crate::keys::{self, ChannelKeys};
+use crate::{EXPIRE_BATCH, EXPIRE_CHANNELS, RedisStore, codec, dedupe_px, due_tag};
+
+/// How long a reservation of queue room lasts (from the request's `now`),
+/// and the least time the marker of an appended message or receipt lives:
+/// an attempt that takes longer may lose its reservation (the append then
+/// goes ahead anyway) and its re-sent commands their idempotence.
+pub(crate) const ATTEMPT_MS: u64 = 60_000;
+
+/// Tries at appending a receipt (step 2 of `ack`) before it is given up.
+const RECEIPT_TRIES: u32 = 3;
+
+/// The cluster mode's own scripts (see `lua/cluster_*.lua`).
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    reserve: Script,
+    append: Script,
+    commit: Script,
+    ack: Script,
+    receipt: Script,
+    expire: Script,
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Scripts {
+            reserve: script!("cluster_reserve.lua"),
+            append: script!("cluster_append.lua"),
+            commit: script!("cluster_commit.lua"),
+            ack: script!("cluster_ack.lua"),
+            receipt: script!("cluster_receipt.lua"),
+            expire: script!("cluster_expire.lua"),
+        }
+    }
+}
+
+/// A status string in a script's reply.
+fn status(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+/// Whether a dedupe record (`"<dedupe_until>[ <attempt>]"`) is live at `now`.
+fn record_live(record: &[u8], now: Millis) -> Result<bool, StoreError> {
+    std::str::from_utf8(record)
+        .ok()
+        .and_then(|r| r.split(' ').next())
+        .and_then(|u| u.parse::<Millis>().ok())
+        .map(|until| until > now)
+        .ok_or_else(|| StoreError::Corrupt("redis enqueue: bad dedupe record".into()))
+}
+
+impl RedisStore {
+    /// `enqueue` on a cluster, in four steps, each on one slot (steps 2 and
+    /// 3 once per destination, concurrently):
+    ///
+    /// 1. the dedupe record (sender's slot); meanwhile every destination goes
+    ///    into its expiry index shard;
+    /// 2. with several destinations, a reservation of queue room in each (or
+    ///    `have`: the message is there already); one refusal cancels them all
+    ///    and answers `QueueFull`;
+    /// 3. the append to each destination, unless its marker says that this
+    ///    message is there already (then its seq is returned again);
+    /// 4. the dedupe record (the commit point); meanwhile the destinations
+    ///    go into their index shards again (see `expire_channel_cluster`);
+    ///    then the markers' lives are cut to [`ATTEMPT_MS`].
+    pub(crate) async fn enqueue_cluster(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
+        let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
+        let tags: Vec<&str> = dests.iter().map(|d| d.tag.as_str()).collect();
+        let px = dedupe_px(&msg);
+        let token = self.attempt_token();
+        let record = keys::dedupe(msg.sender.as_ref(), &msg.id);
+        let markers: Vec<Vec<u8>> = dests
+            .iter()
+            .map(|d| keys::got(d, msg.sender.as_ref(), &msg.id))
+            .collect();
+
+        // 1. Dedupe (even a message that opens no window of its own is a
+        //    duplicate within an earlier one's); index first, so that a
+        //    crash after the append leaves no entry out of the index.
+        let check = async {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(&record);
+            let mut conn = self.conn.clone();
+            self.call("enqueue", async move {
+                cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
+            })
+            .await
+        };
+        let (found, ()) = try_join(check, self.index(&tags, msg.expires_at)).await?;
+        if let Some(found) = found
+            && record_live(&found, msg.now)?
+        {
+            return Ok(Enqueued::Duplicate);
+        }
+
+        // 2. Reserve room in every destination before appending to any.
+        let reserved = dests.len() > 1;
+        if reserved {
+            let deadline = msg.now.saturating_add(ATTEMPT_MS);
+            let replies = try_join_all(dests.iter().zip(&markers).map(|(dest, marker)| {
+                let mut inv = self.scripts.cluster.reserve.prepare_invoke();
+                inv.key(&dest.unacked)
+                    .key(&dest.resv)
+                    .key(marker.as_slice())
+                    .arg(msg.now)
+                    .arg(msg.queue_limit)
+                    .arg(&token)
+                    .arg(deadline);
+                let mut conn = self.conn.clone();
+                self.call("enqueue", async move {
+                    inv.invoke_async::<String>(&mut conn).await
+                })
+            }))
+            .await?;
+            if let Some(bad) = replies
+                .iter()
+                .find(|r| !matches!(r.as_str(), "ok" | "have" | "full"))
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "redis enqueue: bad reservation reply {bad:?}"
+                )));
+            }
+            if let Some(full) = replies.iter().position(|r| r == "full") {
+                // Best effort: a reservation left behind lapses by itself.
+                let releases =
+                    dests
+                        .iter()
+                        .zip(&replies)
+                        .filter(|(_, r)| *r == "ok")
+                        .map(|(dest, _)| {
+                            let mut cmd = redis::cmd("ZREM");
+                            cmd.arg(&dest.resv).arg(&token);
+                            let mut conn = self.conn.clone();
+                            self.call("enqueue", async move {
+                                cmd.query_async::<Value>(&mut conn).await
+                            })
+                        });
+                join_all(releases).await;
+                return Ok(Enqueued::QueueFull(msg.destinations[full].clone()));
+            }
+        }
+
+        // 3. Append (idempotent: the marker names this attempt and, for the
+        //    dedupe window, the message).
+        let marker_px = px.max(ATTEMPT_MS);
+        let sender = msg.sender.as_ref().map_or("", |s| s.as_str());
+        let replies = try_join_all(dests.iter().zip(&markers).map(|(dest, marker)| {
+            let mut inv = self.scripts.cluster.append.prepare_invoke();
+            for key in dest.all() {
+                inv.key(key);
+            }
+            inv.key(&dest.resv)
+                .key(marker.as_slice())
+                .arg(msg.now)
+                .arg(msg.expires_at)
+                .arg(msg.dedupe_until)
+                .arg(marker_px)
+                .arg(if reserved { "1" } else { "0" })
+                .arg(msg.queue_limit)
+                .arg(&token)
+                .arg(sender)
+                .arg(msg.id.as_str())
+                .arg(msg.payload.as_ref());
+            let mut conn = self.conn.clone();
+            self.call("enqueue", async move {
+                inv.invoke_async::<Value>(&mut conn).await
+            })
+        }))
+        .await?;
+        let mut seqs = Vec::with_capacity(replies.len());
+        for (i, reply) in replies.into_iter().enumerate() {
+            let reply = codec::array(reply, "enqueue")?;
+            match reply.as_slice() {
+                [ok, seq] if status(ok) == Some(b"ok") => seqs.push(codec::seq(seq, "enqueue")?),
+                // Only without a reservation: a single destination.
+                [full] if !reserved && status(full) == Some(b"full") => {
+                    return Ok(Enqueued::QueueFull(msg.destinations[i].clone()));
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(
+                        "redis enqueue: bad append reply".into(),
+                    ));
+                }
+            }
+        }
+
+        // 4. Commit.
+        let commit = async {
+            if px == 0 {
+                return Ok(true);
+            }
+            let mut inv = self.scripts.cluster.commit.prepare_invoke();
+            inv.key(&record)
+                .arg(msg.now)
+                .arg(msg.dedupe_until)
+                .arg(px)
+                .arg(&token);
+            let mut conn = self.conn.clone();
+            let reply: String = self
+                .call("enqueue", async move { inv.invoke_async(&mut conn).await })
+                .await?;
+            match reply.as_str() {
+                "ok" => Ok(true),
+                "dup" => Ok(false),
+                _ => Err(StoreError::Corrupt(
+                    "redis enqueue: bad commit reply".into(),
+                )),
+            }
+        };
+        let (committed, indexed) = join(commit, self.index(&tags, msg.expires_at)).await;
+        if let Err(e) = indexed {
+            // The index already has the channels from step 1 (unless an
+            // expire sweep raced with this enqueue and a crash follows).
+            tracing::warn!(error = %e, "enqueue: cannot index the destinations again");
+        }
+        if !committed? {
+            // A concurrent send of the same message committed first; the
+            // markers made this one reuse its entries.
+            return Ok(Enqueued::Duplicate);
+        }
+        if px > 0 {
+            // From now on the dedupe record answers resends; the markers
+            // only have to outlast sends of this message already in
+            // progress. Best effort: a marker left as it is lapses with
+            // the window.
+            let shorten = markers.iter().map(|marker| {
+                let mut cmd = redis::cmd("PEXPIRE");
+                cmd.arg(marker.as_slice()).arg(ATTEMPT_MS);
+                let mut conn = self.conn.clone();
+                self.call("enqueue", async move {
+                    cmd.query_async::<Value>(&mut conn).await
+                })
+            });
+            if let Err(e) = try_join_all(shorten).await {
+                tracing::warn!(error = %e, "enqueue: cannot shorten the markers' lives");
+            }
+        }
+        Ok(Enqueued::Stored(
+            msg.destinations.into_iter().zip(seqs).collect(),
+        ))
+    }
+
+    /// Puts channels into their expiry index shards with score at most
+    /// `expires_at` (`ZADD LT`: a lower bound of their earliest expiry), one
+    /// command per shard.
+    async fn index(&self, tags: &[&str], expires_at: Millis) -> Result<(), StoreError> {
+        let mut shards: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+        for tag in tags {
+            shards
+                .entry(keys::expiring_shard(tag))
+                .or_default()
+                .push(tag);
+        }
+        try_join_all(shards.into_iter().map(|(shard, tags)| {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(shard).arg("LT");
+            for tag in tags {
+                cmd.arg(expires_at).arg(tag);
+            }
+            let mut conn = self.conn.clone();
+            self.call(
+                "index",
+                async move { cmd.query_async::<Value>(&mut conn).await },
+            )
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// `ack` on a cluster: the ack script on the channel's slot, then (on
+    /// the first ack of a message with a sender) the receipt on the sender's
+    /// slot. If the receipt cannot be appended, the ack still stands: it is
+    /// logged and reported without a receipt.
+    pub(crate) async fn ack_cluster(&self, ack: AckRequest) -> Result<Acked, StoreError> {
+        let keys = ChannelKeys::new(&ack.channel);
+        let mut inv = self.scripts.cluster.ack.prepare_invoke();
+        for key in keys.all() {
+            inv.key(key);
+        }
+        inv.arg(keys::device(&ack.device))
+            .arg(ack.id.as_str())
+            .arg(ack.now);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call("ack", async move { inv.invoke_async(&mut conn).await })
+            .await?;
+        let reply = codec::array(reply, "ack")?;
+        let (seq, sender) = match reply.as_slice() {
+            [found] if codec::int(found, "ack")? == 0 => return Ok(Acked::default()),
+            [_, seq] => (codec::seq(seq, "ack")?, None),
+            [_, seq, sender] => (
+                codec::seq(seq, "ack")?,
+                Some(codec::channel(sender.clone(), "ack sender")?),
+            ),
+            _ => return Err(StoreError::Corrupt("redis ack: bad reply".into())),
+        };
+        let Some(sender) = sender else {
+            return Ok(Acked {
+                seq: Some(seq),
+                receipt: None,
+            });
+        };
+        let receipt = match self.append_receipt(&ack, seq, &sender).await {
+            Ok(rseq) => Some((sender, rseq)),
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    channel = %ack.channel,
+                    seq,
+                    "ack recorded, but its receipt is lost"
+                );
+                None
+            }
+        };
+        Ok(Acked {
+            seq: Some(seq),
+            receipt,
+        })
+    }
+
+    /// Appends the receipt for entry `seq` of the acking channel to the
+    /// sender's log, retrying a little (the receipt's marker makes a retry
+    /// return the first append's seq); indexes the sender's channel before
+    /// and after, as an enqueue does.
+    async fn append_receipt(
+        &self,
+        ack: &AckRequest,
+        seq: Seq,
+        sender: &Channel,
+    ) -> Result<Seq, StoreError> {
+        let keys = ChannelKeys::new(sender);
+        let marker = keys::receipt_marker(&keys, &ack.channel, seq);
+        let tags = [keys.tag.as_str()];
+        self.index(&tags, ack.receipt_expires_at).await?;
+        let mut tries = 0;
+        let rseq = loop {
+            tries += 1;
+            let mut inv = self.scripts.cluster.receipt.prepare_invoke();
+            for key in keys.all() {
+                inv.key(key);
+            }
+            inv.key(&marker)
+                .arg(ack.receipt.as_ref())
+                .arg(ack.receipt_expires_at)
+                .arg(ATTEMPT_MS);
+            let mut conn = self.conn.clone();
+            let reply = self
+                .call("ack receipt", async move {
+                    inv.invoke_async::<Value>(&mut conn).await
+                })
+                .await;
+            match reply {
+                Ok(reply) => break codec::seq(&reply, "ack receipt")?,
+                Err(e) if tries >= RECEIPT_TRIES => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await,
+            }
+        };
+        if let Err(e) = self.index(&tags, ack.receipt_expires_at).await {
+            tracing::warn!(error = %e, "ack: cannot index the receipt's channel again");
+        }
+        Ok(rseq)
+    }
+
+    /// `health` on a cluster: every master of the slot map (as one master
+    /// sees it) answers and says `cluster_state:ok`. (A plain `PING` to all
+    /// masters would skip the masters the client has no connection to.)
+    pub(crate) async fn health_cluster(&self, conn: ClusterConnection) -> Result<(), StoreError> {
+        let mut c = conn.clone();
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SLOTS");
+        let slots: Value = self
+            .call("health", async move {
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::RandomPrimary),
+                )
+                .await
+            })
+            .await?;
+        let mut masters = BTreeSet::new();
+        for range in codec::array(slots, "health")? {
+            let range = codec::array(range, "health")?;
+            let master = range
+                .get(2)
+                .cloned()
+                .map(|m| codec::array(m, "health"))
+                .transpose()?
+                .unwrap_or_default();
+            let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
+                return Err(StoreError::Corrupt(
+                    "redis health: bad CLUSTER SLOTS".into(),
+                ));
+            };
+            let host = String::from_utf8(codec::bytes(host.clone(), "health")?)
+                .map_err(|_| StoreError::Corrupt("redis health: bad host".into()))?;
+            let port = u16::try_from(codec::int(port, "health")?)
+                .map_err(|_| StoreError::Corrupt("redis health: bad port".into()))?;
+            masters.insert((host, port));
+        }
+        if masters.is_empty() {
+            return Err(StoreError::Backend(
+                "redis health: no slot is served".into(),
+            ));
+        }
+        try_join_all(masters.into_iter().map(|(host, port)| {
+            let mut c = conn.clone();
+            let mut cmd = redis::cmd("CLUSTER");
+            cmd.arg("INFO");
+            let addr = format!("{host}:{port}");
+            let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress { host, port });
+            async move {
+                let info = self
+                    .call("health", async move { c.route_command(cmd, routing).await })
+                    .await?;
+                let info = codec::bytes(info, "health")
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())?;
+                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    Ok(())
+                } else {
+                    Err(StoreError::Backend(format!(
+                        "redis health: {addr} says the cluster is down"
+                    )))
+                }
+            }
+        }))
+        .await?;
+        Ok(())
+    }
+
+    /// `expire` on a cluster: visits the due channels of every index shard.
+    pub(crate) async fn expire_cluster(&self, now: Millis) -> Result<u64, StoreError> {
+        let mut dropped = 0;
+        for shard in keys::expiring_shards() {
+            // As in standalone mode: each due channel once per sweep.
+            let mut visited = HashSet::new();
+            loop {
+                let mut cmd = redis::cmd("ZRANGE");
+                cmd.arg(&shard)
+                    .arg("-inf")
+                    .arg(now)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(EXPIRE_CHANNELS);
+                let mut conn = self.conn.clone();
+                let reply: Value = self
+                    .call("expire", async move { cmd.query_async(&mut conn).await })
+                    .await?;
+                let mut fresh = Vec::new();
+                for tag in codec::array(reply, "expire")? {
+                    let tag = due_tag(tag)?;
+                    if visited.insert(tag.clone()) {
+                        fresh.push(tag);
+                    }
+                }
+                if fresh.is_empty() {
+                    break;
+                }
+                for tag in fresh {
+                    dropped += self.expire_channel_cluster(&shard, tag, now).await?;
+                }
+            }
+        }
+        Ok(dropped)
+    }
+
+    /// Drops one channel's expired entries, then sets its score in its index
+    /// shard to its earliest expiry (or removes it when it holds nothing).
+    /// An append that ran meanwhile may have been indexed before that and be
+    /// overwritten, so the seq counter is read again: if it moved, the
+    /// channel's earliest expiry goes back in (`ZADD LT`). An append after
+    /// that re-read indexes itself after its append, so none is lost.
+    async fn expire_channel_cluster(
+        &self,
+        shard: &str,
+        tag: String,
+        now: Millis,
+    ) -> Result<u64, StoreError> {
+        let keys = ChannelKeys::from_tag(tag);
+        let mut dropped = 0u64;
+        let (earliest, counter) = loop {
+            let mut inv = self.scripts.cluster.expire.prepare_invoke();
+            for key in keys.all() {
+                inv.key(key);
+            }
+            inv.arg(now).arg(EXPIRE_BATCH);
+            let mut conn = self.conn.clone();
+            let reply: Value = self
+                .call("expire", async move { inv.invoke_async(&mut conn).await })
+                .await?;
+            let mut reply = codec::array(reply, "expire")?.into_iter();
+            let (Some(n), Some(more)) = (reply.next(), reply.next()) else {
+                return Err(StoreError::Corrupt("redis expire: bad reply".into()));
+            };
+            dropped += u64::try_from(codec::int(&n, "expire")?).unwrap_or(0);
+            if codec::int(&more, "expire")? != 0 {
+                continue;
+            }
+            match (reply.next(), reply.next()) {
+                (Some(earliest), Some(counter)) => {
+                    break (
+                        codec::bytes(earliest, "expire")?,
+                        codec::bytes(counter, "expire")?,
+                    );
+                }
+                _ => return Err(StoreError::Corrupt("redis expire: bad reply".into())),
+            }
+        };
+
+        let cmd = if earliest.is_empty() {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(shard).arg(&keys.tag);
+            cmd
+        } else {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(shard).arg(&earliest).arg(&keys.tag);
+            cmd
+        };
+        let mut conn = self.conn.clone();
+        self.call("expire", async move {
+            cmd.query_async::<Value>(&mut conn).await
+        })
+        .await?;
+
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&keys.seq);
+        let mut conn = self.conn.clone();
+        let now_counter: Option<Vec<u8>> = self
+            .call("expire", async move { cmd.query_async(&mut conn).await })
+            .await?;
+        if now_counter.unwrap_or_else(|| b"0".to_vec()) != counter {
+            let mut cmd = redis::cmd("ZRANGE");
+            cmd.arg(&keys.exp).arg(0).arg(0).arg("WITHSCORES");
+            let mut conn = self.conn.clone();
+            let first: Vec<Vec<u8>> = self
+                .call("expire", async move { cmd.query_async(&mut conn).await })
+                .await?;
+            if let [_, score] = first.as_slice() {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(shard).arg("LT").arg(score).arg(&keys.tag);
+                let mut conn = self.conn.clone();
+                self.call("expire", async move {
+                    cmd.query_async::<Value>(&mut conn).await
+                })
+                .await?;
+            }
+        }
+        Ok(dropped)
+    }
+}

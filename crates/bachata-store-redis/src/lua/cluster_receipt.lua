@@ -1,0 +1,11 @@
+-- Cluster ack, step 2, on the sender's slot: appends the receipt for one
+-- acked entry, once: the marker (written with it) makes a retry return the
+-- same seq.
+-- KEYS: the sender's 8 keys, the receipt's marker.
+-- ARGV: receipt payload, receipt expires_at, marker px.
+-- Returns the receipt's seq.
+local m = redis.call('GET', KEYS[9])
+if m then return m end
+local seq = append(keys_at(1, ''), nil, 'r', ARGV[2], '', '', ARGV[1])
+redis.call('SET', KEYS[9], string.format('%d', seq), 'PX', ARGV[3])
+return seq
