@@ -282,6 +282,7 @@ pub struct Client {
     ready: Value,
     auto_ack: bool,
     timeout: Duration,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Client {
@@ -291,7 +292,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         let auto_ack = config.auto_ack;
         let timeout = config.timeout;
-        let (commands, incoming, state, ready) = task::start(config).await?;
+        let (commands, incoming, state, ready, task) = task::start(config).await?;
         Ok(Client {
             commands,
             incoming,
@@ -299,6 +300,7 @@ impl Client {
             ready,
             auto_ack,
             timeout,
+            task,
         })
     }
 
@@ -370,8 +372,11 @@ impl Client {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Closes the connection politely and stops reconnecting.
+    /// Closes the connection politely and stops reconnecting. Waits (at
+    /// most `timeout`) until everything queued before, acks included, was
+    /// written: a program that exits right after must not lose its last 200.
     pub async fn close(self) {
         let _ = self.commands.send(task::Command::Close).await;
+        let _ = tokio::time::timeout(self.timeout, self.task).await;
     }
 }

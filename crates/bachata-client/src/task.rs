@@ -101,6 +101,7 @@ type Started = (
     mpsc::Receiver<Received>,
     watch::Receiver<State>,
     Value,
+    tokio::task::JoinHandle<()>,
 );
 
 pub(crate) async fn start(config: ClientConfig) -> Result<Started, ClientError> {
@@ -119,8 +120,8 @@ pub(crate) async fn start(config: ClientConfig) -> Result<Started, ClientError> 
         seen: VecDeque::new(),
         seen_set: HashSet::new(),
     };
-    tokio::spawn(task.run(ws));
-    Ok((commands_tx, incoming, state, ready))
+    let handle = tokio::spawn(task.run(ws));
+    Ok((commands_tx, incoming, state, ready, handle))
 }
 
 enum Exit {

@@ -19,14 +19,26 @@ fn bachata() -> Command {
 }
 
 async fn run(args: &[&str]) -> (i32, String, String) {
-    let out = tokio::time::timeout(WAIT, bachata().args(args).output())
-        .await
-        .expect("command finished in time")
+    let mut child = bachata()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("command ran");
+    let status = tokio::time::timeout(WAIT, child.wait()).await;
+    if status.is_err() {
+        let _ = child.start_kill();
+    }
+    let out = child.wait_with_output().await.expect("output");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        status.is_ok(),
+        "{args:?} did not finish in time; stderr:\n{stderr}"
+    );
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        stderr,
     )
 }
 
