@@ -20,6 +20,7 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -191,24 +192,42 @@ impl Session {
         }
     }
 
-    /// Handles a 200 from this connection.
-    pub async fn ack(&mut self, id: MessageId) -> Result<(), StoreError> {
+    /// Handles a 200 from this connection. The future owns what it needs,
+    /// so the connection can go on reading and writing while the store
+    /// makes the ack durable; it yields the id back with the outcome.
+    pub fn ack(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = (MessageId, Result<(), StoreError>)> + Send + 'static {
         // The hub tells every connection of this device, this one included,
         // which seq the id resolved to.
-        self.center.ack(&self.channel, &self.device, id).await
+        let (center, channel, device) = (
+            self.center.clone(),
+            self.channel.clone(),
+            self.device.clone(),
+        );
+        async move {
+            let result = center.ack(&channel, &device, id.clone()).await;
+            (id, result)
+        }
     }
 
     /// Call after the frames returned so far were written to the socket:
-    /// receipts among them count as delivered to this device.
-    pub async fn written(&mut self) -> Result<(), StoreError> {
+    /// receipts among them count as delivered to this device. `None` when
+    /// there is nothing to record; the future can run in the background.
+    pub fn written(
+        &mut self,
+    ) -> Option<impl Future<Output = Result<(), StoreError>> + Send + 'static> {
         if self.receipts.is_empty() {
-            return Ok(());
+            return None;
         }
         let seqs = std::mem::take(&mut self.receipts);
-        self.center
-            .store
-            .ack_seqs(&self.channel, &self.device, &seqs)
-            .await
+        let (store, channel, device) = (
+            self.center.store.clone(),
+            self.channel.clone(),
+            self.device.clone(),
+        );
+        Some(async move { store.ack_seqs(&channel, &device, &seqs).await })
     }
 
     /// Sent messages still waiting for this device's 200.
