@@ -8,6 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bachata_proto::{Channel, DataMessage, ErrorCode, MessageId, delivered};
 use bytes::Bytes;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Weak;
 
 use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
@@ -15,7 +17,7 @@ use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
-use crate::store::{AckRequest, Device, Enqueued, Millis, NewMessage, Store, StoreError};
+use crate::store::{AckRequest, Acked, Device, Enqueued, Millis, NewMessage, Store, StoreError};
 
 /// Delivery policy (`spec.md` section 5).
 #[derive(Debug, Clone)]
@@ -92,6 +94,27 @@ pub enum Accepted {
     },
     /// No id: handed to the live connections of these channels, at most once.
     Live { channels: Vec<Channel> },
+}
+
+/// The outcome of [`MessagesCenter::submit_pipelined`], still on its way.
+pub type PendingSubmit = Pin<Box<dyn Future<Output = Result<Accepted, Rejection>> + Send>>;
+
+/// A routed message, ready for the store or already done with.
+enum Prepared {
+    /// Nothing to store (no id, or no destination).
+    Done(Accepted),
+    Store(Box<(NewMessage, StoreContext)>),
+}
+
+/// What `finish` needs to announce a stored message.
+struct StoreContext {
+    sender: Option<Channel>,
+    id: MessageId,
+    channels: Vec<Channel>,
+    payload: Bytes,
+    kind: String,
+    time: i64,
+    now: Millis,
 }
 
 /// Builds a [`MessagesCenter`] with the routes and hooks of your choice.
@@ -269,20 +292,68 @@ impl MessagesCenter {
         sender: Option<&Channel>,
         mut msg: DataMessage,
     ) -> Result<Accepted, Rejection> {
-        let result = self.submit_inner(sender, &mut msg).await;
-        let counter = match &result {
+        let result = match self.prepare(sender, &mut msg).await {
+            Err(rejection) => Err(rejection),
+            Ok(Prepared::Done(accepted)) => Ok(accepted),
+            Ok(Prepared::Store(prepared)) => {
+                let (request, ctx) = *prepared;
+                let outcome = self.store.enqueue(request).await;
+                self.finish(ctx, outcome)
+            }
+        };
+        self.count(&result);
+        result
+    }
+
+    /// Like [`MessagesCenter::submit`], for a connection that sends many
+    /// messages: returns once the message has its place in the store's
+    /// order, with a future for the outcome. A connection that calls this
+    /// for each frame in turn and awaits the futures together keeps its
+    /// messages in order while one durable commit carries many of them.
+    pub async fn submit_pipelined(
+        self: &Arc<Self>,
+        sender: Option<&Channel>,
+        mut msg: DataMessage,
+    ) -> PendingSubmit {
+        let result = match self.prepare(sender, &mut msg).await {
+            Err(rejection) => Err(rejection),
+            Ok(Prepared::Done(accepted)) => Ok(accepted),
+            Ok(Prepared::Store(prepared)) => {
+                let (request, ctx) = *prepared;
+                match self.store.start_enqueue(request) {
+                    Ok(pending) => {
+                        let center = self.clone();
+                        return Box::pin(async move {
+                            let result = center.finish(ctx, pending.await);
+                            center.count(&result);
+                            result
+                        });
+                    }
+                    Err(request) => {
+                        let outcome = self.store.enqueue(request).await;
+                        self.finish(ctx, outcome)
+                    }
+                }
+            }
+        };
+        self.count(&result);
+        Box::pin(std::future::ready(result))
+    }
+
+    fn count(&self, result: &Result<Accepted, Rejection>) {
+        let counter = match result {
             Ok(_) => &self.stats.received,
             Err(_) => &self.stats.rejected,
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        result
     }
 
-    async fn submit_inner(
+    /// Checks, stamps and routes a message; builds its store request.
+    async fn prepare(
         &self,
         sender: Option<&Channel>,
         msg: &mut DataMessage,
-    ) -> Result<Accepted, Rejection> {
+    ) -> Result<Prepared, Rejection> {
         let secret = sender.and_then(|s| self.channel_secret(s));
         if let Some(secret) = secret
             && !bachata_proto::sign::verify(&secret, msg)
@@ -327,10 +398,10 @@ impl MessagesCenter {
                     payload: payload.clone(),
                 });
             }
-            return Ok(Accepted::Live { channels });
+            return Ok(Prepared::Done(Accepted::Live { channels }));
         };
         if channels.is_empty() {
-            return Ok(Accepted::Stored { id, channels });
+            return Ok(Prepared::Done(Accepted::Stored { id, channels }));
         }
         let request = NewMessage {
             sender: sender.cloned(),
@@ -342,13 +413,41 @@ impl MessagesCenter {
             dedupe_until: now.saturating_add(millis(self.config.dedupe_window)),
             queue_limit: self.config.queue_limit,
         };
-        match self.store.enqueue(request).await {
+        let ctx = StoreContext {
+            sender: sender.cloned(),
+            id,
+            channels,
+            payload,
+            kind: msg.kind.clone(),
+            time: msg.time.unwrap_or(now as i64),
+            now,
+        };
+        Ok(Prepared::Store(Box::new((request, ctx))))
+    }
+
+    /// Turns the store's answer into the sender's, and announces a stored
+    /// message to its receivers and the hooks.
+    fn finish(
+        &self,
+        ctx: StoreContext,
+        outcome: Result<Enqueued, StoreError>,
+    ) -> Result<Accepted, Rejection> {
+        let StoreContext {
+            sender,
+            id,
+            channels,
+            payload,
+            kind,
+            time,
+            now,
+        } = ctx;
+        match outcome {
             Ok(Enqueued::Stored(seqs)) => {
                 for (channel, seq) in &seqs {
                     let entry = crate::store::Entry {
                         seq: *seq,
                         kind: crate::store::EntryKind::Message {
-                            sender: sender.cloned(),
+                            sender: sender.clone(),
                             id: id.clone(),
                         },
                         payload: payload.clone(),
@@ -362,9 +461,9 @@ impl MessagesCenter {
                 if !self.hooks.is_empty() {
                     let queued = Queued {
                         id: id.clone(),
-                        from: sender.cloned(),
-                        kind: msg.kind.clone(),
-                        time: msg.time.unwrap_or(now as i64),
+                        from: sender,
+                        kind,
+                        time,
                         destinations: seqs,
                         now,
                     };
@@ -403,19 +502,69 @@ impl MessagesCenter {
         device: &Device,
         id: MessageId,
     ) -> Result<(), StoreError> {
+        let request = self.ack_request(channel, device, id);
+        let receipt = request.receipt.clone();
+        let id = request.id.clone();
+        let acked = self.store.ack(request).await?;
+        self.acked(channel, device, id, acked, receipt);
+        Ok(())
+    }
+
+    /// Like [`MessagesCenter::ack`], but returns once the ack has its place
+    /// in the store's order, with a future for the rest, so a connection's
+    /// 200s (and the 300s they cause) keep their order while it does not
+    /// wait for each commit. Where the store cannot promise the order, the
+    /// ack is done before this returns.
+    pub async fn ack_pipelined(
+        self: &Arc<Self>,
+        channel: &Channel,
+        device: &Device,
+        id: MessageId,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>> {
+        let request = self.ack_request(channel, device, id);
+        let receipt = request.receipt.clone();
+        let id = request.id.clone();
+        match self.store.start_ack(request) {
+            Ok(pending) => {
+                let (center, channel, device) = (self.clone(), channel.clone(), device.clone());
+                Box::pin(async move {
+                    let acked = pending.await?;
+                    center.acked(&channel, &device, id, acked, receipt);
+                    Ok(())
+                })
+            }
+            Err(request) => {
+                let result = self.store.ack(request).await.map(|acked| {
+                    self.acked(channel, device, id, acked, receipt);
+                });
+                Box::pin(std::future::ready(result))
+            }
+        }
+    }
+
+    fn ack_request(&self, channel: &Channel, device: &Device, id: MessageId) -> AckRequest {
         let now = now_millis();
-        let request = AckRequest {
+        AckRequest {
             channel: channel.clone(),
             device: device.clone(),
             receipt: Bytes::from(delivered(id.as_str(), channel.as_str())),
-            id: id.clone(),
+            id,
             now,
             receipt_expires_at: now.saturating_add(millis(self.config.message_ttl)),
-        };
-        let receipt_payload = request.receipt.clone();
-        let acked = self.store.ack(request).await?;
+        }
+    }
+
+    /// Announces a recorded ack: frees windows, hands the 300 to the sender.
+    fn acked(
+        &self,
+        channel: &Channel,
+        device: &Device,
+        id: MessageId,
+        acked: Acked,
+        receipt: Bytes,
+    ) {
         let Some(seq) = acked.seq else {
-            return Ok(());
+            return;
         };
         self.stats.acked.fetch_add(1, Ordering::Relaxed);
         self.hub.acked(channel, device, seq);
@@ -424,29 +573,29 @@ impl MessagesCenter {
             device: device.clone(),
             seq,
         });
-        if let Some((sender, rseq)) = acked.receipt {
-            // Hooks first, so that whoever sees the 300 can rely on them
-            // having run.
-            let first = FirstAck {
-                channel: channel.clone(),
-                seq,
-                id,
-            };
-            for hook in &self.hooks {
-                hook.first_ack(&first);
-            }
-            let entry = crate::store::Entry {
-                seq: rseq,
-                kind: crate::store::EntryKind::Receipt,
-                payload: receipt_payload,
-            };
-            self.hub.entry(&sender, &entry);
-            self.publish(BusEvent::Entry {
-                channel: sender,
-                seq: rseq,
-            });
+        let Some((sender, rseq)) = acked.receipt else {
+            return;
+        };
+        // Hooks first, so that whoever sees the 300 can rely on them having
+        // run.
+        let first = FirstAck {
+            channel: channel.clone(),
+            seq,
+            id,
+        };
+        for hook in &self.hooks {
+            hook.first_ack(&first);
         }
-        Ok(())
+        let entry = crate::store::Entry {
+            seq: rseq,
+            kind: crate::store::EntryKind::Receipt,
+            payload: receipt,
+        };
+        self.hub.entry(&sender, &entry);
+        self.publish(BusEvent::Entry {
+            channel: sender,
+            seq: rseq,
+        });
     }
 
     /// Registers a connection of `device` on `channel` and returns its

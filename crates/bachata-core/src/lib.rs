@@ -24,7 +24,8 @@ mod store;
 
 pub use bus::{Bus, BusEvent};
 pub use center::{
-    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, Rejection, Stats, now_millis,
+    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection, Stats,
+    now_millis,
 };
 pub use hook::{FirstAck, PostProcess, Queued};
 pub use hub::{Event, Hub};
@@ -32,6 +33,6 @@ pub use memory::MemoryStore;
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use store::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
-    Store, StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage,
+    PendingAck, PendingEnqueue, Seq, Store, StoreError,
 };

@@ -31,6 +31,16 @@ impl Store for MemoryStore {
         Ok(self.state.lock().enqueue(&msg, &mut Vec::new()))
     }
 
+    fn start_enqueue(&self, msg: NewMessage) -> Result<crate::store::PendingEnqueue, NewMessage> {
+        let outcome = self.state.lock().enqueue(&msg, &mut Vec::new());
+        Ok(Box::pin(std::future::ready(Ok(outcome))))
+    }
+
+    fn start_ack(&self, ack: AckRequest) -> Result<crate::store::PendingAck, AckRequest> {
+        let acked = self.state.lock().ack(&ack, &mut Vec::new());
+        Ok(Box::pin(std::future::ready(Ok(acked))))
+    }
+
     async fn read(
         &self,
         channel: &Channel,

@@ -192,24 +192,22 @@ impl Session {
         }
     }
 
-    /// Handles a 200 from this connection. The future owns what it needs,
-    /// so the connection can go on reading and writing while the store
-    /// makes the ack durable; it yields the id back with the outcome.
-    pub fn ack(
+    /// Handles a 200 from this connection. Returns once the ack has its
+    /// place in the store's order (so 200s, and the 300s they cause, keep
+    /// their order), with a future that owns what it needs and finishes it
+    /// while the connection goes on reading; it yields the id with the
+    /// outcome.
+    pub async fn ack(
         &self,
         id: MessageId,
     ) -> impl Future<Output = (MessageId, Result<(), StoreError>)> + Send + 'static {
         // The hub tells every connection of this device, this one included,
         // which seq the id resolved to.
-        let (center, channel, device) = (
-            self.center.clone(),
-            self.channel.clone(),
-            self.device.clone(),
-        );
-        async move {
-            let result = center.ack(&channel, &device, id.clone()).await;
-            (id, result)
-        }
+        let pending = self
+            .center
+            .ack_pipelined(&self.channel, &self.device, id.clone())
+            .await;
+        async move { (id, pending.await) }
     }
 
     /// Call after the frames returned so far were written to the socket:

@@ -144,12 +144,38 @@ pub enum StoreError {
     Closed,
 }
 
+/// An enqueue that has taken its place in the store's order and is now
+/// becoming durable.
+pub type PendingEnqueue =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Enqueued, StoreError>> + Send>>;
+
+/// An ack that has taken its place in the store's order.
+pub type PendingAck =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Acked, StoreError>> + Send>>;
+
 /// Where the delivery state lives. See the module docs for the invariants.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Appends `msg` to the log of every destination, atomically with the
     /// dedupe check and the queue limit. Durable when it returns `Stored`.
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError>;
+
+    /// Starts an enqueue whose place in the store's order is taken before
+    /// this returns, so a connection can start its messages one after the
+    /// other and await them together: group commit then carries many
+    /// messages of one connection, and their order is kept. Backends that
+    /// cannot promise the order give the message back (`Err`), and the
+    /// caller awaits [`Store::enqueue`] instead, one at a time.
+    fn start_enqueue(&self, msg: NewMessage) -> Result<PendingEnqueue, NewMessage> {
+        Err(msg)
+    }
+
+    /// Starts an ack in the store's order, like [`Store::start_enqueue`], so
+    /// a connection's 200s keep their order (and so do the 300s they cause)
+    /// without waiting for each other's commits.
+    fn start_ack(&self, ack: AckRequest) -> Result<PendingAck, AckRequest> {
+        Err(ack)
+    }
 
     /// Up to `limit` entries of `channel` with `seq > after` that `device` has
     /// not acked and that have not expired at `now`, in log order.

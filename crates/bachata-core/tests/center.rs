@@ -94,10 +94,14 @@ async fn acks_lost_in_an_overflowed_queue_do_not_stall_the_window() {
     tab_a
         .ack(MessageId::new("m0").expect("id"))
         .await
+        .await
+        .1
         .expect("ack");
     tab_a
         .ack(MessageId::new("m1").expect("id"))
         .await
+        .await
+        .1
         .expect("ack");
     let got = drain(&mut tab_b).await;
     assert_eq!(got, ["m2", "m3"], "B resynced its window from the store");

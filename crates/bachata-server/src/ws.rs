@@ -17,10 +17,10 @@ use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::pin::Pin;
 
-use bachata_core::{Accepted, Device, Session, StoreError};
+use bachata_core::{Accepted, Device, Rejection, Session, StoreError};
 use bachata_proto::{Channel, DeviceId, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
@@ -106,7 +106,13 @@ type BackgroundWork = Pin<Box<dyn Future<Output = Background> + Send>>;
 /// connection stops reading frames until some completes.
 const MAX_BACKGROUND: usize = 1024;
 
+/// Data messages of one connection waiting for their commit; beyond this
+/// the connection stops reading frames until some complete.
+const MAX_PIPELINE: usize = 256;
+
 struct Connection {
+    /// Outcomes of submitted data messages, in the order they were sent.
+    replies: FuturesOrdered<tokio::task::JoinHandle<Result<Accepted, Rejection>>>,
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     session: Session,
@@ -157,6 +163,7 @@ impl Connection {
             },
             rate: rate_limiter(app.config.rate_limit, app.config.rate_burst),
             background: FuturesUnordered::new(),
+            replies: FuturesOrdered::new(),
             app,
             sink,
             session,
@@ -173,7 +180,10 @@ impl Connection {
         };
         // Let acks already received finish, so a client that acks and
         // leaves does not get the message again.
-        let drain = async { while conn.background.next().await.is_some() {} };
+        let drain = async {
+            while conn.replies.next().await.is_some() {}
+            while conn.background.next().await.is_some() {}
+        };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
         conn.close(closing, stream).await;
         tracing::debug!(%channel, ?device, "disconnected");
@@ -231,8 +241,12 @@ impl Connection {
                     }
                 }
             }
-            let reading = self.background.len() < MAX_BACKGROUND;
+            let reading =
+                self.background.len() < MAX_BACKGROUND && self.replies.len() < MAX_PIPELINE;
             let result = tokio::select! {
+                Some(reply) = self.replies.next(), if !self.replies.is_empty() => {
+                    self.on_reply(reply).await
+                }
                 Some(done) = self.background.next(), if !self.background.is_empty() => {
                     self.on_background(done).await
                 }
@@ -265,6 +279,22 @@ impl Connection {
                 return c;
             }
         }
+    }
+
+    async fn on_reply(
+        &mut self,
+        reply: Result<Result<Accepted, Rejection>, tokio::task::JoinError>,
+    ) -> Result<(), Closing> {
+        let frame = match reply {
+            Ok(Ok(Accepted::Stored { id, .. })) => bachata_proto::received(id.as_str()),
+            Ok(Ok(Accepted::Live { .. })) => return Ok(()),
+            Ok(Err(rejection)) => rejection.to_frame(),
+            Err(e) => {
+                tracing::error!(error = %e, "a submit task failed");
+                return Ok(());
+            }
+        };
+        self.send(vec![Message::Text(frame.into())]).await
     }
 
     async fn on_background(&mut self, done: Background) -> Result<(), Closing> {
@@ -336,6 +366,9 @@ impl Connection {
                 // The pong is a barrier: everything the client sent before
                 // it, acks included, has been processed (and is durable)
                 // when it arrives.
+                while let Some(reply) = self.replies.next().await {
+                    self.on_reply(reply).await?;
+                }
                 while let Some(done) = self.background.next().await {
                     self.on_background(done).await?;
                 }
@@ -343,7 +376,7 @@ impl Connection {
             }
             Ok(Inbound::Pong) => None,
             Ok(Inbound::Ack(id)) => {
-                let ack = self.session.ack(id);
+                let ack = self.session.ack(id).await;
                 self.background.push(Box::pin(async move {
                     let (id, result) = ack.await;
                     Background::Acked(id, result)
@@ -358,12 +391,15 @@ impl Connection {
                 ))
             }
             Ok(Inbound::Data(msg)) => {
+                // The message takes its place in the store's order now; its
+                // 100 (or 400) is sent when its commit completes, in order,
+                // while this connection goes on reading. The outcome runs
+                // in a task of its own, so receivers are woken even if this
+                // connection goes away first.
                 let channel = self.session.channel().clone();
-                match self.app.center.submit(Some(&channel), msg).await {
-                    Ok(Accepted::Stored { id, .. }) => Some(bachata_proto::received(id.as_str())),
-                    Ok(Accepted::Live { .. }) => None,
-                    Err(rejection) => Some(rejection.to_frame()),
-                }
+                let pending = self.app.center.submit_pipelined(Some(&channel), msg).await;
+                self.replies.push_back(tokio::spawn(pending));
+                None
             }
         };
         match reply {

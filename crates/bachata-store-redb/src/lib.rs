@@ -418,6 +418,48 @@ impl Store for RedbStore {
         }
     }
 
+    fn start_enqueue(&self, msg: NewMessage) -> Result<bachata_core::PendingEnqueue, NewMessage> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(msg);
+        };
+        // The writer's queue is the order: a full queue gives the message
+        // back, and the caller waits its turn behind what it already queued.
+        let Ok(permit) = tx.try_reserve() else {
+            return Err(msg);
+        };
+        let (reply, rx) = oneshot::channel();
+        permit.send(Request {
+            op: Op::Enqueue(msg),
+            reply,
+        });
+        Ok(Box::pin(async move {
+            match rx.await.map_err(|_| StoreError::Closed)?? {
+                Reply::Enqueued(e) => Ok(e),
+                _ => Err(unexpected()),
+            }
+        }))
+    }
+
+    fn start_ack(&self, ack: AckRequest) -> Result<bachata_core::PendingAck, AckRequest> {
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(ack);
+        };
+        let Ok(permit) = tx.try_reserve() else {
+            return Err(ack);
+        };
+        let (reply, rx) = oneshot::channel();
+        permit.send(Request {
+            op: Op::Ack(ack),
+            reply,
+        });
+        Ok(Box::pin(async move {
+            match rx.await.map_err(|_| StoreError::Closed)?? {
+                Reply::Acked(a) => Ok(a),
+                _ => Err(unexpected()),
+            }
+        }))
+    }
+
     async fn read(
         &self,
         channel: &Channel,
