@@ -15,3 +15,5 @@ echo "## pairs P=50 W=64, memory store"
 $bench pairs --spawn $server --store memory --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## pairs P=10 W=1 (latency), embedded store"
 $bench pairs --spawn $server --store embedded --pairs 10 --window 1 --payload 100 --duration 10s
+echo "## idle: 10,000 connections, server RSS per connection"
+$bench idle --spawn $server --connections 10000

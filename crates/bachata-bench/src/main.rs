@@ -11,6 +11,7 @@
 //! time and count. Exits non-zero if any message was lost, duplicated or
 //! reordered.
 
+mod idle;
 mod pairs;
 mod relay;
 
@@ -41,6 +42,19 @@ enum Cmd {
     },
     /// P sender/receiver pairs with W messages in flight each.
     Pairs(PairsArgs),
+    /// N idle connections; the server's RSS growth per connection.
+    Idle {
+        /// The `bachata` binary to spawn (memory store).
+        #[arg(long)]
+        spawn: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Loopback source addresses to spread connections over.
+        #[arg(long, default_value_t = 4)]
+        sources: u8,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -88,6 +102,12 @@ fn main() -> anyhow::Result<()> {
         .context("runtime")?;
     match cli.command {
         Cmd::NullRelay { listen } => runtime.block_on(relay::serve(listen)),
+        Cmd::Idle {
+            spawn: bachata,
+            connections,
+            sources,
+            json,
+        } => runtime.block_on(idle_cmd(bachata, connections, sources, json)),
         Cmd::Pairs(args) => {
             let ok = runtime.block_on(pairs_cmd(args))?;
             if !ok {
@@ -260,4 +280,26 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(ok)
+}
+
+async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut cmd = Command::new(bachata);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("BACHATA_LOG", "warn,bachata_server=info");
+    let (server, addr) = spawn(cmd, "addr=", true).await?;
+    let pid = server.id().context("server pid")?;
+    let report = idle::run(addr.parse()?, n, sources, || rss_kb(pid)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "idle: {} connections, server RSS {} KB -> {} KB: {:.1} KB per idle connection",
+            report.connections, report.rss_before_kb, report.rss_after_kb, report.kb_per_connection
+        );
+    }
+    drop(server);
+    Ok(())
 }
