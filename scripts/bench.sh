@@ -17,3 +17,5 @@ echo "## pairs P=10 W=1 (latency), embedded store"
 $bench pairs --spawn $server --store embedded --pairs 10 --window 1 --payload 100 --duration 10s
 echo "## idle: 10,000 connections, server RSS per connection"
 $bench idle --spawn $server --connections 10000
+echo "## chaos: reliable load, the server SIGKILLed and restarted 5 times"
+$bench chaos --spawn $server --kills 5 --pairs 10 --window 16 --duration 15s

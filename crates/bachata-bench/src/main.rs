@@ -11,6 +11,7 @@
 //! time and count. Exits non-zero if any message was lost, duplicated or
 //! reordered.
 
+mod chaos;
 mod idle;
 mod pairs;
 mod relay;
@@ -18,6 +19,7 @@ mod relay;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,6 +44,23 @@ enum Cmd {
     },
     /// P sender/receiver pairs with W messages in flight each.
     Pairs(PairsArgs),
+    /// Reliable load while the server is SIGKILLed and restarted K times;
+    /// every message that got a 100 must arrive.
+    Chaos {
+        /// The `bachata` binary to spawn (embedded store).
+        #[arg(long)]
+        spawn: PathBuf,
+        #[arg(long, default_value_t = 5)]
+        kills: usize,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
     /// N idle connections; the server's RSS growth per connection.
     Idle {
         /// The `bachata` binary to spawn (memory store).
@@ -102,6 +121,20 @@ fn main() -> anyhow::Result<()> {
         .context("runtime")?;
     match cli.command {
         Cmd::NullRelay { listen } => runtime.block_on(relay::serve(listen)),
+        Cmd::Chaos {
+            spawn: bachata,
+            kills,
+            pairs,
+            window,
+            duration,
+            json,
+        } => {
+            let ok = runtime.block_on(chaos_cmd(bachata, kills, pairs, window, duration, json))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Cmd::Idle {
             spawn: bachata,
             connections,
@@ -302,4 +335,62 @@ async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow
     }
     drop(server);
     Ok(())
+}
+
+async fn chaos_cmd(
+    bachata: PathBuf,
+    kills: usize,
+    pairs: usize,
+    window: usize,
+    duration: Duration,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let dir = tempfile::tempdir()?;
+    // A fixed port, so clients reconnect to the restarted server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let start = || {
+        let mut cmd = Command::new(&bachata);
+        cmd.args(["serve", "--listen", &listen, "--store", "embedded"])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("BACHATA_LOG", "warn,bachata_server=info");
+        spawn(cmd, "addr=", true)
+    };
+    let (server, addr) = start().await?;
+    let server = Arc::new(tokio::sync::Mutex::new(server));
+    let handle = server.clone();
+    let report = chaos::run(addr.parse()?, pairs, window, duration, kills, || {
+        let handle = handle.clone();
+        let start = &start;
+        async move {
+            let mut child = handle.lock().await;
+            child.start_kill()?;
+            child.wait().await?;
+            let (new, _) = start().await?;
+            *child = new;
+            Ok(())
+        }
+    })
+    .await?;
+    let ok = report.lost == 0 && report.stored > 0;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "chaos: {} kills in {:.1}s; sent {}, stored (100) {}, received {}, lost = {}",
+            report.kills, report.seconds, report.sent, report.stored, report.received, report.lost
+        );
+        println!(
+            "{}",
+            if ok {
+                "lost = 0"
+            } else {
+                "FAILED: messages with a 100 were lost"
+            }
+        );
+    }
+    Ok(ok)
 }

@@ -1,0 +1,154 @@
+//! The `chaos` scenario: continuous reliable load (through `bachata-client`,
+//! which reconnects and resends unconfirmed ids) while the server process is
+//! SIGKILLed and restarted K times on the same data directory; then a drain.
+//! Every message that got a 100 must arrive: the report's `lost` must be 0.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bachata_client::{Client, ClientConfig, Outgoing};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::time::Instant;
+
+/// The outcome of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub kills: usize,
+    pub sent: u64,
+    /// Messages that got their 100.
+    pub stored: u64,
+    /// Stored messages the receivers got (each counted once).
+    pub received: u64,
+    /// Stored messages that never arrived. Must be 0.
+    pub lost: u64,
+    pub seconds: f64,
+}
+
+fn config(addr: SocketAddr, channel: &str) -> ClientConfig {
+    let mut c = ClientConfig::channel(&format!("ws://{addr}"), channel);
+    c.timeout = Duration::from_secs(30);
+    c.min_backoff = Duration::from_millis(50);
+    c.max_backoff = Duration::from_millis(500);
+    c.ping_interval = Duration::from_secs(2);
+    c
+}
+
+/// Runs `pairs` sender/receiver pairs against `addr` for `duration`, calling
+/// `kill_and_restart` `kills` times at even intervals meanwhile.
+pub async fn run<F, Fut>(
+    addr: SocketAddr,
+    pairs: usize,
+    window: usize,
+    duration: Duration,
+    kills: usize,
+    mut kill_and_restart: F,
+) -> anyhow::Result<Report>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let started = Instant::now();
+    let stored: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let received: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut receivers = Vec::new();
+    for i in 0..pairs {
+        let mut client = Client::connect(config(addr, &format!("chaos-r{i}"))).await?;
+        let received = received.clone();
+        let stop = stop.clone();
+        receivers.push(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    m = client.recv() => match m {
+                        Some(m) => if let Some(id) = m.id() {
+                            if let Ok(mut r) = received.lock() { r.insert(id.to_owned()); }
+                        },
+                        None => break,
+                    },
+                    () = stop.notified() => break,
+                }
+            }
+            client.close().await;
+        }));
+    }
+    let deadline = started + duration;
+    let mut senders = Vec::new();
+    let sent_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    for i in 0..pairs {
+        let client = Client::connect(config(addr, &format!("chaos-s{i}"))).await?;
+        let stored = stored.clone();
+        let sent_total = sent_total.clone();
+        senders.push(tokio::spawn(async move {
+            let mut waiting = FuturesUnordered::new();
+            let mut n = 0u64;
+            while Instant::now() < deadline || !waiting.is_empty() {
+                while Instant::now() < deadline && waiting.len() < window {
+                    let id = format!("s{i}-{n}");
+                    n += 1;
+                    let out = Outgoing::direct(&format!("chaos-r{i}"), serde_json::json!(n));
+                    let Ok(out) = out.id(&id) else { continue };
+                    match client.send(out).await {
+                        Ok(mut handle) => {
+                            sent_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            waiting.push(async move { (id, handle.stored().await) });
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let next = tokio::time::timeout(Duration::from_secs(60), waiting.next()).await;
+                match next {
+                    Ok(Some((id, Ok(())))) => {
+                        if let Ok(mut s) = stored.lock() {
+                            s.insert(id);
+                        }
+                    }
+                    Ok(Some((_, Err(_)))) => {}
+                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    Err(_) => break,
+                }
+            }
+            client.close().await;
+        }));
+    }
+    // The kills, evenly spread over the load.
+    for k in 0..kills {
+        let at = started + duration.mul_f64((k + 1) as f64 / (kills + 1) as f64);
+        tokio::time::sleep_until(at).await;
+        kill_and_restart().await?;
+    }
+    for s in senders {
+        let _ = s.await;
+    }
+    // Drain: wait (bounded) until every stored message arrived.
+    let drain_until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = {
+            let stored = stored.lock().map(|s| s.clone()).unwrap_or_default();
+            let received = received.lock().map(|r| r.clone()).unwrap_or_default();
+            stored.difference(&received).count()
+        };
+        if missing == 0 || Instant::now() > drain_until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.notify_waiters();
+    for r in receivers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+    let stored = stored.lock().map(|s| s.clone()).unwrap_or_default();
+    let received = received.lock().map(|r| r.clone()).unwrap_or_default();
+    let lost = stored.difference(&received).count() as u64;
+    Ok(Report {
+        kills,
+        sent: sent_total.load(std::sync::atomic::Ordering::Relaxed),
+        stored: stored.len() as u64,
+        received: stored.intersection(&received).count() as u64,
+        lost,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
