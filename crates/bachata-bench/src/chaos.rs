@@ -63,12 +63,12 @@ where
         receivers.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    m = client.recv() => match m {
-                        Some(m) => if let Some(id) = m.id() {
-                            if let Ok(mut r) = received.lock() { r.insert(id.to_owned()); }
-                        },
-                        None => break,
-                    },
+                    m = client.recv() => {
+                        let Some(m) = m else { break };
+                        if let (Some(id), Ok(mut r)) = (m.id(), received.lock()) {
+                            r.insert(id.to_owned());
+                        }
+                    }
                     () = stop.notified() => break,
                 }
             }
