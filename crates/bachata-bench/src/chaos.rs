@@ -54,12 +54,12 @@ where
     let started = Instant::now();
     let stored: Arc<Mutex<HashSet<String>>> = Arc::default();
     let received: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let stop = Arc::new(tokio::sync::Notify::new());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
     for i in 0..pairs {
         let mut client = Client::connect(config(addr, &format!("chaos-r{i}"))).await?;
         let received = received.clone();
-        let stop = stop.clone();
+        let mut stopped = stopped.clone();
         receivers.push(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -69,7 +69,7 @@ where
                             r.insert(id.to_owned());
                         }
                     }
-                    () = stop.notified() => break,
+                    _ = stopped.wait_for(|s| *s) => break,
                 }
             }
             client.close().await;
@@ -136,7 +136,7 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    stop.notify_waiters();
+    let _ = stop.send(true);
     for r in receivers {
         let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
     }
