@@ -4,25 +4,15 @@
 mod common;
 
 use bachata_proto::{Channel, GroupId};
-use bachata_server::StoreKind;
 use bachata_testkit::client::TestClient;
 use bachata_testkit::redis::RedisServer;
-use common::{TestServer, kill9, spawn_bachata, start_with};
+use common::{kill9, spawn_bachata, start_on_redis};
 use serde_json::json;
-
-async fn node(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    start_with(move |c| {
-        c.store = StoreKind::Redis;
-        c.redis_url = Some(url);
-    })
-    .await
-}
 
 #[tokio::test]
 async fn sender_on_one_node_receiver_on_another() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (start_on_redis(&redis).await, start_on_redis(&redis).await);
     let mut alice = TestClient::connect(a.addr(), "alice").await;
     let mut bob = TestClient::connect(b.addr(), "bob").await;
     for i in 0..20 {
@@ -51,7 +41,7 @@ async fn sender_on_one_node_receiver_on_another() {
 #[tokio::test]
 async fn a_device_moving_between_nodes_gets_its_unacked_messages_once() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (start_on_redis(&redis).await, start_on_redis(&redis).await);
     let mut alice = TestClient::connect(a.addr(), "alice").await;
     let mut phone = TestClient::connect_device(a.addr(), "bob", "phone").await;
     alice.send_direct("m1", "bob", json!(1)).await;
@@ -71,7 +61,7 @@ async fn a_device_moving_between_nodes_gets_its_unacked_messages_once() {
 #[tokio::test]
 async fn groups_made_on_one_node_work_on_the_other() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis).await, node(&redis).await);
+    let (a, b) = (start_on_redis(&redis).await, start_on_redis(&redis).await);
     let group = GroupId::new("team").expect("group");
     for m in ["alice", "bob", "carol"] {
         a.server
@@ -130,7 +120,7 @@ async fn a_node_killed_after_the_100_loses_nothing() {
 async fn a_redis_restart_with_aof_loses_nothing_confirmed() {
     let mut redis =
         RedisServer::start_with_args(&["--appendonly", "yes", "--appendfsync", "always"]);
-    let s = node(&redis).await;
+    let s = start_on_redis(&redis).await;
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     for i in 0..30 {
         alice.send_direct(&format!("m{i}"), "bob", json!(i)).await;

@@ -4,25 +4,15 @@
 
 mod common;
 
-use bachata_server::StoreKind;
 use bachata_testkit::client::TestClient;
 use bachata_testkit::redis::RedisServer;
-use common::{TestServer, start_with};
+use common::start_on_redis;
 use serde_json::json;
-
-async fn start_on(redis: &RedisServer) -> TestServer {
-    let url = redis.url();
-    start_with(move |c| {
-        c.store = StoreKind::Redis;
-        c.redis_url = Some(url);
-    })
-    .await
-}
 
 #[tokio::test]
 async fn reliable_delivery_on_redis() {
     let redis = RedisServer::start();
-    let s = start_on(&redis).await;
+    let s = start_on_redis(&redis).await;
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     // Offline receiver, then connect.
     for i in 0..5 {
@@ -52,13 +42,13 @@ async fn reliable_delivery_on_redis() {
 #[tokio::test]
 async fn state_lives_in_redis_not_in_the_server() {
     let redis = RedisServer::start();
-    let s = start_on(&redis).await;
+    let s = start_on_redis(&redis).await;
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     alice.send_direct("m1", "bob", json!(1)).await;
     alice.expect(100, "m1").await;
     s.server.shutdown().await;
     // A new server process on the same Redis has the message.
-    let s = start_on(&redis).await;
+    let s = start_on_redis(&redis).await;
     let mut bob = TestClient::connect(s.addr(), "bob").await;
     assert_eq!(bob.recv().await["id"], "m1");
 }
@@ -66,7 +56,7 @@ async fn state_lives_in_redis_not_in_the_server() {
 #[tokio::test]
 async fn a_redis_outage_is_unavailable_and_recovers() {
     let mut redis = RedisServer::start();
-    let s = start_on(&redis).await;
+    let s = start_on_redis(&redis).await;
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     alice.send_direct("m1", "bob", json!(1)).await;
     alice.expect(100, "m1").await;

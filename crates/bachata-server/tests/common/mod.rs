@@ -47,6 +47,16 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     TestServer { server, dir }
 }
 
+/// A server on the Redis store at `redis`.
+pub async fn start_on_redis(redis: &bachata_testkit::redis::RedisServer) -> TestServer {
+    let url = redis.url();
+    start_with(move |c| {
+        c.store = StoreKind::Redis;
+        c.redis_url = Some(url);
+    })
+    .await
+}
+
 pub async fn start() -> TestServer {
     start_with(|_| {}).await
 }
