@@ -7,25 +7,8 @@ import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 
 import { Bachata, BachataError, State } from '../bachata.js';
-import { http, nextEvent, sleep, startServer, stillPending, waitFor, within } from './server.mjs';
+import { http, lossyWebSocket, nextEvent, sleep, startServer, stillPending, waitFor, within } from './server.mjs';
 
-/** A `ws` WebSocket that can drop frames in either direction. */
-function lossyWebSocket({ dropOut = () => false, dropIn = () => false }) {
-  return class LossyWebSocket extends WebSocket {
-    send(data, ...rest) {
-      if (dropOut(String(data))) return;
-      super.send(data, ...rest);
-    }
-    get onmessage() {
-      return super.onmessage;
-    }
-    set onmessage(fn) {
-      super.onmessage = (ev) => {
-        if (!dropIn(String(ev.data))) fn(ev);
-      };
-    }
-  };
-}
 
 let server;
 const clients = [];

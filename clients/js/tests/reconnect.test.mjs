@@ -8,7 +8,7 @@ import { after, describe, test } from 'node:test';
 import WebSocket from 'ws';
 
 import { Bachata, BachataError, State } from '../bachata.js';
-import { freePort, nextEvent, sleep, startServer, stillPending, tempDir, waitFor, within } from './server.mjs';
+import { freePort, lossyWebSocket, nextEvent, sleep, startServer, stillPending, tempDir, waitFor, within } from './server.mjs';
 
 const cleanups = [];
 after(async () => {
@@ -21,22 +21,6 @@ function client(url, options) {
   return c;
 }
 
-function lossyWebSocket({ dropOut = () => false, dropIn = () => false }) {
-  return class LossyWebSocket extends WebSocket {
-    send(data, ...rest) {
-      if (dropOut(String(data))) return;
-      super.send(data, ...rest);
-    }
-    get onmessage() {
-      return super.onmessage;
-    }
-    set onmessage(fn) {
-      super.onmessage = (ev) => {
-        if (!dropIn(String(ev.data))) fn(ev);
-      };
-    }
-  };
-}
 
 describe('server restarts', () => {
   test('reconnects after the server closes the socket; offline sends and messages arrive', async () => {

@@ -7,6 +7,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import WebSocket from 'ws';
 
 export const BIN =
   process.env.BACHATA_BIN ?? fileURLToPath(new URL('../../../target/debug/bachata', import.meta.url));
@@ -185,4 +186,22 @@ export async function http(method, url, body) {
     signal: AbortSignal.timeout(5_000),
   });
   return { status: res.status, text: await res.text() };
+}
+
+/** A `ws` WebSocket that can drop frames in either direction. */
+export function lossyWebSocket({ dropOut = () => false, dropIn = () => false }) {
+  return class LossyWebSocket extends WebSocket {
+    send(data, ...rest) {
+      if (dropOut(String(data))) return;
+      super.send(data, ...rest);
+    }
+    get onmessage() {
+      return super.onmessage;
+    }
+    set onmessage(fn) {
+      super.onmessage = (ev) => {
+        if (!dropIn(String(ev.data))) fn(ev);
+      };
+    }
+  };
 }

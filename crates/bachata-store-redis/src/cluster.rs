@@ -15,7 +15,7 @@ use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Script, Value};
 
 use crate::keys::{self, ChannelKeys};
-use crate::{EXPIRE_BATCH, EXPIRE_CHANNELS, RedisStore, codec, dedupe_px, due_tag};
+use crate::{EXPIRE_BATCH, RedisStore, codec, dedupe_px};
 
 /// How long a reservation of queue room lasts (from the request's `now`),
 /// and the least time the marker of an appended message or receipt lives:
@@ -454,25 +454,7 @@ impl RedisStore {
             // As in standalone mode: each due channel once per sweep.
             let mut visited = HashSet::new();
             loop {
-                let mut cmd = redis::cmd("ZRANGE");
-                cmd.arg(&shard)
-                    .arg("-inf")
-                    .arg(now)
-                    .arg("BYSCORE")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(EXPIRE_CHANNELS);
-                let mut conn = self.conn.clone();
-                let reply: Value = self
-                    .call("expire", async move { cmd.query_async(&mut conn).await })
-                    .await?;
-                let mut fresh = Vec::new();
-                for tag in codec::array(reply, "expire")? {
-                    let tag = due_tag(tag)?;
-                    if visited.insert(tag.clone()) {
-                        fresh.push(tag);
-                    }
-                }
+                let fresh = self.due_channels(&shard, now, &mut visited).await?;
                 if fresh.is_empty() {
                     break;
                 }

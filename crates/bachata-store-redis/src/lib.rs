@@ -437,6 +437,36 @@ impl RedisStore {
         }
     }
 
+    /// The next batch of channels due for expiry in the index `index` that
+    /// this sweep has not visited yet (empty when none are left).
+    async fn due_channels(
+        &self,
+        index: &str,
+        now: Millis,
+        visited: &mut HashSet<String>,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(index)
+            .arg("-inf")
+            .arg(now)
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(EXPIRE_CHANNELS);
+        let mut conn = self.conn.clone();
+        let reply: Value = self
+            .call("expire", async move { cmd.query_async(&mut conn).await })
+            .await?;
+        let mut fresh = Vec::new();
+        for tag in codec::array(reply, "expire")? {
+            let tag = due_tag(tag)?;
+            if visited.insert(tag.clone()) {
+                fresh.push(tag);
+            }
+        }
+        Ok(fresh)
+    }
+
     /// Drops the expired entries of one channel (in batches); returns how
     /// many.
     async fn expire_channel(&self, tag: String, now: Millis) -> Result<u64, StoreError> {
@@ -847,25 +877,7 @@ impl Store for RedisStore {
         // already expired entry is left to the next sweep.
         let mut visited = HashSet::new();
         loop {
-            let mut cmd = redis::cmd("ZRANGE");
-            cmd.arg(EXPIRING)
-                .arg("-inf")
-                .arg(now)
-                .arg("BYSCORE")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(EXPIRE_CHANNELS);
-            let mut conn = self.conn.clone();
-            let reply: Value = self
-                .call("expire", async move { cmd.query_async(&mut conn).await })
-                .await?;
-            let mut fresh = Vec::new();
-            for tag in codec::array(reply, "expire")? {
-                let tag = due_tag(tag)?;
-                if visited.insert(tag.clone()) {
-                    fresh.push(tag);
-                }
-            }
+            let fresh = self.due_channels(EXPIRING, now, &mut visited).await?;
             if fresh.is_empty() {
                 return Ok(dropped);
             }
