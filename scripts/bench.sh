@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The standard benchmark set: builds release binaries, then runs the `pairs`
-# scenario against the null relay and bachata (embedded and memory stores).
-# Loopback only; each run is bounded by --duration. Prints the tables that
-# docs/performance.md quotes.
+# scenario against the null relay and bachata (embedded and memory stores),
+# `idle`, `chaos`, `fanout` (null relay and bachata) and `reconnect`.
+# Loopback only; each run is bounded by --duration (or rounds). Prints the
+# tables that docs/performance.md quotes. `scripts/bench.sh --micro` also
+# runs the criterion microbenchmarks (codec, route chain, memory and redb
+# stores; about two more minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p bachata-server -p bachata-bench
@@ -19,3 +22,14 @@ echo "## idle: 10,000 connections, server RSS per connection"
 $bench idle --spawn $server --connections 10000
 echo "## chaos: reliable load, the server SIGKILLed and restarted 5 times"
 $bench chaos --spawn $server --kills 5 --pairs 10 --window 16 --duration 15s
+echo "## fanout: a group of 100 members, 1 sender, W=16, embedded store"
+$bench fanout --spawn $server --store embedded --members 100 --senders 1 --window 16 --duration 10s
+echo "## fanout: a group of 100 members, 4 senders, W=16, embedded store"
+$bench fanout --spawn $server --store embedded --members 100 --senders 4 --window 16 --duration 10s
+echo "## reconnect: 200 receivers x 10 pending messages, all at once, 5 rounds, embedded store"
+$bench reconnect --spawn $server --store embedded --receivers 200 --messages 10 --rounds 5 --concurrency 200
+if [ "${1:-}" = "--micro" ]; then
+  echo "## criterion microbenchmarks"
+  cargo bench -q -p bachata-proto -p bachata-core -p bachata-store-redb 2>&1 \
+    | grep -E '^[a-z_]+/|time:|thrpt:'
+fi

@@ -10,10 +10,18 @@
 //! 100k messages and RSS for both, and the ratio. Loopback only; bounded in
 //! time and count. Exits non-zero if any message was lost, duplicated or
 //! reordered.
+//!
+//! Other scenarios: `fanout` (one group of N members, S of them sending),
+//! `reconnect` (R offline receivers with M pending messages each connect at
+//! once, drain, ack and leave, for some rounds), `idle` (RSS per idle
+//! connection) and `chaos` (SIGKILL and restart under load, lost = 0).
 
 mod chaos;
+mod fanout;
+mod http;
 mod idle;
 mod pairs;
+mod reconnect;
 mod relay;
 
 use std::net::SocketAddr;
@@ -44,6 +52,12 @@ enum Cmd {
     },
     /// P sender/receiver pairs with W messages in flight each.
     Pairs(PairsArgs),
+    /// One group of N members; S of them send group messages with W in
+    /// flight each (until every member's 300); all members ack.
+    Fanout(FanoutArgs),
+    /// R receivers offline while M messages are queued for each; then all
+    /// connect at once, drain, ack and disconnect; repeated for some rounds.
+    Reconnect(ReconnectArgs),
     /// Reliable load while the server is SIGKILLed and restarted K times;
     /// every message that got a 100 must arrive.
     Chaos {
@@ -104,6 +118,80 @@ struct PairsArgs {
     json: bool,
 }
 
+/// Where the `fanout` and `reconnect` scenarios run.
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Run against this server (`ws://127.0.0.1:8000`) instead of spawning.
+    #[arg(long, conflicts_with = "spawn")]
+    url: Option<String>,
+    /// The API key of the server at `--url` (none: loopback anonymous mode).
+    #[arg(long, requires = "url")]
+    api_key: Option<String>,
+    /// Spawn this `bachata` binary on a fresh data directory.
+    #[arg(long)]
+    spawn: Option<PathBuf>,
+    /// Store for the spawned server.
+    #[arg(long, default_value = "embedded")]
+    store: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct FanoutArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Members of the group (each one connection).
+    #[arg(long, default_value_t = 100)]
+    members: usize,
+    /// How many of the members send.
+    #[arg(long, default_value_t = 1)]
+    senders: usize,
+    /// Messages each sender keeps in flight (until every member's 300).
+    #[arg(long, default_value_t = 16)]
+    window: usize,
+    /// Approximate payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+    /// How long the senders send (then a drain of at most 30 s).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Upper bound on messages per sender.
+    #[arg(long, default_value_t = 1_000_000)]
+    max_per_sender: u64,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReconnectArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Receiver channels (each reconnects once per round).
+    #[arg(long, default_value_t = 200)]
+    receivers: usize,
+    /// Sender connections queueing the messages (online throughout).
+    #[arg(long, default_value_t = 4)]
+    senders: usize,
+    /// Pending messages per receiver and round.
+    #[arg(long, default_value_t = 10)]
+    messages: usize,
+    /// Rounds of queueing, then the storm.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// No round starts after this.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Receivers connecting or connected at once.
+    #[arg(long, default_value_t = 200)]
+    concurrency: usize,
+    /// 100s each sender awaits at once while queueing.
+    #[arg(long, default_value_t = 64)]
+    window: usize,
+    /// Approximate payload bytes per message.
+    #[arg(long, default_value_t = 100)]
+    payload: usize,
+}
+
 #[derive(Debug, Serialize)]
 struct Measured {
     target: String,
@@ -143,6 +231,20 @@ fn main() -> anyhow::Result<()> {
         } => runtime.block_on(idle_cmd(bachata, connections, sources, json)),
         Cmd::Pairs(args) => {
             let ok = runtime.block_on(pairs_cmd(args))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Fanout(args) => {
+            let ok = runtime.block_on(fanout_cmd(args))?;
+            if !ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Reconnect(args) => {
+            let ok = runtime.block_on(reconnect_cmd(args))?;
             if !ok {
                 std::process::exit(1);
             }
@@ -223,7 +325,13 @@ async fn measure(
         payload: args.payload,
         duration: args.duration,
         max_per_pair: args.max_per_pair,
-        prefix: format!("{target}-"),
+        // A server at --url may have seen this bench before: ids it still
+        // remembers (dedupe window) would get a 100 and no delivery.
+        prefix: if args.url.is_some() {
+            fresh_prefix(target)
+        } else {
+            format!("{target}-")
+        },
     };
     let before = pid.and_then(cpu_seconds);
     let report = pairs::run(&opts).await?;
@@ -392,5 +500,264 @@ async fn chaos_cmd(
             }
         );
     }
+    Ok(ok)
+}
+
+/// A `bachata serve` on a fresh data directory and port, with an API key.
+struct Server {
+    child: Child,
+    /// `host:port`
+    addr: String,
+    api_key: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn spawn_server(bachata: &std::path::Path, store: &str) -> anyhow::Result<Server> {
+    let dir = tempfile::tempdir()?;
+    let api_key = format!("bench-{}", std::process::id());
+    let mut cmd = Command::new(bachata);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("BACHATA_API_KEY", &api_key)
+        .env("BACHATA_LOG", "warn,bachata_server=info");
+    let (child, addr) = spawn(cmd, "addr=", true).await?;
+    Ok(Server {
+        child,
+        addr,
+        api_key,
+        _dir: dir,
+    })
+}
+
+/// `host:port` of a `ws://host:port[/...]` URL.
+fn host_port(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split('/').next().unwrap_or(rest)
+}
+
+/// A prefix no earlier run against the same server used.
+fn fresh_prefix(name: &str) -> String {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    format!("{name}{millis}-")
+}
+
+#[derive(Debug, Serialize)]
+struct FanoutMeasured {
+    target: String,
+    report: fanout::Report,
+    cpu_seconds: Option<f64>,
+    cpu_seconds_per_100k_deliveries: Option<f64>,
+    rss_kb: Option<u64>,
+}
+
+async fn measure_fanout(
+    target: &str,
+    opts: fanout::Options,
+    pid: Option<u32>,
+) -> anyhow::Result<FanoutMeasured> {
+    let before = pid.and_then(cpu_seconds);
+    let report = fanout::run(&opts).await?;
+    let after = pid.and_then(cpu_seconds);
+    let cpu = before.zip(after).map(|(b, a)| a - b);
+    Ok(FanoutMeasured {
+        target: target.to_owned(),
+        cpu_seconds_per_100k_deliveries: cpu
+            .map(|c| c / (report.deliveries.max(1) as f64) * 100_000.0),
+        cpu_seconds: cpu,
+        rss_kb: pid.and_then(rss_kb),
+        report,
+    })
+}
+
+fn us(l: &pairs::Latency) -> String {
+    format!("{}/{}/{}/{}", l.p50_us, l.p99_us, l.p999_us, l.max_us)
+}
+
+async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
+    let options = |url: String, group: String| fanout::Options {
+        url,
+        group,
+        members: args.members,
+        senders: args.senders,
+        window: args.window,
+        payload: args.payload,
+        duration: args.duration,
+        max_per_sender: args.max_per_sender,
+    };
+    let t = &args.target;
+    let mut results = Vec::new();
+    if let Some(url) = &t.url {
+        let group = format!("{}g", fresh_prefix("fanout"));
+        fanout::create_group(host_port(url), t.api_key.as_deref(), &group, args.members).await?;
+        results.push(measure_fanout("server", options(url.clone(), group), None).await?);
+    } else {
+        let bachata = t.spawn.clone().context("give --url or --spawn")?;
+        // The null relay takes the members of group `g` to be the
+        // connected channels `g.*`.
+        let mut relay_cmd = Command::new(std::env::current_exe()?);
+        relay_cmd.arg("null-relay");
+        let (relay, relay_addr) = spawn(relay_cmd, "listening ", false).await?;
+        let opts = options(format!("ws://{relay_addr}"), "null-g".into());
+        results.push(measure_fanout("null", opts, relay.id()).await?);
+        drop(relay);
+        let server = spawn_server(&bachata, &t.store).await?;
+        let group = "bachata-g";
+        fanout::create_group(&server.addr, Some(&server.api_key), group, args.members).await?;
+        let opts = options(format!("ws://{}", server.addr), group.into());
+        let target = format!("bachata-{}", t.store);
+        results.push(measure_fanout(&target, opts, server.child.id()).await?);
+        drop(server);
+    }
+    let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(ok);
+    }
+    println!(
+        "fanout: a group of {} members, {} sending with {} in flight each; every message goes to {} members",
+        args.members,
+        args.senders,
+        args.window,
+        args.members.saturating_sub(1)
+    );
+    for m in &results {
+        let r = &m.report;
+        println!(
+            "{:<16} {:>9.0} deliveries/s {:>8.0} msg/s  deliveries {:>9}  cpu/100k deliveries {}  rss {}",
+            m.target,
+            r.deliveries_per_sec,
+            r.msgs_per_sec,
+            r.deliveries,
+            m.cpu_seconds_per_100k_deliveries
+                .map_or("-".into(), |c| format!("{c:.2}s")),
+            m.rss_kb.map_or("-".into(), |k| format!("{k} KB")),
+        );
+        println!(
+            "{:<16} p50/p99/p999/max us: send->100 {}  send->receive {}  send->300 {}",
+            "",
+            us(&r.send_to_100),
+            us(&r.send_to_receive),
+            us(&r.send_to_300),
+        );
+        for e in r.exactness_errors.iter().take(20) {
+            println!("  EXACTNESS: {e}");
+        }
+    }
+    if let [null, server] = results.as_slice() {
+        println!(
+            "ratio: {:.2}x the null relay's deliveries/s",
+            server.report.deliveries_per_sec / null.report.deliveries_per_sec.max(1.0)
+        );
+    }
+    println!(
+        "exactness: {}",
+        if ok {
+            "ok (every member got every message once, in order; one 300 per member)"
+        } else {
+            "FAILED"
+        }
+    );
+    Ok(ok)
+}
+
+#[derive(Debug, Serialize)]
+struct ReconnectMeasured {
+    target: String,
+    /// Why there is no null relay figure.
+    null_baseline: &'static str,
+    report: reconnect::Report,
+    storm_cpu_seconds_per_1k_reconnects: Option<f64>,
+    rss_kb: Option<u64>,
+}
+
+async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
+    let t = &args.target;
+    let options =
+        |url: String, api: Option<(String, Option<String>)>, prefix: String| reconnect::Options {
+            url,
+            api,
+            receivers: args.receivers,
+            senders: args.senders,
+            messages: args.messages,
+            rounds: args.rounds,
+            duration: args.duration,
+            concurrency: args.concurrency,
+            window: args.window,
+            payload: args.payload,
+            prefix,
+        };
+    let (target, report, rss) = if let Some(url) = &t.url {
+        let api = Some((host_port(url).to_owned(), t.api_key.clone()));
+        let opts = options(url.clone(), api, fresh_prefix("rc"));
+        (
+            "server".to_owned(),
+            reconnect::run(&opts, || None).await?,
+            None,
+        )
+    } else {
+        let bachata = t.spawn.clone().context("give --url or --spawn")?;
+        let server = spawn_server(&bachata, &t.store).await?;
+        let api = Some((server.addr.clone(), Some(server.api_key.clone())));
+        let opts = options(format!("ws://{}", server.addr), api, "rc-".into());
+        let pid = server.child.id();
+        let report = reconnect::run(&opts, || pid.and_then(cpu_seconds)).await?;
+        let rss = pid.and_then(rss_kb);
+        drop(server);
+        (format!("bachata-{}", t.store), report, rss)
+    };
+    let m = ReconnectMeasured {
+        target,
+        null_baseline: "none: the null relay stores nothing, so it has no pending messages to drain",
+        storm_cpu_seconds_per_1k_reconnects: report
+            .storm_cpu_seconds
+            .map(|c| c / (report.reconnects.max(1) as f64) * 1000.0),
+        rss_kb: rss,
+        report,
+    };
+    let ok = m.report.exactness_errors.is_empty() && m.report.reconnects > 0;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ok);
+    }
+    let r = &m.report;
+    println!(
+        "reconnect ({}): {} rounds of {} receivers x {} pending messages (no null baseline: the relay stores nothing)",
+        m.target, r.rounds, r.receivers, r.messages_per_receiver
+    );
+    println!(
+        "  {:.0} reconnects/s ({} in {:.2}s of storms)  time-to-drain p50/p99/max {}/{}/{} us  time-to-ready p50/p99/max {}/{}/{} us",
+        r.reconnects_per_sec,
+        r.reconnects,
+        r.storm_seconds,
+        r.time_to_drain.p50_us,
+        r.time_to_drain.p99_us,
+        r.time_to_drain.max_us,
+        r.time_to_ready.p50_us,
+        r.time_to_ready.p99_us,
+        r.time_to_ready.max_us,
+    );
+    println!(
+        "  queued {} messages at {:.0}/s, 300s {}  storm cpu/1k reconnects {}  rss {}",
+        r.queued,
+        r.queued_per_sec,
+        r.receipts,
+        m.storm_cpu_seconds_per_1k_reconnects
+            .map_or("-".into(), |c| format!("{c:.2}s")),
+        m.rss_kb.map_or("-".into(), |k| format!("{k} KB")),
+    );
+    for e in r.exactness_errors.iter().take(20) {
+        println!("  EXACTNESS: {e}");
+    }
+    println!(
+        "exactness: {}",
+        if ok {
+            "ok (each receiver got exactly its pending messages, in order; every 300; nothing left pending)"
+        } else {
+            "FAILED"
+        }
+    );
     Ok(ok)
 }

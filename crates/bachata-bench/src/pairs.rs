@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub(crate) fn of(h: &Histogram<u64>) -> Self {
         Latency {
             p50_us: h.value_at_quantile(0.5),
             p99_us: h.value_at_quantile(0.99),
@@ -72,14 +72,14 @@ pub struct Report {
     pub exactness_errors: Vec<String>,
 }
 
-fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     match Histogram::new_with_bounds(1, 60_000_000, 3) {
         Ok(h) => h,
         Err(_) => unreachable!("constant bounds are valid"),
     }
 }
 
-async fn connect(url: &str, channel: &str) -> anyhow::Result<Ws> {
+pub(crate) async fn connect(url: &str, channel: &str) -> anyhow::Result<Ws> {
     let endpoint = format!("{url}/messages?channel={channel}");
     let (mut ws, _) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -163,7 +163,7 @@ pub async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
 }
 
-fn micros(origin: Instant) -> u64 {
+pub(crate) fn micros(origin: Instant) -> u64 {
     origin.elapsed().as_micros() as u64
 }
 

@@ -2,7 +2,9 @@
 //! and `dest`, answers 100 at once, forwards to the destination's
 //! connection, and turns the receiver's 200 into a 300 for the sender. No
 //! storage, no routing, no limits: what this machine can do with WebSockets
-//! and JSON at all, measured in the same run as the server.
+//! and JSON at all, measured in the same run as the server. A `"group"`
+//! message goes to every connected channel named `<dest>.<anything>` but the
+//! sender, the relay's stand-in for a group (used by the `fanout` scenario).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,20 +89,48 @@ async fn connection(tcp: tokio::net::TcpStream, peers: Peers) {
         };
         let peer = |name: &str| peers.lock().ok().and_then(|p| p.get(name).cloned());
         match (&head.kind, head.dest) {
-            (serde_json::Value::String(_), Some(dest)) => {
+            (serde_json::Value::String(kind), Some(dest)) => {
                 if let Some(id) = head.id {
                     let _ = tx.send(Message::Text(
                         format!(r#"{{"type":100,"data":"{id}"}}"#).into(),
                     ));
                 }
-                if let Some(to) = peer(dest) {
-                    // Forward with `from`, so the receiver can address the 300.
-                    let forwarded = format!(
-                        r#"{{"id":"{}","type":"direct","from":"{channel}","dest":"{dest}","data":{}}}"#,
-                        head.id.unwrap_or_default(),
-                        head.data.map_or("null", |d| d.get())
+                // Forward with `from`, so the receiver can address the 300.
+                let forwarded = || {
+                    Message::Text(
+                        format!(
+                            r#"{{"id":"{}","type":"{kind}","from":"{channel}","dest":"{dest}","data":{}}}"#,
+                            head.id.unwrap_or_default(),
+                            head.data.map_or("null", |d| d.get())
+                        )
+                        .into(),
+                    )
+                };
+                if kind == "group" {
+                    // The relay keeps no groups: the members of group `g`
+                    // are the connected channels named `g.<anything>`
+                    // (the `fanout` scenario names them so), but the sender.
+                    let members: Vec<_> = peers.lock().map_or_else(
+                        |_| Vec::new(),
+                        |p| {
+                            p.iter()
+                                .filter(|(name, _)| {
+                                    **name != channel
+                                        && name
+                                            .strip_prefix(dest)
+                                            .is_some_and(|rest| rest.starts_with('.'))
+                                })
+                                .map(|(_, to)| to.clone())
+                                .collect()
+                        },
                     );
-                    let _ = to.send(Message::Text(forwarded.into()));
+                    // One text for every member (a cheap clone of its bytes).
+                    let frame = forwarded();
+                    for to in members {
+                        let _ = to.send(frame.clone());
+                    }
+                } else if let Some(to) = peer(dest) {
+                    let _ = to.send(forwarded());
                 }
             }
             (serde_json::Value::Number(n), _) if n.as_i64() == Some(200) => {

@@ -5,14 +5,15 @@
 //! marked lagged instead of blocking the sender, and re-reads the store; so
 //! memory stays bounded and nothing stored is lost.
 
-use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bachata_proto::Channel;
 use bytes::Bytes;
-use parking_lot::RwLock;
-use tokio::sync::mpsc;
+use foldhash::HashMap;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::Notify;
 
 use crate::store::{Device, Entry, Seq};
 
@@ -32,12 +33,59 @@ pub enum Event {
     Wake(Seq),
 }
 
+/// One connection's event queue: bounded, and allocated only once events
+/// flow (a tokio mpsc channel allocates a 32-slot block up front, ~2.6 KB
+/// per idle connection).
+#[derive(Debug, Default)]
+pub(crate) struct Inbox {
+    queue: Mutex<VecDeque<Event>>,
+    ready: Notify,
+    /// Set when an event found the queue full and was dropped.
+    pub(crate) lagged: AtomicBool,
+}
+
+impl Inbox {
+    /// Queues an event; `false` when the queue is full.
+    fn push(&self, event: Event) -> bool {
+        {
+            let mut queue = self.queue.lock();
+            if queue.len() >= EVENT_QUEUE {
+                return false;
+            }
+            queue.push_back(event);
+        }
+        self.ready.notify_one();
+        true
+    }
+
+    /// Queues an event, or marks the connection lagged when full.
+    fn push_or_lag(&self, event: Event) {
+        if !self.push(event) {
+            self.lagged.store(true, Ordering::Release);
+        }
+    }
+
+    pub(crate) fn try_recv(&self) -> Option<Event> {
+        self.queue.lock().pop_front()
+    }
+
+    /// Waits for the next event. Cancel-safe: an event is taken only by the
+    /// poll that returns it, and a wake-up that finds no waiter is kept.
+    pub(crate) async fn recv(&self) -> Event {
+        loop {
+            if let Some(event) = self.try_recv() {
+                return event;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Subscriber {
     id: u64,
     device: Device,
-    tx: mpsc::Sender<Event>,
-    lagged: Arc<AtomicBool>,
+    inbox: Arc<Inbox>,
 }
 
 /// See the module docs.
@@ -55,8 +103,7 @@ pub struct Subscription {
     hub: Arc<Hub>,
     channel: Channel,
     id: u64,
-    pub(crate) rx: mpsc::Receiver<Event>,
-    pub(crate) lagged: Arc<AtomicBool>,
+    pub(crate) inbox: Arc<Inbox>,
 }
 
 impl Drop for Subscription {
@@ -77,8 +124,7 @@ impl Hub {
     }
 
     pub fn subscribe(self: &Arc<Self>, channel: &Channel, device: &Device) -> Subscription {
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let lagged = Arc::new(AtomicBool::new(false));
+        let inbox = Arc::new(Inbox::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.channels
             .write()
@@ -87,15 +133,13 @@ impl Hub {
             .push(Subscriber {
                 id,
                 device: device.clone(),
-                tx,
-                lagged: lagged.clone(),
+                inbox: inbox.clone(),
             });
         Subscription {
             hub: self.clone(),
             channel: channel.clone(),
             id,
-            rx,
-            lagged,
+            inbox,
         }
     }
 
@@ -104,11 +148,7 @@ impl Hub {
         self.each(
             channel,
             |_| true,
-            |sub| {
-                if sub.tx.try_send(Event::Entry(entry.clone())).is_err() {
-                    sub.lagged.store(true, Ordering::Release);
-                }
-            },
+            |sub| sub.inbox.push_or_lag(Event::Entry(entry.clone())),
         );
     }
 
@@ -118,13 +158,10 @@ impl Hub {
             channel,
             |sub| &sub.device == device,
             |sub| {
-                let event = Event::Acked {
+                sub.inbox.push_or_lag(Event::Acked {
                     device: device.clone(),
                     seq,
-                };
-                if sub.tx.try_send(event).is_err() {
-                    sub.lagged.store(true, Ordering::Release);
-                }
+                });
             },
         );
     }
@@ -135,11 +172,7 @@ impl Hub {
         self.each(
             channel,
             |_| true,
-            |sub| {
-                if sub.tx.try_send(Event::Wake(seq)).is_err() {
-                    sub.lagged.store(true, Ordering::Release);
-                }
-            },
+            |sub| sub.inbox.push_or_lag(Event::Wake(seq)),
         );
     }
 
@@ -147,9 +180,9 @@ impl Hub {
     pub fn resync_all(&self) {
         let channels = self.channels.read();
         for sub in channels.values().flatten() {
-            sub.lagged.store(true, Ordering::Release);
+            sub.inbox.lagged.store(true, Ordering::Release);
             // An empty wake-up gets an idle session to look at the flag.
-            let _ = sub.tx.try_send(Event::Wake(0));
+            let _ = sub.inbox.push(Event::Wake(0));
         }
     }
 
@@ -161,7 +194,7 @@ impl Hub {
             channel,
             |_| true,
             |sub| {
-                if sub.tx.try_send(Event::Live(payload.clone())).is_ok() {
+                if sub.inbox.push(Event::Live(payload.clone())) {
                     sent += 1;
                 } else {
                     self.live_dropped.fetch_add(1, Ordering::Relaxed);

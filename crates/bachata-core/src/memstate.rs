@@ -15,7 +15,9 @@
 //!   device has acked.
 //! - `by_id` maps exactly the ids of the message entries in `log`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 
 use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
@@ -56,7 +58,7 @@ impl Default for ChannelState {
             next_seq: 1,
             log: BTreeMap::new(),
             devices: BTreeMap::new(),
-            by_id: HashMap::new(),
+            by_id: HashMap::default(),
             pending: 0,
         }
     }

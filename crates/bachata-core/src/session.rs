@@ -99,7 +99,7 @@ impl Session {
     /// room for them, or when the event queue overflowed and the session
     /// must catch up with the store.
     pub fn wants_read(&self) -> bool {
-        self.sub.lagged.load(Ordering::Acquire) || (!self.caught_up && self.room() > 0)
+        self.sub.inbox.lagged.load(Ordering::Acquire) || (!self.caught_up && self.room() > 0)
     }
 
     /// Reads the next entries this device has not acked, up to the window,
@@ -107,7 +107,7 @@ impl Session {
     pub async fn read(&mut self) -> Result<Vec<Bytes>, StoreError> {
         // Clear first: an event that lags the queue after this point sets it
         // again and is read by the next call.
-        if self.sub.lagged.swap(false, Ordering::AcqRel) {
+        if self.sub.inbox.lagged.swap(false, Ordering::AcqRel) {
             // Dropped events may have been entries or acks.
             self.caught_up = false;
             if !self.inflight.is_empty() {
@@ -162,7 +162,12 @@ impl Session {
 
     /// Waits for the next hub event. Cancel-safe.
     pub async fn recv(&mut self) -> Option<Event> {
-        self.sub.rx.recv().await
+        Some(self.sub.inbox.recv().await)
+    }
+
+    /// The next hub event if one is already queued.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.sub.inbox.try_recv()
     }
 
     /// Applies a hub event; returns a frame to send now, if any.

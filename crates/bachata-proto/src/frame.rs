@@ -251,7 +251,13 @@ fn string_field(raw: &RawValue, field: &'static str) -> Result<String, ProtoErro
             expected: "a string",
         });
     }
-    serde_json::from_str::<String>(raw.get()).map_err(|e| ProtoError::Syntax(e.to_string()))
+    // `raw` is valid JSON already: a string without escapes is exactly the
+    // text between its quotes.
+    let text = raw.get();
+    if !text.contains('\\') && text.len() >= 2 {
+        return Ok(text[1..text.len() - 1].to_owned());
+    }
+    serde_json::from_str::<String>(text).map_err(|e| ProtoError::Syntax(e.to_string()))
 }
 
 fn id_field(raw: &RawValue, field: &'static str) -> Result<MessageId, ProtoError> {
@@ -408,6 +414,18 @@ mod tests {
             m.to_json(),
             r#"{"id":"1","type":"direct","dest":"bob","data":{"text": "hi" },"x":[1, 2]}"#
         );
+    }
+
+    #[test]
+    fn strings_with_and_without_escapes_and_spaces() {
+        let text = r#"{ "id" : "a1" , "type" : "dir\u0065ct", "dest":"b\"ob" , "from": "" }"#;
+        let Ok(Inbound::Data(m)) = parse(text) else {
+            panic!("not data")
+        };
+        assert_eq!(m.id.as_ref().map(MessageId::as_str), Some("a1"));
+        assert_eq!(m.kind, "direct");
+        assert_eq!(m.dest.as_deref(), Some("b\"ob"));
+        assert_eq!(m.from.as_deref(), Some(""));
     }
 
     #[test]

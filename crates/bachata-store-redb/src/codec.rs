@@ -1,22 +1,33 @@
-//! The on-disk encoding of a log entry (the value of the `entries` table).
+//! The on-disk encodings: a log entry (the value of the `entries` table)
+//! and a batch of [`Change`]s (the value of a `wal` row).
 //!
+//! An entry:
 //! ```text
 //! u8 version (1) | u8 kind (0 message, 1 receipt) | u64 LE expires_at
 //! kind 0: u8 has_sender | [u16 LE len | sender] | u16 LE len | id
 //! payload (the rest)
 //! ```
+//! A batch of changes: `u8 version (1)`, then per change a `u8` tag and its
+//! fields (strings as `u16 LE len | bytes`, numbers as `u64 LE`, an entry
+//! as `u32 LE len | entry`).
+//!
 //! Decoding checks every length, so a corrupt value is an error, never a
 //! panic.
 
 use bachata_core::EntryKind;
-use bachata_core::memstate::StoredEntry;
-use bachata_proto::{Channel, MessageId};
+use bachata_core::memstate::{Change, StoredEntry};
+use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
 
 const VERSION: u8 = 1;
 
 pub fn encode(entry: &StoredEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + entry.payload.len());
+    encode_into(entry, &mut out);
+    out
+}
+
+fn encode_into(entry: &StoredEntry, out: &mut Vec<u8>) {
     out.push(VERSION);
     match &entry.kind {
         EntryKind::Message { sender, id } => {
@@ -25,11 +36,11 @@ pub fn encode(entry: &StoredEntry) -> Vec<u8> {
             match sender {
                 Some(sender) => {
                     out.push(1);
-                    push_str(&mut out, sender.as_str());
+                    push_str(out, sender.as_str());
                 }
                 None => out.push(0),
             }
-            push_str(&mut out, id.as_str());
+            push_str(out, id.as_str());
         }
         EntryKind::Receipt => {
             out.push(1);
@@ -37,7 +48,6 @@ pub fn encode(entry: &StoredEntry) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&entry.payload);
-    out
 }
 
 fn push_str(out: &mut Vec<u8>, s: &str) {
@@ -66,6 +76,12 @@ impl<'a> Reader<'a> {
         let mut b = [0u8; 8];
         b.copy_from_slice(self.take(8)?);
         Ok(u64::from_le_bytes(b))
+    }
+
+    fn u32(&mut self) -> Result<u32, String> {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(self.take(4)?);
+        Ok(u32::from_le_bytes(b))
     }
 
     fn str(&mut self) -> Result<&'a str, String> {
@@ -102,6 +118,165 @@ pub fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
         expires_at,
         acked_by: Vec::new(),
     })
+}
+
+mod tag {
+    pub const PUT_ENTRY: u8 = 1;
+    pub const DEL_ENTRY: u8 = 2;
+    pub const PUT_ACK: u8 = 3;
+    pub const PUT_DEVICE: u8 = 4;
+    pub const PUT_DEDUPE: u8 = 5;
+    pub const DEL_DEDUPE: u8 = 6;
+    pub const PUT_MEMBER: u8 = 7;
+    pub const DEL_MEMBER: u8 = 8;
+}
+
+/// Appends the encoding of `changes` (one `wal` row) to `out`.
+pub fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
+    out.push(VERSION);
+    for change in changes {
+        match change {
+            Change::PutEntry {
+                channel,
+                seq,
+                entry,
+            } => {
+                out.push(tag::PUT_ENTRY);
+                push_str(out, channel.as_str());
+                out.extend_from_slice(&seq.to_le_bytes());
+                let at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                encode_into(entry, out);
+                // Frames are capped far below 4 GiB by max_frame_bytes.
+                let len = (out.len() - at - 4) as u32;
+                out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+            Change::DelEntry {
+                channel,
+                seq,
+                acked_by,
+            } => {
+                out.push(tag::DEL_ENTRY);
+                push_str(out, channel.as_str());
+                out.extend_from_slice(&seq.to_le_bytes());
+                out.extend_from_slice(&(acked_by.len() as u64).to_le_bytes());
+                for device in acked_by {
+                    push_str(out, device);
+                }
+            }
+            Change::PutAck {
+                channel,
+                seq,
+                device,
+            } => {
+                out.push(tag::PUT_ACK);
+                push_str(out, channel.as_str());
+                out.extend_from_slice(&seq.to_le_bytes());
+                push_str(out, device);
+            }
+            Change::PutDevice {
+                channel,
+                device,
+                last_seen,
+            } => {
+                out.push(tag::PUT_DEVICE);
+                push_str(out, channel.as_str());
+                push_str(out, device);
+                out.extend_from_slice(&last_seen.to_le_bytes());
+            }
+            Change::PutDedupe { sender, id, until } => {
+                out.push(tag::PUT_DEDUPE);
+                push_str(out, sender);
+                push_str(out, id.as_str());
+                out.extend_from_slice(&until.to_le_bytes());
+            }
+            Change::DelDedupe { sender, id } => {
+                out.push(tag::DEL_DEDUPE);
+                push_str(out, sender);
+                push_str(out, id.as_str());
+            }
+            Change::PutMember { group, member } => {
+                out.push(tag::PUT_MEMBER);
+                push_str(out, group.as_str());
+                push_str(out, member.as_str());
+            }
+            Change::DelMember { group, member } => {
+                out.push(tag::DEL_MEMBER);
+                push_str(out, group.as_str());
+                push_str(out, member.as_str());
+            }
+        }
+    }
+}
+
+/// Decodes one `wal` row, calling `f` with each change in order.
+pub fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), String> {
+    let mut r = Reader(bytes);
+    let version = r.u8()?;
+    if version != VERSION {
+        return Err(format!("unknown wal version {version}"));
+    }
+    let channel = |s: &str| Channel::new(s).map_err(|e| e.to_string());
+    let id = |s: &str| MessageId::new(s).map_err(|e| e.to_string());
+    let group = |s: &str| GroupId::new(s).map_err(|e| e.to_string());
+    while !r.0.is_empty() {
+        let change = match r.u8()? {
+            tag::PUT_ENTRY => {
+                let c = channel(r.str()?)?;
+                let seq = r.u64()?;
+                let len = r.u32()? as usize;
+                Change::PutEntry {
+                    channel: c,
+                    seq,
+                    entry: decode(r.take(len)?)?,
+                }
+            }
+            tag::DEL_ENTRY => {
+                let c = channel(r.str()?)?;
+                let seq = r.u64()?;
+                let n = r.u64()?;
+                let mut acked_by = Vec::new();
+                for _ in 0..n {
+                    acked_by.push(r.str()?.to_owned());
+                }
+                Change::DelEntry {
+                    channel: c,
+                    seq,
+                    acked_by,
+                }
+            }
+            tag::PUT_ACK => Change::PutAck {
+                channel: channel(r.str()?)?,
+                seq: r.u64()?,
+                device: r.str()?.to_owned(),
+            },
+            tag::PUT_DEVICE => Change::PutDevice {
+                channel: channel(r.str()?)?,
+                device: r.str()?.to_owned(),
+                last_seen: r.u64()?,
+            },
+            tag::PUT_DEDUPE => Change::PutDedupe {
+                sender: r.str()?.to_owned(),
+                id: id(r.str()?)?,
+                until: r.u64()?,
+            },
+            tag::DEL_DEDUPE => Change::DelDedupe {
+                sender: r.str()?.to_owned(),
+                id: id(r.str()?)?,
+            },
+            tag::PUT_MEMBER => Change::PutMember {
+                group: group(r.str()?)?,
+                member: channel(r.str()?)?,
+            },
+            tag::DEL_MEMBER => Change::DelMember {
+                group: group(r.str()?)?,
+                member: channel(r.str()?)?,
+            },
+            other => return Err(format!("unknown wal change tag {other}")),
+        };
+        f(change);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -146,5 +321,71 @@ mod tests {
         }
         assert!(decode(&[9, 0]).is_err());
         assert!(decode(&[1, 5, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn changes_round_trip_and_corruption() {
+        let ch = |s: &str| Channel::new(s).expect("valid");
+        let changes = vec![
+            Change::PutEntry {
+                channel: ch("bob"),
+                seq: 7,
+                entry: StoredEntry {
+                    kind: EntryKind::Message {
+                        sender: Some(ch("alice")),
+                        id: MessageId::new("m1").expect("valid"),
+                    },
+                    payload: Bytes::from_static(br#"{"type":"direct","data":"hi"}"#),
+                    expires_at: 99,
+                    acked_by: Vec::new(),
+                },
+            },
+            Change::PutAck {
+                channel: ch("bob"),
+                seq: 7,
+                device: String::new(),
+            },
+            Change::DelEntry {
+                channel: ch("bob"),
+                seq: 7,
+                acked_by: vec![String::new(), "phone".into()],
+            },
+            Change::PutDevice {
+                channel: ch("bob"),
+                device: "phone".into(),
+                last_seen: 5,
+            },
+            Change::PutDedupe {
+                sender: "alice".into(),
+                id: MessageId::new("m1").expect("valid"),
+                until: 1000,
+            },
+            Change::DelDedupe {
+                sender: String::new(),
+                id: MessageId::new("m2").expect("valid"),
+            },
+            Change::PutMember {
+                group: GroupId::new("g").expect("valid"),
+                member: ch("bob"),
+            },
+            Change::DelMember {
+                group: GroupId::new("g").expect("valid"),
+                member: ch("carol"),
+            },
+        ];
+        let mut bytes = Vec::new();
+        encode_changes(&changes, &mut bytes);
+        let mut decoded = Vec::new();
+        decode_changes(&bytes, |c| decoded.push(c)).expect("decodes");
+        assert_eq!(decoded, changes);
+        // Every truncation decodes to an error or a prefix, never a panic.
+        for n in 0..bytes.len() {
+            let mut prefix = Vec::new();
+            if decode_changes(&bytes[..n], |c| prefix.push(c)).is_ok() {
+                assert_eq!(prefix[..], changes[..prefix.len()]);
+            }
+        }
+        assert!(decode_changes(&[1, 99], |_| {}).is_err());
+        assert!(decode_changes(&[2], |_| {}).is_err());
     }
 }

@@ -2,22 +2,27 @@
 //!
 //! # How it works
 //! The delivery state lives in memory as a [`MemState`] (the same state
-//! machine as the memory store), and on disk in four redb tables. One OS
-//! thread, the writer, owns all mutations: callers send requests over a
-//! channel; the writer takes every request that is waiting (up to
-//! [`MAX_BATCH`]), applies them to the state in order, writes the
-//! [`Change`]s they report in **one** redb write transaction, commits it with
-//! `Durability::Immediate` (fsync), and only then answers each caller. That is
-//! group commit: under load many enqueues share one disk sync, and an answer
-//! still means "on disk".
+//! machine as the memory store), and on disk in redb. One OS thread, the
+//! writer, owns all mutations: callers send requests over a channel; the
+//! writer takes every request that is waiting (up to [`MAX_BATCH`]), applies
+//! them to the state in order, appends the [`Change`]s they report as **one**
+//! row of the `wal` table in one redb write transaction, commits it with
+//! `Durability::Immediate` (fsync), and only then answers each caller. That
+//! is group commit: under load many enqueues share one disk sync, and an
+//! answer still means "on disk".
 //!
-//! Reads (`read`, `pending_count`) are served from memory.
+//! About once a second a checkpoint writes the folded effect of the log to
+//! the tables below and empties the log (see the `wal` module for why and
+//! how). Reads (`read`, `pending_count`) are served from memory.
 //!
-//! On open, the state is rebuilt from the tables (recovery). A redb commit
-//! is atomic, so after a crash the state is exactly that of the last commit
-//! that returned: nothing answered is lost, nothing half-written is seen.
+//! On open, a leftover log is folded into the tables, then the state is
+//! rebuilt from them (recovery). A redb commit is atomic, so after a crash
+//! the state is exactly that of the last commit that returned: nothing
+//! answered is lost, nothing half-written is seen.
 //!
 //! # Tables
+//! - `wal`: batch number -> the encoded changes of one group commit, since
+//!   the last checkpoint
 //! - `entries`: `(channel, seq)` -> encoded entry (see `codec`)
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
@@ -30,10 +35,12 @@
 //! empty.
 
 mod codec;
+mod wal;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,12 +54,12 @@ use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
-const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks");
-const DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("devices");
-const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
-const CHANNELS: TableDefinition<&str, u64> = TableDefinition::new("channels");
-const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
+pub(crate) const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
+pub(crate) const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks");
+pub(crate) const DEVICES: TableDefinition<(&str, &str), u64> = TableDefinition::new("devices");
+pub(crate) const DEDUPE: TableDefinition<(&str, &str), u64> = TableDefinition::new("dedupe");
+pub(crate) const CHANNELS: TableDefinition<&str, u64> = TableDefinition::new("channels");
+pub(crate) const MEMBERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("members");
 
 /// Most requests folded into one commit.
 pub const MAX_BATCH: usize = 4096;
@@ -108,6 +115,8 @@ struct Request {
 /// See the crate docs.
 pub struct RedbStore {
     state: Arc<Mutex<MemState>>,
+    /// Set to make the writer stop like a crash: no checkpoint at the end.
+    crash_on_close: Arc<AtomicBool>,
     tx: Option<mpsc::Sender<Request>>,
     writer: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
@@ -142,20 +151,32 @@ impl RedbStore {
             reason,
         };
         create_tables(&db).map_err(|e| recover(e.to_string()))?;
+        wal::recover(&db).map_err(|e| recover(e.to_string()))?;
         let state = MemState::restore(load(&db).map_err(|e| recover(e.to_string()))?);
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_state = state.clone();
+        let crash_on_close = Arc::new(AtomicBool::new(false));
+        let crash = crash_on_close.clone();
         let writer = std::thread::Builder::new()
             .name("bachata-redb-writer".into())
-            .spawn(move || writer_loop(db, writer_state, rx, on_commit))
+            .spawn(move || writer_loop(db, writer_state, rx, on_commit, crash))
             .map_err(OpenError::Thread)?;
         Ok(RedbStore {
             state,
+            crash_on_close,
             tx: Some(tx),
             writer: Some(writer),
             path,
         })
+    }
+
+    /// Makes the store close as a crash would after its last commit: the
+    /// log is left for the next open to fold in (see the `wal` module). For
+    /// tests of recovery.
+    #[doc(hidden)]
+    pub fn close_as_if_crashed(&self) {
+        self.crash_on_close.store(true, Ordering::SeqCst);
     }
 
     async fn call(&self, op: Op) -> Result<Reply, StoreError> {
@@ -187,6 +208,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(DEDUPE)?;
     txn.open_table(CHANNELS)?;
     txn.open_table(MEMBERS)?;
+    txn.open_table(wal::WAL)?;
     txn.commit()?;
     Ok(())
 }
@@ -281,81 +303,19 @@ fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
     }
 }
 
-fn persist(db: &Database, changes: &[Change]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    {
-        let mut entries = txn.open_table(ENTRIES)?;
-        let mut acks = txn.open_table(ACKS)?;
-        let mut devices = txn.open_table(DEVICES)?;
-        let mut dedupe = txn.open_table(DEDUPE)?;
-        let mut members = txn.open_table(MEMBERS)?;
-        let mut next_seqs: HashMap<&str, u64> = HashMap::new();
-        for change in changes {
-            match change {
-                Change::PutEntry {
-                    channel,
-                    seq,
-                    entry,
-                } => {
-                    entries.insert((channel.as_str(), *seq), codec::encode(entry).as_slice())?;
-                    let next = next_seqs.entry(channel.as_str()).or_default();
-                    *next = (*next).max(seq + 1);
-                }
-                Change::DelEntry {
-                    channel,
-                    seq,
-                    acked_by,
-                } => {
-                    entries.remove((channel.as_str(), *seq))?;
-                    for device in acked_by {
-                        acks.remove((channel.as_str(), *seq, device.as_str()))?;
-                    }
-                }
-                Change::PutAck {
-                    channel,
-                    seq,
-                    device,
-                } => {
-                    acks.insert((channel.as_str(), *seq, device.as_str()), ())?;
-                }
-                Change::PutDevice {
-                    channel,
-                    device,
-                    last_seen,
-                } => {
-                    devices.insert((channel.as_str(), device.as_str()), *last_seen)?;
-                }
-                Change::PutDedupe { sender, id, until } => {
-                    dedupe.insert((sender.as_str(), id.as_str()), *until)?;
-                }
-                Change::DelDedupe { sender, id } => {
-                    dedupe.remove((sender.as_str(), id.as_str()))?;
-                }
-                Change::PutMember { group, member } => {
-                    members.insert((group.as_str(), member.as_str()), ())?;
-                }
-                Change::DelMember { group, member } => {
-                    members.remove((group.as_str(), member.as_str()))?;
-                }
-            }
-        }
-        let mut channels = txn.open_table(CHANNELS)?;
-        for (channel, next) in next_seqs {
-            channels.insert(channel, next)?;
-        }
-    }
-    txn.commit()?;
-    Ok(())
-}
-
 fn writer_loop(
     db: Database,
     state: Arc<Mutex<MemState>>,
     mut rx: mpsc::Receiver<Request>,
     on_commit: Option<CommitObserver>,
+    crash_on_close: Arc<AtomicBool>,
 ) {
     let mut changes = Vec::new();
+    let mut encoded = Vec::new();
     let mut batch: Vec<Request> = Vec::new();
+    let mut overlay = wal::Overlay::default();
+    let mut next_batch: u64 = 0;
+    let mut last_checkpoint = Instant::now();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -376,25 +336,40 @@ fn writer_loop(
             Ok(())
         } else {
             let started = Instant::now();
-            let result = persist(&db, &changes);
+            encoded.clear();
+            codec::encode_changes(&changes, &mut encoded);
+            let result = wal::append(&db, next_batch, &encoded);
             if let Some(observe) = &on_commit {
                 observe(started.elapsed(), replies.len());
             }
             result
         };
-        changes.clear();
         match result {
             Ok(()) => {
                 for (reply, value) in replies {
                     let _ = reply.send(Ok(value));
                 }
+                if !changes.is_empty() {
+                    next_batch += 1;
+                    overlay.log_bytes += encoded.len();
+                    for change in changes.drain(..) {
+                        overlay.fold(change);
+                    }
+                }
             }
             Err(e) => {
+                changes.clear();
                 tracing::error!(error = %e, "commit failed; reloading state from disk");
                 // The memory state ran ahead of the disk: rebuild it from
                 // the last commit so it never claims what is not stored.
-                match load(&db) {
-                    Ok(snapshot) => *state.lock() = MemState::restore(snapshot),
+                match wal::recover(&db)
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| load(&db).map_err(|e| e.to_string()))
+                {
+                    Ok(snapshot) => {
+                        *state.lock() = MemState::restore(snapshot);
+                        overlay = wal::Overlay::default();
+                    }
                     Err(e) => tracing::error!(error = %e, "reload after failed commit failed"),
                 }
                 for (reply, _) in replies {
@@ -402,6 +377,29 @@ fn writer_loop(
                 }
             }
         }
+        if !overlay.is_empty()
+            && (last_checkpoint.elapsed() >= wal::CHECKPOINT_EVERY
+                || overlay.log_bytes >= wal::CHECKPOINT_BYTES)
+        {
+            checkpoint(&db, &mut overlay);
+            last_checkpoint = Instant::now();
+        }
+    }
+    // Leave the tables complete, so the next open has no log to fold.
+    if !crash_on_close.load(Ordering::SeqCst) {
+        checkpoint(&db, &mut overlay);
+    }
+}
+
+/// Writes the overlay to the tables; on failure keeps it (the log still
+/// holds everything) so the next checkpoint tries again.
+fn checkpoint(db: &Database, overlay: &mut wal::Overlay) {
+    if overlay.is_empty() {
+        return;
+    }
+    match overlay.checkpoint(db) {
+        Ok(()) => *overlay = wal::Overlay::default(),
+        Err(e) => tracing::warn!(error = %e, "checkpoint failed; the log keeps the changes"),
     }
 }
 
