@@ -18,6 +18,7 @@
 
 mod chaos;
 mod fanout;
+mod fsync;
 mod http;
 mod idle;
 mod pairs;
@@ -72,6 +73,18 @@ enum Cmd {
         window: usize,
         #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The disk's limit: append + fdatasync latency in a directory.
+    Fsync {
+        /// Where to write (the data directory's file system).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        count: usize,
+        #[arg(long, default_value_t = 512)]
+        bytes: usize,
         #[arg(long)]
         json: bool,
     },
@@ -220,6 +233,29 @@ fn main() -> anyhow::Result<()> {
             let ok = runtime.block_on(chaos_cmd(bachata, kills, pairs, window, duration, json))?;
             if !ok {
                 std::process::exit(1);
+            }
+            Ok(())
+        }
+        Cmd::Fsync {
+            dir,
+            count,
+            bytes,
+            json,
+        } => {
+            let report = fsync::run(&dir, count.clamp(1, 1_000_000), bytes)?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                println!(
+                    "fsync: {} appends of {} B + fdatasync in {}: p50 {} us, p99 {} us, p999 {} us, max {} us",
+                    report.syncs,
+                    report.bytes_per_append,
+                    dir.display(),
+                    report.p50_us,
+                    report.p99_us,
+                    report.p999_us,
+                    report.max_us
+                );
             }
             Ok(())
         }

@@ -195,7 +195,8 @@ pub trait Store: Send + Sync + 'static {
     async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError>;
 
     /// Marks entries (receipts, once written to a connection) as acked by
-    /// `device`. Seqs that are gone are ignored.
+    /// `device`. Seqs that are gone are ignored. Need not be durable when it
+    /// returns: losing it in a crash only sends those receipts again.
     async fn ack_seqs(
         &self,
         channel: &Channel,

@@ -149,12 +149,10 @@ pub async fn start_with(
         })
         .build();
     metrics.watch(center.clone());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).map_err(|source| StartError::Bind {
+        addr: config.listen,
+        source,
+    })?;
     let addr = listener.local_addr().map_err(|source| StartError::Bind {
         addr: config.listen,
         source,
@@ -215,4 +213,23 @@ fn spawn_expiry(center: Arc<MessagesCenter>, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+/// Connections the kernel queues before `accept`. tokio's
+/// `TcpListener::bind` uses 128: a storm of 200 reconnecting clients
+/// overflowed it and the refused ones waited a 1 s SYN retry
+/// (`bachata-bench reconnect`, docs/performance.md). The kernel caps it at
+/// `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted server can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }

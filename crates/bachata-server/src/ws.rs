@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::pin::Pin;
 
-use bachata_core::{Accepted, Device, Event, Rejection, Session, StoreError};
+use bachata_core::{Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError};
 use bachata_proto::{Channel, DeviceId, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStream};
@@ -123,7 +123,7 @@ const EVENT_BATCH: usize = 64;
 
 struct Connection {
     /// Outcomes of submitted data messages, in the order they were sent.
-    replies: FuturesOrdered<tokio::task::JoinHandle<Result<Accepted, Rejection>>>,
+    replies: FuturesOrdered<PendingSubmit>,
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     session: Session,
@@ -139,7 +139,7 @@ struct Connection {
 
 /// What woke a connection's task.
 enum Wake {
-    Reply(Result<Result<Accepted, Rejection>, tokio::task::JoinError>),
+    Reply(Result<Accepted, Rejection>),
     Background(Background),
     Frame(Option<Result<Message, axum::Error>>),
     PingTick,
@@ -215,6 +215,13 @@ impl Connection {
             while conn.background.next().await.is_some() {}
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, drain).await;
+        // Submits still waiting for their commit finish on their own: their
+        // receivers are woken and hooks run even though nobody is left to
+        // tell the sender.
+        let mut left = std::mem::take(&mut conn.replies);
+        if !left.is_empty() {
+            tokio::spawn(async move { while left.next().await.is_some() {} });
+        }
         conn.close(closing, stream).await;
         tracing::debug!(%channel, ?device, "disconnected");
     }
@@ -378,18 +385,11 @@ impl Connection {
         self.send_payloads(payloads).await
     }
 
-    async fn on_reply(
-        &mut self,
-        reply: Result<Result<Accepted, Rejection>, tokio::task::JoinError>,
-    ) -> Result<(), Closing> {
+    async fn on_reply(&mut self, reply: Result<Accepted, Rejection>) -> Result<(), Closing> {
         let frame = match reply {
-            Ok(Ok(Accepted::Stored { id, .. })) => bachata_proto::received(id.as_str()),
-            Ok(Ok(Accepted::Live { .. })) => return Ok(()),
-            Ok(Err(rejection)) => rejection.to_frame(),
-            Err(e) => {
-                tracing::error!(error = %e, "a submit task failed");
-                return Ok(());
-            }
+            Ok(Accepted::Stored { id, .. }) => bachata_proto::received(id.as_str()),
+            Ok(Accepted::Live { .. }) => return Ok(()),
+            Err(rejection) => rejection.to_frame(),
         };
         self.send(vec![Message::Text(frame.into())]).await
     }
@@ -490,12 +490,12 @@ impl Connection {
             Ok(Inbound::Data(msg)) => {
                 // The message takes its place in the store's order now; its
                 // 100 (or 400) is sent when its commit completes, in order,
-                // while this connection goes on reading. The outcome runs
-                // in a task of its own, so receivers are woken even if this
-                // connection goes away first.
+                // while this connection goes on reading. (Those left when
+                // the connection ends finish in a task of their own, see
+                // `run`; one task per message cost CPU under load.)
                 let channel = self.session.channel().clone();
                 let pending = self.app.center.submit_pipelined(Some(&channel), msg).await;
-                self.replies.push_back(tokio::spawn(pending));
+                self.replies.push_back(pending);
                 None
             }
         };
