@@ -26,7 +26,9 @@
 //! - `entries`: `(channel, seq)` -> encoded entry (see `codec`)
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
-//! - `dedupe`: `(sender, id)` -> dedupe deadline (ms)
+//! - `dedupe_segments`: `(latest deadline, n)` -> the dedupe records
+//!   `(sender, id, deadline)` of one checkpoint (the `dedupe` table of older
+//!   versions, a row per record, is moved into a segment on open)
 //! - `members`: `(group, channel)` -> `()`
 //! - `channels`: `channel` -> next seq, so seqs never go back even after
 //!   every entry of a channel was removed
@@ -49,7 +51,7 @@ use bachata_core::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
     StoreError,
 };
-use bachata_proto::{Channel, GroupId, MessageId};
+use bachata_proto::{Channel, GroupId};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
@@ -217,6 +219,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(CHANNELS)?;
     txn.open_table(MEMBERS)?;
     txn.open_table(wal::WAL)?;
+    txn.open_table(wal::DEDUPE_SEGMENTS)?;
     txn.commit()?;
     Ok(())
 }
@@ -277,10 +280,11 @@ fn load(db: &Database) -> Result<Snapshot, StoreError> {
             .push((channel, device.to_owned(), last_seen));
         Ok(())
     })?;
-    scan(&txn, DEDUPE, |(sender, id), until| {
-        let id = MessageId::new(id).map_err(corrupt)?;
-        snapshot.dedupe.push((sender.to_owned(), id, until));
-        Ok(())
+    scan(&txn, wal::DEDUPE_SEGMENTS, |_, segment| {
+        codec::decode_dedupe(segment, |sender, id, until| {
+            snapshot.dedupe.push((sender.to_owned(), id, until));
+        })
+        .map_err(StoreError::Corrupt)
     })?;
     scan(&txn, MEMBERS, |(group, member), ()| {
         let group = GroupId::new(group).map_err(corrupt)?;
@@ -344,9 +348,13 @@ fn writer_loop(
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
+        let mut swept_at = 0;
         {
             let mut state = state.lock();
             for request in batch.drain(..) {
+                if let Op::Expire(now) = &request.op {
+                    swept_at = swept_at.max(*now);
+                }
                 let lazy = is_lazy(&request.op);
                 let before = changes.len();
                 let reply = apply(&mut state, request.op, &mut changes);
@@ -377,6 +385,7 @@ fn writer_loop(
                 for (reply, value) in replies {
                     let _ = reply.send(Ok(value));
                 }
+                overlay.expired_at = overlay.expired_at.max(swept_at);
                 if !changes.is_empty() {
                     next_batch += 1;
                     overlay.log_bytes += encoded.len();

@@ -40,6 +40,16 @@ use crate::{ACKS, CHANNELS, DEDUPE, DEVICES, ENTRIES, MEMBERS};
 /// Batch number -> the encoded changes of that group commit.
 pub(crate) const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
 
+/// `(latest deadline, n)` -> the dedupe records of one checkpoint, encoded
+/// ([`codec::encode_dedupe`]). A record per row made every message cost a
+/// B-tree insert at the checkpoint and another at its expiry a day later,
+/// in a table of a day's messages; a segment per checkpoint costs one
+/// insert, and expires whole once its latest deadline has passed (a record
+/// may so outlive its deadline on disk by the width of one checkpoint; the
+/// memory state still drops it on time).
+pub(crate) const DEDUPE_SEGMENTS: TableDefinition<(u64, u64), &[u8]> =
+    TableDefinition::new("dedupe_segments");
+
 /// Longest time between checkpoints while commits happen.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Log bytes after which a checkpoint comes early.
@@ -62,8 +72,14 @@ pub struct Overlay {
     /// `true`: put; `false`: delete.
     acks: HashMap<(Channel, Seq, String), bool>,
     devices: HashMap<(Channel, String), Millis>,
-    /// `None`: delete.
-    dedupe: HashMap<(String, MessageId), Option<Millis>>,
+    /// Dedupe records created since the last checkpoint: the next segment.
+    dedupe: Vec<(String, MessageId, Millis)>,
+    /// Move the rows of the `dedupe` table of older versions into a segment.
+    migrate_dedupe: bool,
+    /// The latest `now` of an expiry sweep: segments whose every deadline is
+    /// at or before it are removed. The store's clock is its callers' (the
+    /// `now` of each request), never the wall clock.
+    pub expired_at: Millis,
     members: HashMap<(GroupId, Channel), bool>,
     next_seqs: HashMap<Channel, Seq>,
     /// Bytes of log written since the last checkpoint.
@@ -76,6 +92,7 @@ impl Overlay {
             && self.acks.is_empty()
             && self.devices.is_empty()
             && self.dedupe.is_empty()
+            && !self.migrate_dedupe
             && self.members.is_empty()
             && self.next_seqs.is_empty()
     }
@@ -128,11 +145,10 @@ impl Overlay {
                 self.devices.insert((channel, device), last_seen);
             }
             Change::PutDedupe { sender, id, until } => {
-                self.dedupe.insert((sender, id), Some(until));
+                self.dedupe.push((sender, id, until));
             }
-            Change::DelDedupe { sender, id } => {
-                self.dedupe.insert((sender, id), None);
-            }
+            // On disk a record goes with its segment (see DEDUPE_SEGMENTS).
+            Change::DelDedupe { .. } => {}
             Change::PutMember { group, member } => {
                 self.members.insert((group, member), true);
             }
@@ -173,13 +189,19 @@ impl Overlay {
             for ((channel, device), last_seen) in &self.devices {
                 devices.insert((channel.as_str(), device.as_str()), *last_seen)?;
             }
-            let mut dedupe = txn.open_table(DEDUPE)?;
-            for ((sender, id), until) in sorted(&self.dedupe) {
-                let key = (sender.as_str(), id.as_str());
-                match until {
-                    Some(until) => dedupe.insert(key, *until)?,
-                    None => dedupe.remove(key)?,
-                };
+            let mut segments = txn.open_table(DEDUPE_SEGMENTS)?;
+            if let Some(latest) = self.dedupe.iter().map(|(_, _, until)| *until).max() {
+                let mut n = 0;
+                while segments.get((latest, n))?.is_some() {
+                    n += 1;
+                }
+                segments.insert((latest, n), codec::encode_dedupe(&self.dedupe).as_slice())?;
+            }
+            // Segments whose every record is past its deadline.
+            segments.retain_in((0, 0)..=(self.expired_at, u64::MAX), |_, _| false)?;
+            if self.migrate_dedupe {
+                txn.delete_table(DEDUPE)?;
+                txn.open_table(DEDUPE)?;
             }
             let mut members = txn.open_table(MEMBERS)?;
             for ((group, member), put) in &self.members {
@@ -224,6 +246,14 @@ pub fn recover(db: &Database) -> Result<(), RecoverError> {
     let mut overlay = Overlay::default();
     {
         let txn = db.begin_read()?;
+        // Older versions kept one dedupe row per message.
+        for row in txn.open_table(DEDUPE)?.iter()? {
+            let (key, until) = row?;
+            let (sender, id) = key.value();
+            let id = MessageId::new(id).map_err(|e| RecoverError::CorruptDedupe(e.to_string()))?;
+            overlay.dedupe.push((sender.to_owned(), id, until.value()));
+            overlay.migrate_dedupe = true;
+        }
         for row in txn.open_table(WAL)?.iter()? {
             let (batch, encoded) = row?;
             codec::decode_changes(encoded.value(), |change| overlay.fold(change)).map_err(
@@ -246,6 +276,8 @@ pub enum RecoverError {
     Redb(#[from] redb::Error),
     #[error("log row {batch} is corrupt: {reason}")]
     Corrupt { batch: u64, reason: String },
+    #[error("a dedupe record is corrupt: {0}")]
+    CorruptDedupe(String),
 }
 
 macro_rules! redb_errors {
@@ -331,10 +363,7 @@ mod tests {
     #[test]
     fn checkpoint_writes_the_folded_state_and_empties_the_log() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let db = Database::create(dir.path().join("t.redb")).expect("create");
-        let txn = db.begin_write().expect("txn");
-        txn.open_table(ENTRIES).expect("table");
-        txn.commit().expect("commit");
+        let db = open_with_tables(dir.path());
         let changes = vec![
             Change::PutEntry {
                 channel: channel("bob"),
@@ -373,5 +402,68 @@ mod tests {
             channels.get("bob").expect("get").map(|v| v.value()),
             Some(3)
         );
+    }
+
+    fn open_with_tables(dir: &std::path::Path) -> Database {
+        let db = Database::create(dir.join("t.redb")).expect("create");
+        crate::create_tables(&db).expect("tables");
+        db
+    }
+
+    fn segments(db: &Database) -> Vec<(u64, u64)> {
+        let txn = db.begin_read().expect("read");
+        let table = txn.open_table(DEDUPE_SEGMENTS).expect("segments");
+        table
+            .iter()
+            .expect("iter")
+            .map(|row| row.expect("row").0.value())
+            .collect()
+    }
+
+    #[test]
+    fn dedupe_rows_of_older_versions_become_a_segment() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_with_tables(dir.path());
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut dedupe = txn.open_table(DEDUPE).expect("dedupe");
+            dedupe
+                .insert(("alice", "m1"), u64::MAX - 1)
+                .expect("insert");
+            dedupe.insert(("", "m2"), 7).expect("insert");
+        }
+        txn.commit().expect("commit");
+        recover(&db).expect("recover");
+        assert_eq!(segments(&db), vec![(u64::MAX - 1, 0)]);
+        let txn = db.begin_read().expect("read");
+        let legacy = txn.open_table(DEDUPE).expect("dedupe");
+        assert!(legacy.iter().expect("iter").next().is_none());
+    }
+
+    #[test]
+    fn a_dedupe_segment_expires_after_its_latest_deadline() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_with_tables(dir.path());
+        let mut overlay = Overlay::default();
+        for (id, until) in [("m1", 50), ("m2", 60)] {
+            overlay.fold(Change::PutDedupe {
+                sender: "alice".into(),
+                id: MessageId::new(id).expect("valid"),
+                until,
+            });
+        }
+        overlay.expired_at = 10;
+        overlay.checkpoint(&db).expect("checkpoint");
+        assert_eq!(segments(&db), vec![(60, 0)]);
+        // Past the first deadline only: the segment stays.
+        let mut later = Overlay {
+            expired_at: 55,
+            ..Overlay::default()
+        };
+        later.checkpoint(&db).expect("checkpoint");
+        assert_eq!(segments(&db), vec![(60, 0)]);
+        later.expired_at = 60;
+        later.checkpoint(&db).expect("checkpoint");
+        assert!(segments(&db).is_empty());
     }
 }
