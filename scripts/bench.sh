@@ -16,6 +16,8 @@ echo "## pairs P=50 W=64, 100-byte payloads, embedded store"
 $bench pairs --spawn $server --store embedded --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## pairs P=50 W=64, memory store"
 $bench pairs --spawn $server --store memory --pairs 50 --window 64 --payload 100 --duration 10s
+echo "## fsync: the disk's floor under every durable commit (the data directory's file system)"
+$bench fsync --dir "${TMPDIR:-/tmp}"
 echo "## pairs P=10 W=1 (latency), embedded store"
 $bench pairs --spawn $server --store embedded --pairs 10 --window 1 --payload 100 --duration 10s
 echo "## idle: 10,000 connections, server RSS per connection"
@@ -24,6 +26,8 @@ echo "## chaos: reliable load, the server SIGKILLed and restarted 5 times"
 $bench chaos --spawn $server --kills 5 --pairs 10 --window 16 --duration 15s
 echo "## fanout: a group of 100 members, 1 sender, W=16, embedded store"
 $bench fanout --spawn $server --store embedded --members 100 --senders 1 --window 16 --duration 10s
+echo "## fanout: a group of 100 members, 1 sender, W=16, memory store"
+$bench fanout --spawn $server --store memory --members 100 --senders 1 --window 16 --duration 10s
 echo "## fanout: a group of 100 members, 4 senders, W=16, embedded store"
 $bench fanout --spawn $server --store embedded --members 100 --senders 4 --window 16 --duration 10s
 echo "## reconnect: 200 receivers x 10 pending messages, all at once, 5 rounds, embedded store"

@@ -155,7 +155,16 @@ pub async fn run_chain(
     let mut taken = false;
     let mut add = |channels: &mut Vec<Channel>, more: Vec<Channel>| {
         for c in more {
-            if seen.insert(c.clone()) {
+            // A scan is cheaper than hashing for a few destinations.
+            let new = if channels.len() < 16 {
+                !channels.contains(&c)
+            } else {
+                if seen.is_empty() {
+                    seen.extend(channels.iter().cloned());
+                }
+                seen.insert(c.clone())
+            };
+            if new {
                 channels.push(c);
             }
         }
@@ -205,6 +214,22 @@ mod tests {
         let mut m = DataMessage::new("direct");
         m.dest = dest.map(str::to_owned);
         m
+    }
+
+    #[tokio::test]
+    async fn large_destination_lists_are_merged_without_duplicates_in_order() {
+        let ctx = RouteContext { sender: None };
+        let first: Vec<Channel> = (0..40).map(|i| ch(&format!("m{i}"))).collect();
+        let second: Vec<Channel> = (20..60).map(|i| ch(&format!("m{i}"))).collect();
+        let routes: Vec<Arc<dyn Route>> = vec![
+            Arc::new(Fixed(Decision::Add(first))),
+            Arc::new(Fixed(Decision::Add(second))),
+        ];
+        let expected: Vec<Channel> = (0..60).map(|i| ch(&format!("m{i}"))).collect();
+        assert_eq!(
+            run_chain(&routes, &ctx, &msg(None)).await,
+            Routed::To(expected)
+        );
     }
 
     #[tokio::test]
