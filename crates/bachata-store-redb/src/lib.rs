@@ -334,6 +334,7 @@ fn writer_loop(
     crash_on_close: Arc<AtomicBool>,
 ) {
     let mut changes = Vec::new();
+    let mut lazy_changes = Vec::new();
     let mut encoded = Vec::new();
     let mut batch: Vec<Request> = Vec::new();
     let mut overlay = wal::Overlay::default();
@@ -359,9 +360,7 @@ fn writer_loop(
                 let before = changes.len();
                 let reply = apply(&mut state, request.op, &mut changes);
                 if lazy {
-                    for change in changes.drain(before..) {
-                        overlay.fold(change);
-                    }
+                    lazy_changes.extend(changes.drain(before..));
                     let _ = request.reply.send(Ok(reply));
                 } else {
                     replies.push((request.reply, reply));
@@ -393,9 +392,15 @@ fn writer_loop(
                         overlay.fold(change);
                     }
                 }
+                // After the batch's logged changes, as they were applied
+                // to the state after the entries they touch were created.
+                for change in lazy_changes.drain(..) {
+                    overlay.fold(change);
+                }
             }
             Err(e) => {
                 changes.clear();
+                lazy_changes.clear();
                 tracing::error!(error = %e, "commit failed; reloading state from disk");
                 // The memory state ran ahead of the disk: rebuild it from
                 // the last commit so it never claims what is not stored.
