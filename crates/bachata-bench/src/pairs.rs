@@ -20,6 +20,10 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
+/// How long a receiver waits for its next message before it reports a
+/// stall.
+const STALL: Duration = Duration::from_secs(30);
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -265,6 +269,9 @@ async fn receive_loop(
     };
     let mut expected = 0u64;
     let mut total: Option<u64> = None;
+    // Only messages count as progress: the server's pings must not keep a
+    // stalled run waiting.
+    let mut last_message = Instant::now();
     loop {
         if total.is_some_and(|t| expected >= t) {
             break;
@@ -275,7 +282,7 @@ async fn receive_loop(
                 total = Some(sent.unwrap_or(0));
                 continue;
             }
-            () = tokio::time::sleep(Duration::from_secs(30)) => {
+            () = tokio::time::sleep_until(last_message + STALL) => {
                 result.errors.push(format!("{me}: nothing for 30 s; expected id {expected}"));
                 break;
             }
@@ -287,6 +294,7 @@ async fn receive_loop(
         };
         let v: Value = serde_json::from_str(text.as_str())?;
         let Some(id) = v["id"].as_str() else { continue };
+        last_message = Instant::now();
         let now = micros(origin);
         if let Some(t) = v["data"]["t"].as_u64() {
             let _ = result.to_receive.record(now.saturating_sub(t).max(1));
