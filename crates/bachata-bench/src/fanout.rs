@@ -92,13 +92,13 @@ pub async fn create_group(
 
 /// The fields of a server frame the bench reads, borrowed from its text.
 #[derive(Deserialize)]
-struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type", borrow)]
-    kind: &'a RawValue,
+    pub kind: &'a RawValue,
     #[serde(borrow)]
-    id: Option<&'a str>,
+    pub id: Option<&'a str>,
     #[serde(borrow)]
-    data: Option<&'a RawValue>,
+    pub data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]

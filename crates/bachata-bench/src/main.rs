@@ -289,6 +289,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The closing lines of a report: the ratio to the null relay of the same
+/// invocation (when there was one) and the exactness verdict.
+fn print_verdict(ratio: Option<f64>, unit: &str, ok: bool, what: &str) {
+    if let Some(ratio) = ratio {
+        println!("ratio: {ratio:.2}x the null relay's {unit}");
+    }
+    if ok {
+        println!("exactness: ok ({what})");
+    } else {
+        println!("exactness: FAILED");
+    }
+}
+
 /// Utime + stime of a process, in seconds (Linux, clock ticks of 100 Hz).
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -441,20 +454,11 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         for m in &results {
             print(m);
         }
-        if let [null, server] = results.as_slice() {
-            println!(
-                "ratio: {:.2}x the null relay's msgs/s",
-                server.report.msgs_per_sec / null.report.msgs_per_sec.max(1.0)
-            );
-        }
-        println!(
-            "exactness: {}",
-            if ok {
-                "ok (no loss, duplicate or reorder)"
-            } else {
-                "FAILED"
-            }
-        );
+        let ratio = match results.as_slice() {
+            [null, server] => Some(server.report.msgs_per_sec / null.report.msgs_per_sec.max(1.0)),
+            _ => None,
+        };
+        print_verdict(ratio, "msgs/s", ok, "no loss, duplicate or reorder");
     }
     Ok(ok)
 }
@@ -682,19 +686,17 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
             println!("  EXACTNESS: {e}");
         }
     }
-    if let [null, server] = results.as_slice() {
-        println!(
-            "ratio: {:.2}x the null relay's deliveries/s",
-            server.report.deliveries_per_sec / null.report.deliveries_per_sec.max(1.0)
-        );
-    }
-    println!(
-        "exactness: {}",
-        if ok {
-            "ok (every member got every message once, in order; one 300 per member)"
-        } else {
-            "FAILED"
+    let ratio = match results.as_slice() {
+        [null, server] => {
+            Some(server.report.deliveries_per_sec / null.report.deliveries_per_sec.max(1.0))
         }
+        _ => None,
+    };
+    print_verdict(
+        ratio,
+        "deliveries/s",
+        ok,
+        "every member got every message once, in order; one 300 per member",
     );
     Ok(ok)
 }
@@ -787,13 +789,11 @@ async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
     for e in r.exactness_errors.iter().take(20) {
         println!("  EXACTNESS: {e}");
     }
-    println!(
-        "exactness: {}",
-        if ok {
-            "ok (each receiver got exactly its pending messages, in order; every 300; nothing left pending)"
-        } else {
-            "FAILED"
-        }
+    print_verdict(
+        None,
+        "",
+        ok,
+        "each receiver got exactly its pending messages, in order; every 300; nothing left pending",
     );
     Ok(ok)
 }

@@ -19,13 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
+use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::fanout::barrier;
+use crate::fanout::{Frame, barrier};
 use crate::pairs::{Latency, Ws, connect, histogram};
 
 /// What to run.
@@ -75,16 +74,6 @@ pub struct Report {
     pub storm_cpu_seconds: Option<f64>,
     /// Losses, duplicates, reorders and rejections; empty on a correct run.
     pub exactness_errors: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct Frame<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: &'a RawValue,
-    #[serde(borrow)]
-    id: Option<&'a str>,
-    #[serde(borrow)]
-    data: Option<&'a RawValue>,
 }
 
 /// `(round, receiver, k)` of an id `<sender>/<round>.<receiver>.<k>`.

@@ -1,10 +1,12 @@
-//! `RedbStore` through the `Store` trait on a temp dir, per message, through
-//! group commit: a batch of B direct messages is put in the writer's queue
+//! `RedbStore` (on a temp dir) and `MemoryStore` through the `Store` trait,
+//! per message, the way a connection drives them. For redb, through group
+//! commit: a batch of B direct messages is put in the writer's queue
 //! at once (`start_enqueue`, as a pipelining connection does), then their
 //! 200s (`start_ack`, which append the 300s), then the sender's device takes
 //! the 300s (`ack_seqs`). Every commit is synced (fsync), so B = 1 shows the
 //! cost of three durable commits per message and B = 64 what group commit
-//! makes of it (256: what one connection may have outstanding).
+//! makes of it (256: what one connection may have outstanding). The memory
+//! store runs the same cycle one message at a time.
 //!
 //! `cargo bench -p bachata-store-redb`
 
@@ -12,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use bachata_core::{AckRequest, Enqueued, NewMessage, Store};
+use bachata_core::{AckRequest, Enqueued, MemoryStore, NewMessage, Store};
 use bachata_proto::{Channel, MessageId};
 use bachata_store_redb::RedbStore;
 use bytes::Bytes;
@@ -21,8 +23,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 const NOW: u64 = 1_732_630_000_000;
 const PAYLOAD: &str = r#"{"id":"s/0","type":"direct","time":1732630000123,"from":"s","dest":"r","data":{"t":1732630000123,"p":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}"#;
 
-struct Fixture {
-    store: RedbStore,
+struct Fixture<S> {
+    store: S,
     sender: Channel,
     receiver: Channel,
     payload: Bytes,
@@ -30,9 +32,8 @@ struct Fixture {
     next: u64,
 }
 
-impl Fixture {
-    async fn new(dir: &std::path::Path) -> Self {
-        let store = RedbStore::open(dir, None).unwrap();
+impl<S: Store> Fixture<S> {
+    async fn new(store: S) -> Self {
         let sender = Channel::new("s").unwrap();
         let receiver = Channel::new("r").unwrap();
         // Known default devices, so fully acked entries are removed.
@@ -58,7 +59,7 @@ impl Fixture {
             now: NOW,
             expires_at: NOW + 7 * 86_400_000,
             // Past `NOW + 1`, so `expire` between samples can drop the
-            // dedupe records and the tables do not grow without bound.
+            // dedupe records and the state does not grow without bound.
             dedupe_until: NOW + 1,
             queue_limit: 100_000,
         }
@@ -125,32 +126,48 @@ impl Fixture {
     }
 }
 
-fn store(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
+/// Times `cycle(batch)` with an untimed expiry sweep before each sample,
+/// so the previous sample's dedupe records are gone.
+fn run<S: Store>(
+    b: &mut criterion::Bencher<'_>,
+    rt: &tokio::runtime::Runtime,
+    fx: &mut Fixture<S>,
+    batch: usize,
+) {
+    b.iter_custom(|iters| {
+        rt.block_on(async {
+            fx.store.expire(NOW + 2).await.unwrap();
+            let start = Instant::now();
+            for _ in 0..iters {
+                fx.cycle(batch).await;
+            }
+            start.elapsed()
+        })
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+fn redb(c: &mut Criterion) {
+    let rt = runtime();
     let dir = tempfile::tempdir().unwrap();
-    let mut fx = rt.block_on(Fixture::new(dir.path()));
+    let mut fx = rt.block_on(Fixture::new(RedbStore::open(dir.path(), None).unwrap()));
     let mut g = c.benchmark_group("redb_store");
+    // Each iteration is at least three synced commits: few samples, short.
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4));
     for batch in [1usize, 64, 256] {
         g.throughput(Throughput::Elements(batch as u64));
         g.bench_with_input(
             BenchmarkId::new("enqueue_ack_receipt_batch", batch),
             &batch,
-            |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        // Untimed: drop the previous sample's dedupe records.
-                        fx.store.expire(NOW + 2).await.unwrap();
-                        let start = Instant::now();
-                        for _ in 0..iters {
-                            fx.cycle(batch).await;
-                        }
-                        start.elapsed()
-                    })
-                })
-            },
+            |b, &batch| run(b, &rt, &mut fx, batch),
         );
     }
     g.finish();
@@ -161,13 +178,22 @@ fn store(c: &mut Criterion) {
     );
 }
 
-criterion_group! {
-    name = benches;
-    // Each iteration is at least three synced commits: few samples, short.
-    config = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    targets = store
+fn memory(c: &mut Criterion) {
+    let rt = runtime();
+    let mut fx = rt.block_on(Fixture::new(MemoryStore::new()));
+    let mut g = c.benchmark_group("memory_store");
+    g.sample_size(30)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("enqueue_ack_receipt", |b| run(b, &rt, &mut fx, 1));
+    g.finish();
+    assert_eq!(
+        rt.block_on(fx.store.pending_count(&fx.receiver, NOW))
+            .unwrap(),
+        0
+    );
 }
+
+criterion_group!(benches, redb, memory);
 criterion_main!(benches);
