@@ -236,3 +236,55 @@ impl Hub {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel() -> Channel {
+        Channel::new("bob").expect("valid")
+    }
+
+    #[tokio::test]
+    async fn events_arrive_in_order_and_a_waiting_connection_wakes() {
+        let hub = Hub::new();
+        let sub = hub.subscribe(&channel(), &None);
+        let inbox = sub.inbox.clone();
+        let waiter = tokio::spawn(async move { inbox.recv().await });
+        tokio::task::yield_now().await;
+        hub.wake(&channel(), 1);
+        hub.wake(&channel(), 2);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(matches!(first, Event::Wake(1)));
+        assert!(matches!(sub.inbox.try_recv(), Some(Event::Wake(2))));
+        assert!(sub.inbox.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_connection_lagged_instead_of_growing() {
+        let hub = Hub::new();
+        let sub = hub.subscribe(&channel(), &None);
+        for seq in 0..EVENT_QUEUE as u64 {
+            hub.wake(&channel(), seq);
+        }
+        assert!(!sub.inbox.lagged.load(Ordering::Acquire));
+        hub.wake(&channel(), u64::MAX);
+        assert!(sub.inbox.lagged.load(Ordering::Acquire));
+        assert_eq!(sub.inbox.queue.lock().len(), EVENT_QUEUE);
+        // A live message that finds the queue full is counted as dropped.
+        assert_eq!(hub.live(&channel(), &Bytes::from_static(b"{}")), 0);
+        assert_eq!(hub.live_dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_dropped_subscription_leaves_the_hub() {
+        let hub = Hub::new();
+        let sub = hub.subscribe(&channel(), &None);
+        assert_eq!(hub.connections(), 1);
+        drop(sub);
+        assert_eq!(hub.connections(), 0);
+    }
+}
