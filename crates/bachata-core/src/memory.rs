@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bachata_proto::{Channel, GroupId};
 use parking_lot::Mutex;
 
-use crate::memstate::MemState;
+use crate::memstate::{Discard, MemState};
 use crate::store::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
     StoreError,
@@ -28,16 +28,16 @@ impl MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
-        Ok(self.state.lock().enqueue(&msg, &mut Vec::new()))
+        Ok(self.state.lock().enqueue(&msg, &mut Discard))
     }
 
     fn start_enqueue(&self, msg: NewMessage) -> Result<crate::store::PendingEnqueue, NewMessage> {
-        let outcome = self.state.lock().enqueue(&msg, &mut Vec::new());
+        let outcome = self.state.lock().enqueue(&msg, &mut Discard);
         Ok(Box::pin(std::future::ready(Ok(outcome))))
     }
 
     fn start_ack(&self, ack: AckRequest) -> Result<crate::store::PendingAck, AckRequest> {
-        let acked = self.state.lock().ack(&ack, &mut Vec::new());
+        let acked = self.state.lock().ack(&ack, &mut Discard);
         Ok(Box::pin(std::future::ready(Ok(acked))))
     }
 
@@ -53,7 +53,7 @@ impl Store for MemoryStore {
     }
 
     async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError> {
-        Ok(self.state.lock().ack(&ack, &mut Vec::new()))
+        Ok(self.state.lock().ack(&ack, &mut Discard))
     }
 
     async fn ack_seqs(
@@ -64,7 +64,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.state
             .lock()
-            .ack_seqs(channel, device, seqs, &mut Vec::new());
+            .ack_seqs(channel, device, seqs, &mut Discard);
         Ok(())
     }
 
@@ -76,7 +76,7 @@ impl Store for MemoryStore {
     ) -> Result<(), StoreError> {
         self.state
             .lock()
-            .touch_device(channel, device, now, &mut Vec::new());
+            .touch_device(channel, device, now, &mut Discard);
         Ok(())
     }
 
@@ -89,14 +89,11 @@ impl Store for MemoryStore {
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
-        Ok(self.state.lock().add_member(group, member, &mut Vec::new()))
+        Ok(self.state.lock().add_member(group, member, &mut Discard))
     }
 
     async fn remove_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
-        Ok(self
-            .state
-            .lock()
-            .remove_member(group, member, &mut Vec::new()))
+        Ok(self.state.lock().remove_member(group, member, &mut Discard))
     }
 
     async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError> {
@@ -108,6 +105,6 @@ impl Store for MemoryStore {
     }
 
     async fn expire(&self, now: Millis) -> Result<u64, StoreError> {
-        Ok(self.state.lock().expire(now, &mut Vec::new()))
+        Ok(self.state.lock().expire(now, &mut Discard))
     }
 }

@@ -21,7 +21,8 @@ pub fn ready(channel: &str, device: Option<&str>, secret: Option<&str>) -> Strin
 
 /// `{"type":100,"data":id}`: stored for delivery.
 pub fn received(id: &str) -> String {
-    let mut out = String::from(r#"{"type":100,"data":"#);
+    let mut out = String::with_capacity(24 + id.len());
+    out.push_str(r#"{"type":100,"data":"#);
     push_json_str(&mut out, id);
     out.push('}');
     out
@@ -29,7 +30,8 @@ pub fn received(id: &str) -> String {
 
 /// `{"type":300,"data":id,"from":receiver}`: delivered to `receiver`.
 pub fn delivered(id: &str, receiver: &str) -> String {
-    let mut out = String::from(r#"{"type":300,"data":"#);
+    let mut out = String::with_capacity(40 + id.len() + receiver.len());
+    out.push_str(r#"{"type":300,"data":"#);
     push_json_str(&mut out, id);
     out.push_str(r#","from":"#);
     push_json_str(&mut out, receiver);

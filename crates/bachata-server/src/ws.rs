@@ -204,7 +204,7 @@ impl Connection {
             device.as_ref().map(DeviceId::as_str),
             secret.as_deref(),
         );
-        let closing = match conn.send(vec![Message::Text(ready.into())]).await {
+        let closing = match conn.send([Message::Text(ready.into())]).await {
             Ok(()) => conn.serve(&mut stream).await,
             Err(closing) => closing,
         };
@@ -233,27 +233,45 @@ impl Connection {
     /// the server's CPU when every frame had its own. A feed only waits
     /// when the socket is full; that wait is bounded by the slow consumer
     /// timeout.
-    async fn send(&mut self, frames: Vec<Message>) -> Result<(), Closing> {
-        if frames.is_empty() {
+    async fn send<I>(&mut self, frames: I) -> Result<(), Closing>
+    where
+        I: IntoIterator<Item = Message>,
+        I::IntoIter: Send,
+    {
+        // An iterator, not a Vec: most calls send one frame, and a Vec per
+        // frame was an allocation per message.
+        let mut frames = frames.into_iter().peekable();
+        if frames.peek().is_none() {
             return Ok(());
         }
         if self.unflushed == 0 {
             self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
         }
-        self.unflushed += frames.len();
-        let flush = self.unflushed >= FLUSH_EVERY;
+        let before = self.unflushed;
         let sink = &mut self.sink;
         let write = async move {
+            let mut fed = 0;
             for frame in frames {
                 sink.feed(frame).await?;
+                fed += 1;
             }
-            if flush { sink.flush().await } else { Ok(()) }
+            let flush = before + fed >= FLUSH_EVERY;
+            if flush {
+                sink.flush().await?;
+            }
+            Ok((fed, flush))
         };
-        let result = tokio::time::timeout_at(self.flush_by, write).await;
-        if flush {
-            self.flushed(result)
-        } else {
-            self.check_write(result)
+        match tokio::time::timeout_at(self.flush_by, write).await {
+            Ok(Ok((fed, flush))) => {
+                self.unflushed += fed;
+                if flush {
+                    self.flushed(Ok(Ok(())))
+                } else {
+                    Ok(())
+                }
+            }
+            Ok(Err(e)) => self.check_write(Ok(Err(e))),
+            Err(elapsed) => self.check_write(Err(elapsed)),
         }
     }
 
@@ -288,8 +306,7 @@ impl Connection {
     }
 
     async fn send_payloads(&mut self, payloads: Vec<Bytes>) -> Result<(), Closing> {
-        self.send(payloads.into_iter().filter_map(text).collect())
-            .await
+        self.send(payloads.into_iter().filter_map(text)).await
     }
 
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
@@ -356,7 +373,7 @@ impl Connection {
                             "idle timeout: no frames or pongs",
                         );
                     }
-                    self.send(vec![Message::Ping(Bytes::new())]).await
+                    self.send([Message::Ping(Bytes::new())]).await
                 }
                 Wake::Hub(Some(event)) => self.on_events(event).await,
                 Wake::Hub(None) => Ok(()),
@@ -391,7 +408,7 @@ impl Connection {
             Ok(Accepted::Live { .. }) => return Ok(()),
             Err(rejection) => rejection.to_frame(),
         };
-        self.send(vec![Message::Text(frame.into())]).await
+        self.send([Message::Text(frame.into())]).await
     }
 
     async fn on_background(&mut self, done: Background) -> Result<(), Closing> {
@@ -404,7 +421,7 @@ impl Connection {
                     ErrorCode::Unavailable,
                     "storage is unavailable; ack again later",
                 );
-                self.send(vec![Message::Text(reply.into())]).await
+                self.send([Message::Text(reply.into())]).await
             }
             Background::Receipts(Err(e)) => {
                 // They stay pending and come again on the next connection.
@@ -500,7 +517,7 @@ impl Connection {
             }
         };
         match reply {
-            Some(reply) => self.send(vec![Message::Text(reply.into())]).await,
+            Some(reply) => self.send([Message::Text(reply.into())]).await,
             None => Ok(()),
         }
     }

@@ -126,6 +126,7 @@ mod tag {
     pub const PUT_ACK: u8 = 3;
     pub const PUT_DEVICE: u8 = 4;
     pub const PUT_DEDUPE: u8 = 5;
+    /// No longer written (see `decode_changes`).
     pub const DEL_DEDUPE: u8 = 6;
     pub const PUT_MEMBER: u8 = 7;
     pub const DEL_MEMBER: u8 = 8;
@@ -189,11 +190,6 @@ pub fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
                 push_str(out, sender);
                 push_str(out, id.as_str());
                 out.extend_from_slice(&until.to_le_bytes());
-            }
-            Change::DelDedupe { sender, id } => {
-                out.push(tag::DEL_DEDUPE);
-                push_str(out, sender);
-                push_str(out, id.as_str());
             }
             Change::PutMember { group, member } => {
                 out.push(tag::PUT_MEMBER);
@@ -260,10 +256,13 @@ pub fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), Str
                 id: id(r.str()?)?,
                 until: r.u64()?,
             },
-            tag::DEL_DEDUPE => Change::DelDedupe {
-                sender: r.str()?.to_owned(),
-                id: id(r.str()?)?,
-            },
+            tag::DEL_DEDUPE => {
+                // Written by earlier versions; records now expire with their
+                // segment, so the removal carries nothing to apply.
+                r.str()?;
+                r.str()?;
+                continue;
+            }
             tag::PUT_MEMBER => Change::PutMember {
                 group: group(r.str()?)?,
                 member: channel(r.str()?)?,
@@ -388,10 +387,6 @@ mod tests {
                 id: MessageId::new("m1").expect("valid"),
                 until: 1000,
             },
-            Change::DelDedupe {
-                sender: String::new(),
-                id: MessageId::new("m2").expect("valid"),
-            },
             Change::PutMember {
                 group: GroupId::new("g").expect("valid"),
                 member: ch("bob"),
@@ -415,6 +410,26 @@ mod tests {
         }
         assert!(decode_changes(&[1, 99], |_| {}).is_err());
         assert!(decode_changes(&[2], |_| {}).is_err());
+    }
+
+    #[test]
+    fn dedupe_removals_of_earlier_versions_are_skipped() {
+        let put = Change::PutMember {
+            group: GroupId::new("g").expect("valid"),
+            member: Channel::new("bob").expect("valid"),
+        };
+        let mut bytes = Vec::new();
+        encode_changes(std::slice::from_ref(&put), &mut bytes);
+        // A removal as earlier versions wrote it, then the same change again.
+        bytes.push(tag::DEL_DEDUPE);
+        push_str(&mut bytes, "alice");
+        push_str(&mut bytes, "m1");
+        let mut again = Vec::new();
+        encode_changes(std::slice::from_ref(&put), &mut again);
+        bytes.extend_from_slice(&again[1..]);
+        let mut decoded = Vec::new();
+        decode_changes(&bytes, |c| decoded.push(c)).expect("decodes");
+        assert_eq!(decoded, vec![put.clone(), put]);
     }
 
     #[test]

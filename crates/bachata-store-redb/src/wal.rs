@@ -58,7 +58,9 @@ pub const CHECKPOINT_BYTES: usize = 64 * 1024 * 1024;
 /// An entry's fate since the last checkpoint.
 enum EntryOp {
     /// Created since the last checkpoint (seqs are never reused, so the
-    /// table does not have it).
+    /// table does not have it). Its acks since then are in its `acked_by`,
+    /// not in [`Overlay::acks`]: one map operation per ack instead of two
+    /// with a string key, and nothing to undo when it is deleted.
     Put(StoredEntry),
     /// Deleted; the table has it.
     Del,
@@ -69,7 +71,8 @@ enum EntryOp {
 #[derive(Default)]
 pub struct Overlay {
     entries: HashMap<(Channel, Seq), EntryOp>,
-    /// `true`: put; `false`: delete.
+    /// Acks of entries older than the last checkpoint. `true`: put;
+    /// `false`: delete.
     acks: HashMap<(Channel, Seq, String), bool>,
     devices: HashMap<(Channel, String), Millis>,
     /// Dedupe records created since the last checkpoint: the next segment.
@@ -117,11 +120,7 @@ impl Overlay {
                 let key = (channel, seq);
                 if let Some(EntryOp::Put(_)) = self.entries.remove(&key) {
                     // Born and gone since the last checkpoint: neither it
-                    // nor its acks (all as young) are in the tables.
-                    let (channel, seq) = key;
-                    for device in acked_by {
-                        self.acks.remove(&(channel.clone(), seq, device));
-                    }
+                    // nor its acks (kept inside it) are in the tables.
                 } else {
                     let (channel, seq) = key;
                     for device in acked_by {
@@ -135,7 +134,17 @@ impl Overlay {
                 seq,
                 device,
             } => {
-                self.acks.insert((channel, seq, device), true);
+                let key = (channel, seq);
+                match self.entries.get_mut(&key) {
+                    Some(EntryOp::Put(entry)) => {
+                        if !entry.acked_by.contains(&device) {
+                            entry.acked_by.push(device);
+                        }
+                    }
+                    _ => {
+                        self.acks.insert((key.0, key.1, device), true);
+                    }
+                }
             }
             Change::PutDevice {
                 channel,
@@ -147,8 +156,6 @@ impl Overlay {
             Change::PutDedupe { sender, id, until } => {
                 self.dedupe.push((sender, id, until));
             }
-            // On disk a record goes with its segment (see DEDUPE_SEGMENTS).
-            Change::DelDedupe { .. } => {}
             Change::PutMember { group, member } => {
                 self.members.insert((group, member), true);
             }
@@ -165,18 +172,21 @@ impl Overlay {
         {
             // In key order, so consecutive B-tree writes share pages.
             let mut entries = txn.open_table(ENTRIES)?;
+            let mut acks = txn.open_table(ACKS)?;
             for ((channel, seq), op) in sorted(&self.entries) {
                 match op {
                     EntryOp::Put(entry) => {
                         entries
                             .insert((channel.as_str(), *seq), codec::encode(entry).as_slice())?;
+                        for device in &entry.acked_by {
+                            acks.insert((channel.as_str(), *seq, device.as_str()), ())?;
+                        }
                     }
                     EntryOp::Del => {
                         entries.remove((channel.as_str(), *seq))?;
                     }
                 }
             }
-            let mut acks = txn.open_table(ACKS)?;
             for ((channel, seq, device), put) in sorted(&self.acks) {
                 let key = (channel.as_str(), *seq, device.as_str());
                 if *put {
@@ -380,6 +390,12 @@ mod tests {
                 seq: 1,
                 acked_by: Vec::new(),
             },
+            // Acks of an entry born since the last checkpoint travel in it.
+            Change::PutAck {
+                channel: channel("bob"),
+                seq: 2,
+                device: "phone".into(),
+            },
         ];
         let mut encoded = Vec::new();
         codec::encode_changes(&changes, &mut encoded);
@@ -397,6 +413,8 @@ mod tests {
         let entries = txn.open_table(ENTRIES).expect("entries");
         assert!(entries.get(("bob", 1)).expect("get").is_none());
         assert!(entries.get(("bob", 2)).expect("get").is_some());
+        let acks = txn.open_table(ACKS).expect("acks");
+        assert!(acks.get(("bob", 2, "phone")).expect("get").is_some());
         let channels = txn.open_table(CHANNELS).expect("channels");
         assert_eq!(
             channels.get("bob").expect("get").map(|v| v.value()),
