@@ -6,23 +6,30 @@
 //! writer, owns all mutations: callers send requests over a channel; the
 //! writer takes every request that is waiting (up to [`MAX_BATCH`]), applies
 //! them to the state in order, appends the [`Change`]s they report as **one**
-//! row of the `wal` table in one redb write transaction, commits it with
-//! `Durability::Immediate` (fsync), and only then answers each caller. That
-//! is group commit: under load many enqueues share one disk sync, and an
-//! answer still means "on disk".
+//! checksummed record to the log file, syncs it (`fdatasync`), and only then
+//! answers each caller. That is group commit: under load many enqueues
+//! share one disk sync, and an answer still means "on disk".
 //!
 //! About once a second a checkpoint writes the folded effect of the log to
-//! the tables below and empties the log (see the `wal` module for why and
-//! how). Reads (`read`, `pending_count`) are served from memory.
+//! the tables below in one redb transaction, and deletes the log files it
+//! covers (see the `wal` and `logfile` modules for why and how). Reads
+//! (`read`, `pending_count`) are served from memory.
 //!
-//! On open, a leftover log is folded into the tables, then the state is
-//! rebuilt from them (recovery). A redb commit is atomic, so after a crash
-//! the state is exactly that of the last commit that returned: nothing
-//! answered is lost, nothing half-written is seen.
+//! On open, the log files the tables do not cover are folded into them,
+//! then the state is rebuilt from the tables (recovery). A record is
+//! complete and checksummed or ignored, and a redb commit is atomic, so
+//! after a crash the state is exactly that of the last append that
+//! returned: nothing answered is lost, nothing half-written is seen.
+//!
+//! # Files
+//! - `bachata.redb`: the tables below
+//! - `wal-<generation>.log`: the log since the last checkpoint
 //!
 //! # Tables
-//! - `wal`: batch number -> the encoded changes of one group commit, since
-//!   the last checkpoint
+//! - `meta`: `"log_generation"` -> the first log file the tables do not
+//!   cover
+//! - `wal`: the log of earlier versions (batch number -> the encoded
+//!   changes of one group commit), folded in and emptied on open
 //! - `entries`: `(channel, seq)` -> encoded entry (see `codec`)
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
@@ -37,6 +44,7 @@
 //! empty.
 
 mod codec;
+mod logfile;
 mod wal;
 
 use std::collections::HashMap;
@@ -55,6 +63,8 @@ use bachata_proto::{Channel, GroupId};
 use parking_lot::Mutex;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
+
+use crate::logfile::LogFile;
 
 pub(crate) const ENTRIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("entries");
 pub(crate) const ACKS: TableDefinition<(&str, u64, &str), ()> = TableDefinition::new("acks");
@@ -161,16 +171,22 @@ impl RedbStore {
             reason,
         };
         create_tables(&db).map_err(|e| recover(e.to_string()))?;
-        wal::recover(&db).map_err(|e| recover(e.to_string()))?;
+        let generation = wal::recover(&db, dir).map_err(|e| recover(e.to_string()))?;
+        let log = LogFile::create(dir, generation).map_err(|e| recover(e.to_string()))?;
         let state = MemState::restore(load(&db).map_err(|e| recover(e.to_string()))?);
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer_state = state.clone();
         let crash_on_close = Arc::new(AtomicBool::new(false));
         let crash = crash_on_close.clone();
+        let files = Files {
+            db,
+            dir: dir.to_owned(),
+            log,
+        };
         let writer = std::thread::Builder::new()
             .name("bachata-redb-writer".into())
-            .spawn(move || writer_loop(db, writer_state, rx, on_commit, crash))
+            .spawn(move || writer_loop(files, writer_state, rx, on_commit, crash))
             .map_err(OpenError::Thread)?;
         Ok(RedbStore {
             state,
@@ -219,6 +235,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
     txn.open_table(CHANNELS)?;
     txn.open_table(MEMBERS)?;
     txn.open_table(wal::WAL)?;
+    txn.open_table(wal::META)?;
     txn.open_table(wal::DEDUPE_SEGMENTS)?;
     txn.commit()?;
     Ok(())
@@ -316,29 +333,87 @@ fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
 }
 
 /// Operations whose loss in a crash costs a repeat, not a loss, so they
-/// need no disk sync of their own: they are answered at once and reach the
-/// tables with the next checkpoint. Only the record that receipts (300s)
-/// were written to a connection is: after a crash a receipt whose record
-/// was lost is sent again (delivery is at least once; clients dedupe by
-/// id). That saves one synced commit per message at low load, where every
-/// commit is on some message's path.
+/// need no disk sync of their own: they are answered as soon as they are
+/// applied, and their changes go to disk with the next synced log record
+/// (the next batch that has a caller waiting for the disk) or the next
+/// checkpoint, whichever comes first. These are:
+/// - a 200 (`Ack`): lost in a crash, the ack and the 300 it queued are
+///   undone together, so the message is delivered again and its 300 comes
+///   again when it is acked (delivery is at least once; clients dedupe by
+///   id). Never a loss: the message stays pending until an ack is on disk.
+/// - the record that receipts (300s) were written to a connection
+///   (`AckSeqs`): lost, those receipts are sent again.
+///
+/// At low load every sync is on some message's path: this leaves one sync
+/// (its enqueue) between a send and its 300 instead of two.
 fn is_lazy(op: &Op) -> bool {
-    matches!(op, Op::AckSeqs(..))
+    matches!(op, Op::Ack(..) | Op::AckSeqs(..))
+}
+
+/// What the writer writes to: the tables, and the log file in `dir`.
+struct Files {
+    db: Database,
+    dir: PathBuf,
+    log: LogFile,
+}
+
+impl Files {
+    /// Writes the overlay to the tables; on failure keeps it (the log
+    /// files still hold everything) so that the next checkpoint tries
+    /// again. Returns whether the tables now have everything applied.
+    fn checkpoint(&mut self, overlay: &mut wal::Overlay) -> bool {
+        if overlay.is_empty() {
+            return true;
+        }
+        // What is appended from now on goes to a new file, which this
+        // checkpoint does not cover.
+        let next = self.log.generation() + 1;
+        match LogFile::create(&self.dir, next) {
+            Ok(log) => self.log = log,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a new log file; checkpoint postponed");
+                return false;
+            }
+        }
+        match overlay.checkpoint(&self.db, next) {
+            Ok(()) => {
+                *overlay = wal::Overlay::default();
+                wal::remove_covered(&self.dir, next);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "checkpoint failed; the log keeps the changes");
+                false
+            }
+        }
+    }
+
+    /// After a failed append: folds every log file into the tables, starts
+    /// a new file and returns the state as of the last successful append.
+    fn reload(&mut self) -> Result<MemState, String> {
+        let generation = wal::recover(&self.db, &self.dir).map_err(|e| e.to_string())?;
+        self.log = LogFile::create(&self.dir, generation).map_err(|e| e.to_string())?;
+        Ok(MemState::restore(
+            load(&self.db).map_err(|e| e.to_string())?,
+        ))
+    }
 }
 
 fn writer_loop(
-    db: Database,
+    mut files: Files,
     state: Arc<Mutex<MemState>>,
     mut rx: mpsc::Receiver<Request>,
     on_commit: Option<CommitObserver>,
     crash_on_close: Arc<AtomicBool>,
 ) {
+    // The changes applied since the last synced record: those of batches
+    // with only lazy operations (`carried`, already folded into the
+    // overlay), then the current batch's.
     let mut changes = Vec::new();
-    let mut lazy_changes = Vec::new();
+    let mut carried = 0;
     let mut encoded = Vec::new();
     let mut batch: Vec<Request> = Vec::new();
     let mut overlay = wal::Overlay::default();
-    let mut next_batch: u64 = 0;
     let mut last_checkpoint = Instant::now();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -357,23 +432,31 @@ fn writer_loop(
                     swept_at = swept_at.max(*now);
                 }
                 let lazy = is_lazy(&request.op);
-                let before = changes.len();
                 let reply = apply(&mut state, request.op, &mut changes);
                 if lazy {
-                    lazy_changes.extend(changes.drain(before..));
                     let _ = request.reply.send(Ok(reply));
                 } else {
                     replies.push((request.reply, reply));
                 }
             }
         }
-        let result = if changes.is_empty() {
+        if replies.is_empty() {
+            // Nobody waits for the disk: no sync. The changes are folded
+            // now (a checkpoint writes them) and carried into the next
+            // record.
+            for change in &changes[carried..] {
+                overlay.fold(change.clone());
+            }
+            carried = changes.len();
+        }
+        let replies_waited = !replies.is_empty();
+        let result = if replies.is_empty() || changes.is_empty() {
             Ok(())
         } else {
             let started = Instant::now();
             encoded.clear();
             codec::encode_changes(&changes, &mut encoded);
-            let result = wal::append(&db, next_batch, &encoded);
+            let result = files.log.append(&encoded);
             if let Some(observe) = &on_commit {
                 observe(started.elapsed(), replies.len());
             }
@@ -385,31 +468,24 @@ fn writer_loop(
                     let _ = reply.send(Ok(value));
                 }
                 overlay.expired_at = overlay.expired_at.max(swept_at);
-                if !changes.is_empty() {
-                    next_batch += 1;
+                // (Without a record the changes stay carried, see above.)
+                if replies_waited {
                     overlay.log_bytes += encoded.len();
-                    for change in changes.drain(..) {
+                    for change in changes.drain(..).skip(carried) {
                         overlay.fold(change);
                     }
-                }
-                // After the batch's logged changes, as they were applied
-                // to the state after the entries they touch were created.
-                for change in lazy_changes.drain(..) {
-                    overlay.fold(change);
+                    carried = 0;
                 }
             }
             Err(e) => {
                 changes.clear();
-                lazy_changes.clear();
+                carried = 0;
                 tracing::error!(error = %e, "commit failed; reloading state from disk");
                 // The memory state ran ahead of the disk: rebuild it from
                 // the last commit so it never claims what is not stored.
-                match wal::recover(&db)
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| load(&db).map_err(|e| e.to_string()))
-                {
-                    Ok(snapshot) => {
-                        *state.lock() = MemState::restore(snapshot);
+                match files.reload() {
+                    Ok(reloaded) => {
+                        *state.lock() = reloaded;
                         overlay = wal::Overlay::default();
                     }
                     Err(e) => tracing::error!(error = %e, "reload after failed commit failed"),
@@ -423,26 +499,19 @@ fn writer_loop(
             && (last_checkpoint.elapsed() >= wal::CHECKPOINT_EVERY
                 || overlay.log_bytes >= wal::CHECKPOINT_BYTES)
         {
-            checkpoint(&db, &mut overlay);
+            if files.checkpoint(&mut overlay) {
+                // The tables have the carried changes now.
+                changes.clear();
+                carried = 0;
+            }
             last_checkpoint = Instant::now();
         }
     }
-    // Leave the tables complete, so the next open has no log to fold.
+    // Leave the tables complete, so the next open has little log to fold.
     if !crash_on_close.load(Ordering::SeqCst) {
-        checkpoint(&db, &mut overlay);
+        files.checkpoint(&mut overlay);
     }
-}
-
-/// Writes the overlay to the tables; on failure keeps it (the log still
-/// holds everything) so the next checkpoint tries again.
-fn checkpoint(db: &Database, overlay: &mut wal::Overlay) {
-    if overlay.is_empty() {
-        return;
-    }
-    match overlay.checkpoint(db) {
-        Ok(()) => *overlay = wal::Overlay::default(),
-        Err(e) => tracing::warn!(error = %e, "checkpoint failed; the log keeps the changes"),
-    }
+    // A crash-like close keeps what a crash would: the synced records.
 }
 
 fn unexpected() -> StoreError {

@@ -12,21 +12,27 @@
 //! 300 is written and deleted, well within a second.
 //!
 //! # How
-//! Each group commit now writes **one** row to the `wal` table: the batch's
-//! changes, encoded ([`codec::encode_changes`]). The commit is a redb commit
-//! like any other (atomic, checksummed, fsynced before anyone is answered),
-//! so durability is unchanged. The writer also folds every committed change
+//! Each group commit now appends **one** record to the log: the batch's
+//! changes, encoded ([`codec::encode_changes`]), checksummed and synced
+//! before anyone is answered, so durability is unchanged. The log is a
+//! plain file (see [`crate::logfile`] for why it is not a redb table, its
+//! format and its generations). The writer also folds every committed change
 //! into an [`Overlay`] in memory: per key, the last write wins, and an entry
 //! that was created and deleted since the last checkpoint (with its acks)
 //! disappears altogether.
 //!
 //! Every [`CHECKPOINT_EVERY`] (or sooner when the log grows past
-//! [`CHECKPOINT_BYTES`]), one transaction writes what is left in the overlay
-//! to the tables and empties the `wal` table. A crash between checkpoints
-//! loses nothing: on open, [`recover`] folds the rows of `wal` into an
-//! overlay the same way and checkpoints it before the tables are read.
+//! [`CHECKPOINT_BYTES`]), the writer starts a new log file and one redb
+//! transaction writes what is left in the overlay to the tables, with the
+//! generation of that new file (`meta` table); the older files are then
+//! deleted. A crash between checkpoints loses nothing: on open, [`recover`]
+//! folds the records of the files the tables do not cover into an overlay
+//! the same way and checkpoints it before the tables are read. (Versions
+//! before the log file kept the log in a `wal` table; its rows are folded
+//! in the same way, once.)
 
 use foldhash::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use bachata_core::memstate::{Change, StoredEntry};
@@ -34,11 +40,17 @@ use bachata_core::{Millis, Seq};
 use bachata_proto::{Channel, GroupId, MessageId};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::codec;
 use crate::{ACKS, CHANNELS, DEDUPE, DEVICES, ENTRIES, MEMBERS};
+use crate::{codec, logfile};
 
-/// Batch number -> the encoded changes of that group commit.
+/// Batch number -> the encoded changes of that group commit: the log of
+/// earlier versions, read once on open.
 pub(crate) const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+
+/// Store-wide values; [`LOG_GENERATION`] is the only one.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// The first log file generation that the tables do not cover.
+const LOG_GENERATION: &str = "log_generation";
 
 /// `(latest deadline, n)` -> the dedupe records of one checkpoint, encoded
 /// ([`codec::encode_dedupe`]). A record per row made every message cost a
@@ -79,6 +91,8 @@ pub struct Overlay {
     dedupe: Vec<(String, MessageId, Millis)>,
     /// Move the rows of the `dedupe` table of older versions into a segment.
     migrate_dedupe: bool,
+    /// Empty the `wal` table of older versions.
+    drop_legacy_log: bool,
     /// The latest `now` of an expiry sweep: segments whose every deadline is
     /// at or before it are removed. The store's clock is its callers' (the
     /// `now` of each request), never the wall clock.
@@ -96,6 +110,7 @@ impl Overlay {
             && self.devices.is_empty()
             && self.dedupe.is_empty()
             && !self.migrate_dedupe
+            && !self.drop_legacy_log
             && self.members.is_empty()
             && self.next_seqs.is_empty()
     }
@@ -165,11 +180,14 @@ impl Overlay {
         }
     }
 
-    /// Writes the overlay to the tables and empties the log, in one
-    /// transaction. The overlay is left as it was; clear it on success.
-    pub fn checkpoint(&self, db: &Database) -> Result<(), redb::Error> {
+    /// Writes the overlay to the tables and records that they now cover
+    /// every log file before `next_generation`, in one transaction. The
+    /// overlay is left as it was; clear it on success.
+    pub fn checkpoint(&self, db: &Database, next_generation: u64) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
+            txn.open_table(META)?
+                .insert(LOG_GENERATION, next_generation)?;
             // In key order, so consecutive B-tree writes share pages.
             let mut entries = txn.open_table(ENTRIES)?;
             let mut acks = txn.open_table(ACKS)?;
@@ -228,9 +246,11 @@ impl Overlay {
                 channels.insert(channel.as_str(), stored.unwrap_or(0).max(*next))?;
             }
         }
-        // Dropping the whole table frees its pages at once.
-        txn.delete_table(WAL)?;
-        txn.open_table(WAL)?;
+        if self.drop_legacy_log {
+            // Dropping the whole table frees its pages at once.
+            txn.delete_table(WAL)?;
+            txn.open_table(WAL)?;
+        }
         txn.commit()?;
         Ok(())
     }
@@ -242,19 +262,12 @@ fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
     items
 }
 
-/// Appends one group commit's changes to the log, durably.
-pub fn append(db: &Database, batch: u64, encoded: &[u8]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
-    txn.open_table(WAL)?.insert(batch, encoded)?;
-    txn.commit()?;
-    Ok(())
-}
-
 /// Folds the log left by a crash (or by a checkpoint that failed) into the
-/// tables. Call before reading them.
-pub fn recover(db: &Database) -> Result<(), RecoverError> {
+/// tables, and deletes the log files they then cover. Call before reading
+/// the tables. Returns the generation of the next log file to write.
+pub fn recover(db: &Database, dir: &Path) -> Result<u64, RecoverError> {
     let mut overlay = Overlay::default();
-    {
+    let covered = {
         let txn = db.begin_read()?;
         // Older versions kept one dedupe row per message.
         for row in txn.open_table(DEDUPE)?.iter()? {
@@ -264,28 +277,64 @@ pub fn recover(db: &Database) -> Result<(), RecoverError> {
             overlay.dedupe.push((sender.to_owned(), id, until.value()));
             overlay.migrate_dedupe = true;
         }
+        // Older versions kept the log in a table; it precedes any file.
         for row in txn.open_table(WAL)?.iter()? {
             let (batch, encoded) = row?;
+            overlay.drop_legacy_log = true;
             codec::decode_changes(encoded.value(), |change| overlay.fold(change)).map_err(
                 |reason| RecoverError::Corrupt {
-                    batch: batch.value(),
+                    log: format!("wal table row {}", batch.value()),
                     reason,
                 },
             )?;
         }
+        txn.open_table(META)?
+            .get(LOG_GENERATION)?
+            .map_or(0, |v| v.value())
+    };
+    let generations = logfile::generations(dir).map_err(RecoverError::Io)?;
+    let mut next = covered;
+    for generation in generations.iter().copied().filter(|g| *g >= covered) {
+        let path = logfile::path(dir, generation);
+        logfile::read(&path, |record| {
+            codec::decode_changes(record, |change| overlay.fold(change))
+        })
+        .map_err(|reason| RecoverError::Corrupt {
+            log: path.display().to_string(),
+            reason,
+        })?;
+        next = generation + 1;
     }
-    if !overlay.is_empty() {
-        overlay.checkpoint(db)?;
+    if !overlay.is_empty() || next != covered {
+        overlay.checkpoint(db, next)?;
     }
-    Ok(())
+    remove_covered(dir, next);
+    Ok(next)
+}
+
+/// Deletes the log files before `next` (the tables cover them). A file
+/// that cannot be deleted now is ignored by recovery and tried again at the
+/// next checkpoint.
+pub fn remove_covered(dir: &Path, next: u64) {
+    let Ok(generations) = logfile::generations(dir) else {
+        return;
+    };
+    for generation in generations.into_iter().filter(|g| *g < next) {
+        let path = logfile::path(dir, generation);
+        if let Err(e) = std::fs::remove_file(&path) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot delete a checkpointed log file");
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoverError {
     #[error(transparent)]
     Redb(#[from] redb::Error),
-    #[error("log row {batch} is corrupt: {reason}")]
-    Corrupt { batch: u64, reason: String },
+    #[error("{log} is corrupt: {reason}")]
+    Corrupt { log: String, reason: String },
+    #[error("cannot list the log files: {0}")]
+    Io(std::io::Error),
     #[error("a dedupe record is corrupt: {0}")]
     CorruptDedupe(String),
 }
@@ -399,8 +448,26 @@ mod tests {
         ];
         let mut encoded = Vec::new();
         codec::encode_changes(&changes, &mut encoded);
-        append(&db, 0, &encoded).expect("append");
-        recover(&db).expect("recover");
+        // Half of the changes in a legacy `wal` row, the rest in a file.
+        let (older, newer) = changes.split_at(2);
+        let txn = db.begin_write().expect("txn");
+        {
+            let mut legacy = Vec::new();
+            codec::encode_changes(older, &mut legacy);
+            let mut wal = txn.open_table(WAL).expect("wal");
+            wal.insert(0, legacy.as_slice()).expect("insert");
+        }
+        txn.commit().expect("commit");
+        let mut file = logfile::LogFile::create(dir.path(), 0).expect("log");
+        encoded.clear();
+        codec::encode_changes(newer, &mut encoded);
+        file.append(&encoded).expect("append");
+        drop(file);
+        assert_eq!(recover(&db, dir.path()).expect("recover"), 1);
+        assert!(
+            logfile::generations(dir.path()).expect("list").is_empty(),
+            "the checkpointed file is deleted"
+        );
         let txn = db.begin_read().expect("read");
         assert!(
             txn.open_table(WAL)
@@ -409,6 +476,14 @@ mod tests {
                 .expect("iter")
                 .next()
                 .is_none()
+        );
+        assert_eq!(
+            txn.open_table(META)
+                .expect("meta")
+                .get(LOG_GENERATION)
+                .expect("get")
+                .map(|v| v.value()),
+            Some(1)
         );
         let entries = txn.open_table(ENTRIES).expect("entries");
         assert!(entries.get(("bob", 1)).expect("get").is_none());
@@ -420,6 +495,34 @@ mod tests {
             channels.get("bob").expect("get").map(|v| v.value()),
             Some(3)
         );
+    }
+
+    #[test]
+    fn files_the_tables_cover_are_ignored_and_deleted() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_with_tables(dir.path());
+        // A checkpoint covered generations 0..5, and a crash came before
+        // file 3 was deleted; file 5 is the one written since.
+        Overlay::default().checkpoint(&db, 5).expect("checkpoint");
+        for (generation, seq) in [(3, 1), (5, 2)] {
+            let mut encoded = Vec::new();
+            codec::encode_changes(
+                &[Change::PutEntry {
+                    channel: channel("bob"),
+                    seq,
+                    entry: entry(),
+                }],
+                &mut encoded,
+            );
+            let mut file = logfile::LogFile::create(dir.path(), generation).expect("log");
+            file.append(&encoded).expect("append");
+        }
+        assert_eq!(recover(&db, dir.path()).expect("recover"), 6);
+        assert!(logfile::generations(dir.path()).expect("list").is_empty());
+        let txn = db.begin_read().expect("read");
+        let entries = txn.open_table(ENTRIES).expect("entries");
+        assert!(entries.get(("bob", 1)).expect("get").is_none(), "covered");
+        assert!(entries.get(("bob", 2)).expect("get").is_some(), "replayed");
     }
 
     fn open_with_tables(dir: &std::path::Path) -> Database {
@@ -451,7 +554,7 @@ mod tests {
             dedupe.insert(("", "m2"), 7).expect("insert");
         }
         txn.commit().expect("commit");
-        recover(&db).expect("recover");
+        recover(&db, dir.path()).expect("recover");
         assert_eq!(segments(&db), vec![(u64::MAX - 1, 0)]);
         let txn = db.begin_read().expect("read");
         let legacy = txn.open_table(DEDUPE).expect("dedupe");
@@ -471,17 +574,17 @@ mod tests {
             });
         }
         overlay.expired_at = 10;
-        overlay.checkpoint(&db).expect("checkpoint");
+        overlay.checkpoint(&db, 0).expect("checkpoint");
         assert_eq!(segments(&db), vec![(60, 0)]);
         // Past the first deadline only: the segment stays.
         let mut later = Overlay {
             expired_at: 55,
             ..Overlay::default()
         };
-        later.checkpoint(&db).expect("checkpoint");
+        later.checkpoint(&db, 0).expect("checkpoint");
         assert_eq!(segments(&db), vec![(60, 0)]);
         later.expired_at = 60;
-        later.checkpoint(&db).expect("checkpoint");
+        later.checkpoint(&db, 0).expect("checkpoint");
         assert!(segments(&db).is_empty());
     }
 }
