@@ -95,8 +95,10 @@ pub struct StoredEntry {
 struct ChannelState {
     next_seq: Seq,
     log: BTreeMap<Seq, StoredEntry>,
-    /// Known devices and when each was last seen.
-    devices: BTreeMap<String, Millis>,
+    /// Known devices and when each was last seen. A channel has a handful,
+    /// and every connection's channel has at least one: a `Vec` costs 32
+    /// bytes per device where a `BTreeMap` node cost ~370 per channel.
+    devices: Vec<(String, Millis)>,
     by_id: HashMap<MessageId, Vec<Seq>>,
     pending: u64,
 }
@@ -106,7 +108,7 @@ impl Default for ChannelState {
         ChannelState {
             next_seq: 1,
             log: BTreeMap::new(),
-            devices: BTreeMap::new(),
+            devices: Vec::new(),
             by_id: HashMap::default(),
             pending: 0,
         }
@@ -162,8 +164,8 @@ impl ChannelState {
     }
 
     /// True when every known device acked the entry.
-    fn fully_acked(devices: &BTreeMap<String, Millis>, entry: &StoredEntry) -> bool {
-        !devices.is_empty() && devices.keys().all(|d| entry.acked_by.contains(d))
+    fn fully_acked(devices: &[(String, Millis)], entry: &StoredEntry) -> bool {
+        !devices.is_empty() && devices.iter().all(|(d, _)| entry.acked_by.contains(d))
     }
 
     /// Pending messages that have not expired at `now`. `pending` still
@@ -304,12 +306,11 @@ impl MemState {
             }
         }
         for (channel, device, last_seen) in snapshot.devices {
-            state
-                .channels
-                .entry(channel)
-                .or_default()
-                .devices
-                .insert(device, last_seen);
+            let devices = &mut state.channels.entry(channel).or_default().devices;
+            match devices.iter_mut().find(|(d, _)| *d == device) {
+                Some((_, seen)) => *seen = (*seen).max(last_seen),
+                None => devices.push((device, last_seen)),
+            }
         }
         for (sender, id, until) in snapshot.dedupe {
             // Persisted under the sender key, "" for the system.
@@ -479,11 +480,9 @@ impl MemState {
     ) {
         let ch = self.channels.entry(channel.clone()).or_default();
         let key = device_key(device);
-        match ch.devices.get_mut(key) {
-            Some(last_seen) => *last_seen = now,
-            None => {
-                ch.devices.insert(key.to_owned(), now);
-            }
+        match ch.devices.iter_mut().find(|(d, _)| d == key) {
+            Some((_, last_seen)) => *last_seen = now,
+            None => ch.devices.push((key.to_owned(), now)),
         }
         changes.record(|| Change::PutDevice {
             channel: channel.clone(),

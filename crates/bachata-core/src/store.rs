@@ -190,16 +190,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a 200. The oldest entry with this id that the device has not
     /// acked is the one acked. On the first ack of a message by any device of
-    /// the channel, appends `receipt` to the sender's log unless the message
-    /// came from the system.
-    ///
-    /// The ack and its receipt are atomic: both survive a crash or neither
-    /// does. A backend may answer before they are on disk (the embedded
-    /// store does, to keep one disk sync per message at low load); they are
-    /// then durable once any later operation that must be durable
-    /// (`enqueue`, `touch_device`, `expire`, group changes) has returned. A
-    /// crash before that leaves the message pending: it is delivered again
-    /// and its 300 comes again (at least once, never a loss).
+    /// the channel, appends `receipt` to the sender's log (durably) unless the
+    /// message came from the system.
     async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError>;
 
     /// Marks entries (receipts, once written to a connection) as acked by

@@ -4,7 +4,10 @@
 mod cli;
 
 /// mimalloc instead of glibc malloc: the allocator was ~13% of the
-/// server's CPU under load (docs/performance.md).
+/// server's CPU under load (docs/performance.md). The `system-allocator`
+/// feature keeps glibc's, for heap profilers that hook `malloc`
+/// (heaptrack, valgrind).
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

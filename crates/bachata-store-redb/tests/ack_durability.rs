@@ -1,0 +1,91 @@
+//! What a crash keeps around a 200 and its 300: the ack and the receipt it
+//! queues are durable when `ack` returns; the record that a receipt was
+//! written to a connection (`ack_seqs`) is answered before its disk sync
+//! and reaches disk with the next synced record.
+
+use bachata_core::{AckRequest, Enqueued, NewMessage, Store};
+use bachata_proto::{Channel, MessageId};
+use bachata_store_redb::RedbStore;
+use bytes::Bytes;
+
+fn ch(name: &str) -> Channel {
+    Channel::new(name).expect("channel")
+}
+
+fn message(id: &str) -> NewMessage {
+    NewMessage {
+        sender: Some(ch("alice")),
+        id: MessageId::new(id).expect("id"),
+        destinations: vec![ch("bob")],
+        payload: Bytes::from_static(b"{\"type\":\"direct\"}"),
+        now: 1,
+        expires_at: u64::MAX,
+        dedupe_until: u64::MAX,
+        queue_limit: u64::MAX,
+    }
+}
+
+fn ack(id: &str) -> AckRequest {
+    AckRequest {
+        channel: ch("bob"),
+        device: None,
+        id: MessageId::new(id).expect("id"),
+        now: 2,
+        receipt: Bytes::from_static(b"{\"type\":300}"),
+        receipt_expires_at: u64::MAX,
+    }
+}
+
+/// The seqs of bob's and alice's unacked entries after a crash and reopen.
+async fn after_crash(dir: &std::path::Path, store: RedbStore) -> (Vec<u64>, Vec<u64>) {
+    store.close_as_if_crashed();
+    drop(store);
+    let store = RedbStore::open(dir, None).expect("reopen");
+    let mut seqs = Vec::new();
+    for channel in ["bob", "alice"] {
+        seqs.push(
+            store
+                .read(&ch(channel), &None, 0, usize::MAX, 3)
+                .await
+                .expect("read")
+                .into_iter()
+                .map(|e| e.seq)
+                .collect(),
+        );
+    }
+    let alice = seqs.pop().expect("alice");
+    (seqs.pop().expect("bob"), alice)
+}
+
+#[tokio::test]
+async fn an_ack_and_its_receipt_are_durable_when_ack_returns() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open(dir.path(), None).expect("open");
+    assert!(matches!(
+        store.enqueue(message("m1")).await.expect("enqueue"),
+        Enqueued::Stored(_)
+    ));
+    let acked = store.ack(ack("m1")).await.expect("ack");
+    assert!(acked.receipt.is_some(), "the first ack queues a 300");
+    let (bob, alice) = after_crash(dir.path(), store).await;
+    assert!(bob.is_empty(), "acked before the crash");
+    assert_eq!(alice, [1], "the 300 is queued");
+}
+
+#[tokio::test]
+async fn a_receipt_record_reaches_disk_with_the_next_synced_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = RedbStore::open(dir.path(), None).expect("open");
+    store.enqueue(message("m1")).await.expect("enqueue");
+    store.ack(ack("m1")).await.expect("ack");
+    // The 300 was written to alice's connection: answered at once...
+    store
+        .ack_seqs(&ch("alice"), &None, &[1])
+        .await
+        .expect("ack_seqs");
+    // ...and durable once a later operation that waits for the disk is.
+    store.enqueue(message("m2")).await.expect("enqueue");
+    let (bob, alice) = after_crash(dir.path(), store).await;
+    assert_eq!(bob, [2]);
+    assert!(alice.is_empty(), "the receipt's record survived");
+}
