@@ -167,8 +167,27 @@ impl Connection {
     /// The steps that run once, before and after `serve`, are boxed: inline,
     /// their states made every connection's task larger for its whole life
     /// (idle memory 7.2 to 6.6 KB per connection, docs/performance.md).
-    async fn run(app: Arc<AppState>, socket: WebSocket, channel: Channel, device: Device) {
-        let (mut sink, mut stream) = socket.split();
+    ///
+    /// The socket is split before the task's future is built: an `async fn`
+    /// keeps its arguments for its whole life, and the whole socket is
+    /// ~400 bytes where its two halves are pointers.
+    fn run(
+        app: Arc<AppState>,
+        socket: WebSocket,
+        channel: Channel,
+        device: Device,
+    ) -> impl Future<Output = ()> + Send {
+        let (sink, stream) = socket.split();
+        Self::run_split(app, sink, stream, channel, device)
+    }
+
+    async fn run_split(
+        app: Arc<AppState>,
+        mut sink: SplitSink<WebSocket, Message>,
+        mut stream: SplitStream<WebSocket>,
+        channel: Channel,
+        device: Device,
+    ) {
         let session = match Box::pin(app.center.open_session(channel.clone(), device.clone())).await
         {
             Ok(session) => session,
@@ -361,7 +380,11 @@ impl Connection {
                 Wake::Frame(None) => return Closing::Gone,
                 Wake::Frame(Some(Ok(message))) => {
                     last_heard = tokio::time::Instant::now();
-                    self.on_message(message).await
+                    // Boxed: inline, the frame handler's state (1.3 KB) was
+                    // the largest part of every idle connection's task; one
+                    // allocation per frame costs less than the noise of
+                    // `pairs` (docs/performance.md, idle connections).
+                    Box::pin(self.on_message(message)).await
                 }
                 Wake::Frame(Some(Err(e))) => return self.on_error(e),
                 Wake::PingTick => {
