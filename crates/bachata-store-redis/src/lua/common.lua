@@ -118,6 +118,27 @@ local function ack_seq(ch, s, e, dev, acks)
   return first
 end
 
+-- Acks, for `dev`, the oldest entry with id `id` that it has not acked and
+-- that has not expired at `now` (a number). Returns the entry's seq, the
+-- parsed entry and whether this was the first ack by any device; nil when
+-- no entry matched (unknown ids are ignored). Shared by ack.lua and
+-- cluster_ack.lua, which differ only in where the receipt goes.
+local function ack_oldest(ch, dev, id, now)
+  local list = redis.call('HGET', ch.ids, id)
+  if not list then return nil end
+  for s in string.gmatch(list, '%d+') do
+    local v = redis.call('HGET', ch.ent, s)
+    if v then
+      local e = parse(v, s)
+      local acks = redis.call('HGET', ch.acks, s)
+      if e.exp > now and not has_ack(acks, dev) then
+        return s, e, ack_seq(ch, s, e, dev, acks)
+      end
+    end
+  end
+  return nil
+end
+
 -- Drops up to `batch` entries with expires_at <= now (a string). Returns
 -- how many were dropped and whether `batch` were due (there may be more).
 local function drop_expired(ch, now, batch)
