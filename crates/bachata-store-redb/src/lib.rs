@@ -96,6 +96,11 @@ pub enum OpenError {
     },
     #[error("cannot recover state from {path}: {reason}")]
     Recover { path: PathBuf, reason: String },
+    #[error("cannot create the log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
 }
@@ -172,7 +177,10 @@ impl RedbStore {
         };
         create_tables(&db).map_err(|e| recover(e.to_string()))?;
         let generation = wal::recover(&db, dir).map_err(|e| recover(e.to_string()))?;
-        let log = LogFile::create(dir, generation).map_err(|e| recover(e.to_string()))?;
+        let log = LogFile::create(dir, generation).map_err(|source| OpenError::Log {
+            path: logfile::path(dir, generation),
+            source,
+        })?;
         let state = MemState::restore(load(&db).map_err(|e| recover(e.to_string()))?);
         let state = Arc::new(Mutex::new(state));
         let (tx, rx) = mpsc::channel(QUEUE);
@@ -416,12 +424,35 @@ fn writer_loop(
     let mut batch: Vec<Request> = Vec::new();
     let mut overlay = wal::Overlay::default();
     let mut last_checkpoint = Instant::now();
+    // Set when an append failed and the state could not be rebuilt from
+    // disk: the memory state may then hold what is not stored, so nothing
+    // is applied (and nobody gets a 100 from it) until a rebuild succeeds.
+    let mut poisoned = false;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(request) => batch.push(request),
                 Err(_) => break,
+            }
+        }
+        if poisoned {
+            match files.reload() {
+                Ok(reloaded) => {
+                    tracing::info!("state reloaded from disk; writes resume");
+                    *state.lock() = reloaded;
+                    overlay = wal::Overlay::default();
+                    changes.clear();
+                    carried = 0;
+                    poisoned = false;
+                }
+                Err(e) => {
+                    let error = format!("storage failed and cannot be reloaded: {e}");
+                    for request in batch.drain(..) {
+                        let _ = request.reply.send(Err(StoreError::Backend(error.clone())));
+                    }
+                    continue;
+                }
             }
         }
         let mut replies = Vec::with_capacity(batch.len());
@@ -489,7 +520,10 @@ fn writer_loop(
                         *state.lock() = reloaded;
                         overlay = wal::Overlay::default();
                     }
-                    Err(e) => tracing::error!(error = %e, "reload after failed commit failed"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reload after failed commit failed; refusing writes until it succeeds");
+                        poisoned = true;
+                    }
                 }
                 for (reply, _) in replies {
                     let _ = reply.send(Err(backend(&e)));
