@@ -161,16 +161,11 @@ impl RedbStore {
             path: dir.to_owned(),
             source,
         })?;
-        let path = dir.join("bachata.redb");
-        // Reads are served from memory; redb's cache only serves the writer
-        // (log rows and checkpoints), so it need not be large.
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&path)
-            .map_err(|source| OpenError::Open {
-                path: path.clone(),
-                source: Box::new(source),
-            })?;
+        let path = dir.join(DB_FILE);
+        let db = open_database(dir).map_err(|source| OpenError::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
         let recover = |reason: String| OpenError::Recover {
             path: path.clone(),
             reason,
@@ -188,7 +183,7 @@ impl RedbStore {
         let crash_on_close = Arc::new(AtomicBool::new(false));
         let crash = crash_on_close.clone();
         let files = Files {
-            db,
+            db: Some(db),
             dir: dir.to_owned(),
             log,
         };
@@ -359,14 +354,39 @@ fn is_lazy(op: &Op) -> bool {
     matches!(op, Op::AckSeqs(..))
 }
 
+/// The tables' file in the data directory.
+const DB_FILE: &str = "bachata.redb";
+
+fn open_database(dir: &Path) -> Result<Database, redb::DatabaseError> {
+    // Reads are served from memory; redb's cache only serves the writer
+    // (checkpoints and recovery), so it need not be large.
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(dir.join(DB_FILE))
+}
+
 /// What the writer writes to: the tables, and the log file in `dir`.
 struct Files {
-    db: Database,
+    /// `None` after an error: redb refuses every transaction after an I/O
+    /// error until the database is opened again, which [`Files::db`] does.
+    db: Option<Database>,
     dir: PathBuf,
     log: LogFile,
 }
 
 impl Files {
+    /// The database, opened again if an error closed it.
+    fn db(&mut self) -> Result<&Database, String> {
+        if self.db.is_none() {
+            let db = open_database(&self.dir).map_err(|e| e.to_string())?;
+            create_tables(&db).map_err(|e| e.to_string())?;
+            self.db = Some(db);
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| "the database is not open".to_owned())
+    }
+
     /// Writes the overlay to the tables; on failure keeps it (the log
     /// files still hold everything) so that the next checkpoint tries
     /// again. Returns whether the tables now have everything applied.
@@ -384,7 +404,10 @@ impl Files {
                 return false;
             }
         }
-        match overlay.checkpoint(&self.db, next) {
+        let written = self
+            .db()
+            .and_then(|db| overlay.checkpoint(db, next).map_err(|e| e.to_string()));
+        match written {
             Ok(()) => {
                 *overlay = wal::Overlay::default();
                 wal::remove_covered(&self.dir, next);
@@ -392,6 +415,8 @@ impl Files {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "checkpoint failed; the log keeps the changes");
+                // Opened again before the next use (see `db`).
+                self.db = None;
                 false
             }
         }
@@ -400,11 +425,23 @@ impl Files {
     /// After a failed append: folds every log file into the tables, starts
     /// a new file and returns the state as of the last successful append.
     fn reload(&mut self) -> Result<MemState, String> {
-        let generation = wal::recover(&self.db, &self.dir).map_err(|e| e.to_string())?;
-        self.log = LogFile::create(&self.dir, generation).map_err(|e| e.to_string())?;
-        Ok(MemState::restore(
-            load(&self.db).map_err(|e| e.to_string())?,
-        ))
+        // Opened again: the error that got us here may have left redb
+        // refusing transactions.
+        self.db = None;
+        let reloaded = self.rebuild();
+        if reloaded.is_err() {
+            self.db = None;
+        }
+        reloaded
+    }
+
+    fn rebuild(&mut self) -> Result<MemState, String> {
+        let dir = self.dir.clone();
+        let db = self.db()?;
+        let generation = wal::recover(db, &dir).map_err(|e| e.to_string())?;
+        let snapshot = load(db).map_err(|e| e.to_string())?;
+        self.log = LogFile::create(&dir, generation).map_err(|e| e.to_string())?;
+        Ok(MemState::restore(snapshot))
     }
 }
 
