@@ -233,3 +233,31 @@ fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// A storm of connects that nobody accepts yet all complete at once:
+    /// the accept queue holds them. With tokio's default backlog of 128
+    /// the rest would wait for a SYN retry, a second later.
+    #[tokio::test]
+    async fn the_listen_backlog_absorbs_a_connect_storm() {
+        // The kernel caps the backlog at `net.core.somaxconn`.
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(4096);
+        let storm = somaxconn.min(300);
+        let listener = super::bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let addr = listener.local_addr().expect("local address");
+        let connects = (0..storm).map(|_| tokio::net::TcpStream::connect(addr));
+        let streams = tokio::time::timeout(
+            Duration::from_millis(900),
+            futures_util::future::join_all(connects),
+        )
+        .await
+        .expect("every connect completes before a SYN retry (1 s)");
+        assert!(streams.iter().all(Result::is_ok), "{storm} connects");
+    }
+}
