@@ -3,26 +3,19 @@
 //! written to a connection (`ack_seqs`) is answered before its disk sync
 //! and reaches disk with the next synced record.
 
-use bachata_core::{AckRequest, Enqueued, NewMessage, Store};
-use bachata_proto::{Channel, MessageId};
+mod common;
+
+use bachata_core::{AckRequest, Enqueued, Store};
+use bachata_proto::MessageId;
 use bachata_store_redb::RedbStore;
 use bytes::Bytes;
+use common::{ch, crash, message, seqs};
 
-fn ch(name: &str) -> Channel {
-    Channel::new(name).expect("channel")
-}
-
-fn message(id: &str) -> NewMessage {
-    NewMessage {
-        sender: Some(ch("alice")),
-        id: MessageId::new(id).expect("id"),
-        destinations: vec![ch("bob")],
-        payload: Bytes::from_static(b"{\"type\":\"direct\"}"),
-        now: 1,
-        expires_at: u64::MAX,
-        dedupe_until: u64::MAX,
-        queue_limit: u64::MAX,
-    }
+/// The seqs of bob's and alice's unacked entries after a crash and reopen.
+async fn after_crash(dir: &std::path::Path, store: RedbStore) -> (Vec<u64>, Vec<u64>) {
+    crash(store);
+    let store = RedbStore::open(dir, None).expect("reopen");
+    (seqs(&store, "bob").await, seqs(&store, "alice").await)
 }
 
 fn ack(id: &str) -> AckRequest {
@@ -34,27 +27,6 @@ fn ack(id: &str) -> AckRequest {
         receipt: Bytes::from_static(b"{\"type\":300}"),
         receipt_expires_at: u64::MAX,
     }
-}
-
-/// The seqs of bob's and alice's unacked entries after a crash and reopen.
-async fn after_crash(dir: &std::path::Path, store: RedbStore) -> (Vec<u64>, Vec<u64>) {
-    store.close_as_if_crashed();
-    drop(store);
-    let store = RedbStore::open(dir, None).expect("reopen");
-    let mut seqs = Vec::new();
-    for channel in ["bob", "alice"] {
-        seqs.push(
-            store
-                .read(&ch(channel), &None, 0, usize::MAX, 3)
-                .await
-                .expect("read")
-                .into_iter()
-                .map(|e| e.seq)
-                .collect(),
-        );
-    }
-    let alice = seqs.pop().expect("alice");
-    (seqs.pop().expect("bob"), alice)
 }
 
 #[tokio::test]

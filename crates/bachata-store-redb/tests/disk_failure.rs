@@ -8,28 +8,12 @@
 //! first byte of any file fails with `EFBIG`. That limit is per process, so
 //! this file holds one test (its own test binary).
 
-use bachata_core::{Enqueued, NewMessage, Store};
-use bachata_proto::{Channel, MessageId};
+mod common;
+
+use bachata_core::{Enqueued, Store};
 use bachata_store_redb::RedbStore;
-use bytes::Bytes;
+use common::{crash, message, seqs};
 use tokio::signal::unix::{SignalKind, signal};
-
-fn ch(name: &str) -> Channel {
-    Channel::new(name).expect("channel")
-}
-
-fn message(id: &str) -> NewMessage {
-    NewMessage {
-        sender: Some(ch("alice")),
-        id: MessageId::new(id).expect("id"),
-        destinations: vec![ch("bob")],
-        payload: Bytes::from_static(b"{\"type\":\"direct\"}"),
-        now: 1,
-        expires_at: u64::MAX,
-        dedupe_until: u64::MAX,
-        queue_limit: u64::MAX,
-    }
-}
 
 /// Sets this process's soft limit on file size (`prlimit --fsize`).
 fn file_size_limit(limit: &str) {
@@ -42,16 +26,6 @@ fn file_size_limit(limit: &str) {
         .status()
         .expect("run prlimit (util-linux)");
     assert!(status.success(), "prlimit --fsize={limit}: {status:?}");
-}
-
-async fn bob(store: &RedbStore) -> Vec<u64> {
-    store
-        .read(&ch("bob"), &None, 0, usize::MAX, 2)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|e| e.seq)
-        .collect()
 }
 
 #[tokio::test]
@@ -84,10 +58,13 @@ async fn a_failing_disk_refuses_writes_and_recovers() {
         ),
         "the refused m2 was not kept as a dedupe record: stored now"
     );
-    assert_eq!(bob(&store).await, [1, 2], "m1 and the resent m2, no m3");
+    assert_eq!(
+        seqs(&store, "bob").await,
+        [1, 2],
+        "m1 and the resent m2, no m3"
+    );
 
-    store.close_as_if_crashed();
-    drop(store);
+    crash(store);
     let store = RedbStore::open(dir.path(), None).expect("reopen");
-    assert_eq!(bob(&store).await, [1, 2]);
+    assert_eq!(seqs(&store, "bob").await, [1, 2]);
 }

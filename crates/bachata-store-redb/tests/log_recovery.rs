@@ -4,42 +4,11 @@
 
 use std::io::Write;
 
-use bachata_core::{Enqueued, NewMessage, Store};
-use bachata_proto::{Channel, MessageId};
+mod common;
+
+use bachata_core::{Enqueued, Store};
 use bachata_store_redb::RedbStore;
-use bytes::Bytes;
-
-fn ch(name: &str) -> Channel {
-    Channel::new(name).expect("channel")
-}
-
-fn message(id: &str) -> NewMessage {
-    NewMessage {
-        sender: Some(ch("alice")),
-        id: MessageId::new(id).expect("id"),
-        destinations: vec![ch("bob")],
-        payload: Bytes::from_static(b"{\"type\":\"direct\"}"),
-        now: 1,
-        expires_at: u64::MAX,
-        dedupe_until: u64::MAX,
-        queue_limit: u64::MAX,
-    }
-}
-
-async fn bob(store: &RedbStore) -> Vec<u64> {
-    store
-        .read(&ch("bob"), &None, 0, usize::MAX, 2)
-        .await
-        .expect("read")
-        .into_iter()
-        .map(|e| e.seq)
-        .collect()
-}
-
-fn crash(store: RedbStore) {
-    store.close_as_if_crashed();
-    drop(store);
-}
+use common::{crash, message, seqs};
 
 /// The newest log file in `dir`.
 fn newest_log(dir: &std::path::Path) -> std::path::PathBuf {
@@ -74,14 +43,18 @@ async fn a_torn_last_record_is_ignored_and_the_store_goes_on() {
     drop(file);
 
     let store = RedbStore::open(dir.path(), None).expect("reopen");
-    assert_eq!(bob(&store).await, [1, 2], "everything synced is back");
+    assert_eq!(
+        seqs(&store, "bob").await,
+        [1, 2],
+        "everything synced is back"
+    );
     assert!(matches!(
         store.enqueue(message("m3")).await.expect("enqueue"),
         Enqueued::Stored(seqs) if seqs[0].1 == 3
     ));
     crash(store);
     let store = RedbStore::open(dir.path(), None).expect("reopen");
-    assert_eq!(bob(&store).await, [1, 2, 3]);
+    assert_eq!(seqs(&store, "bob").await, [1, 2, 3]);
     assert_eq!(
         store.enqueue(message("m1")).await.expect("enqueue"),
         Enqueued::Duplicate,
