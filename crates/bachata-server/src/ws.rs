@@ -278,17 +278,17 @@ impl Connection {
             }
             Ok((fed, flush))
         };
-        match tokio::time::timeout_at(self.flush_by, write).await {
-            Ok(Ok((fed, flush))) => {
-                self.unflushed += fed;
-                if flush {
-                    self.flushed(Ok(Ok(())))
-                } else {
-                    Ok(())
-                }
-            }
-            Ok(Err(e)) => self.check_write(Ok(Err(e))),
-            Err(elapsed) => self.check_write(Err(elapsed)),
+        let outcome = tokio::time::timeout_at(self.flush_by, write).await;
+        let mut flushed = false;
+        if let Ok(Ok((fed, flush))) = &outcome {
+            self.unflushed += fed;
+            flushed = *flush;
+        }
+        let result = outcome.map(|written| written.map(|_| ()));
+        if flushed {
+            self.flushed(result)
+        } else {
+            self.check_write(result)
         }
     }
 

@@ -445,6 +445,19 @@ impl Files {
     }
 }
 
+/// Rebuilds the memory state (and empties the overlay) from disk, after an
+/// append failed and the state ran ahead of what is stored.
+fn reload_state(
+    files: &mut Files,
+    state: &Mutex<MemState>,
+    overlay: &mut wal::Overlay,
+) -> Result<(), String> {
+    let reloaded = files.reload()?;
+    *state.lock() = reloaded;
+    *overlay = wal::Overlay::default();
+    Ok(())
+}
+
 fn writer_loop(
     mut files: Files,
     state: Arc<Mutex<MemState>>,
@@ -474,13 +487,11 @@ fn writer_loop(
             }
         }
         if poisoned {
-            match files.reload() {
-                Ok(reloaded) => {
+            // (Nothing was applied since the failed append: `changes` is
+            // empty.)
+            match reload_state(&mut files, &state, &mut overlay) {
+                Ok(()) => {
                     tracing::info!("state reloaded from disk; writes resume");
-                    *state.lock() = reloaded;
-                    overlay = wal::Overlay::default();
-                    changes.clear();
-                    carried = 0;
                     poisoned = false;
                 }
                 Err(e) => {
@@ -509,7 +520,8 @@ fn writer_loop(
                 }
             }
         }
-        if replies.is_empty() {
+        let waited = !replies.is_empty();
+        if !waited {
             // Nobody waits for the disk: no sync. The changes are folded
             // now (a checkpoint writes them) and carried into the next
             // record.
@@ -518,8 +530,7 @@ fn writer_loop(
             }
             carried = changes.len();
         }
-        let replies_waited = !replies.is_empty();
-        let result = if replies.is_empty() || changes.is_empty() {
+        let result = if !waited || changes.is_empty() {
             Ok(())
         } else {
             let started = Instant::now();
@@ -538,7 +549,7 @@ fn writer_loop(
                 }
                 overlay.expired_at = overlay.expired_at.max(swept_at);
                 // (Without a record the changes stay carried, see above.)
-                if replies_waited {
+                if waited {
                     overlay.log_bytes += encoded.len();
                     for change in changes.drain(..).skip(carried) {
                         overlay.fold(change);
@@ -552,15 +563,9 @@ fn writer_loop(
                 tracing::error!(error = %e, "commit failed; reloading state from disk");
                 // The memory state ran ahead of the disk: rebuild it from
                 // the last commit so it never claims what is not stored.
-                match files.reload() {
-                    Ok(reloaded) => {
-                        *state.lock() = reloaded;
-                        overlay = wal::Overlay::default();
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "reload after failed commit failed; refusing writes until it succeeds");
-                        poisoned = true;
-                    }
+                if let Err(e) = reload_state(&mut files, &state, &mut overlay) {
+                    tracing::error!(error = %e, "reload after failed commit failed; refusing writes until it succeeds");
+                    poisoned = true;
                 }
                 for (reply, _) in replies {
                     let _ = reply.send(Err(backend(&e)));
