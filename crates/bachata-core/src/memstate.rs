@@ -77,9 +77,8 @@ impl DedupeIndex {
     }
 
     fn insert(&mut self, sender: &str, id: &MessageId, until: Millis) {
-        let key = self.key(sender, id);
-        let until = self.records.get(&key).map_or(until, |old| until.max(*old));
-        self.records.insert(key, until);
+        let deadline = self.records.entry(self.key(sender, id)).or_insert(until);
+        *deadline = (*deadline).max(until);
     }
 }
 
