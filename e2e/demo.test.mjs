@@ -4,7 +4,8 @@
 //
 // alice and bob log in on two pages, chat both ways and watch the ticks
 // (sending, ✓ stored, ✓✓ delivered); bob leaves the page while alice writes
-// and gets everything when he comes back; a refused message shows why.
+// and gets everything when he comes back; a refused message shows why; a
+// server out of room for pending messages refuses with store_full.
 
 import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -15,6 +16,8 @@ import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 const BASE = process.env.BACHATA_URL;
+// A second server with --max-retained-bytes 1KiB: out of room at once.
+const FULL = process.env.BACHATA_FULL_URL;
 const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 const SCREENSHOT = process.env.E2E_SCREENSHOT ?? null;
 const WAIT = 10_000; // every browser wait is bounded by this
@@ -46,7 +49,8 @@ before(async () => {
   // Loopback only: any request that leaves the server under test fails the run.
   await context.route('**/*', (route) => {
     const url = new URL(route.request().url());
-    if (url.origin === new URL(BASE).origin || url.protocol === 'data:') return route.continue();
+    const ours = [BASE, FULL].filter(Boolean).map((u) => new URL(u).origin);
+    if (ours.includes(url.origin) || url.protocol === 'data:') return route.continue();
     consoleErrors.push(`external request: ${url.href}`);
     return route.abort();
   });
@@ -57,14 +61,14 @@ after(async () => {
   if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
 });
 
-async function login(name, { device = '', viewport } = {}) {
+async function login(name, { device = '', viewport, base = BASE } = {}) {
   const page = await context.newPage();
   if (viewport) await page.setViewportSize(viewport);
   page.on('console', (msg) => {
     if (msg.type() === 'error') consoleErrors.push(`${name}: ${msg.text()}`);
   });
   page.on('pageerror', (err) => consoleErrors.push(`${name}: ${err.message}`));
-  await page.goto(BASE);
+  await page.goto(base);
   await page.locator('#login-channel').fill(name);
   if (device) await page.locator('#login-device').fill(device);
   await page.locator('#login-submit').click();
@@ -173,6 +177,18 @@ test('two people chat: ticks, offline delivery, refusals', { timeout: 180_000 },
   assert.deepEqual(consoleErrors, []);
 
   if (SCREENSHOT) await screenshot(alice, bob, SCREENSHOT);
+});
+
+test('a server out of room: the message fails with store_full and can be retried', async () => {
+  assert.ok(FULL, 'BACHATA_FULL_URL is not set: run this through e2e/run.sh');
+  const carol = await login('carol', { base: FULL });
+  await openChat(carol, 'user', 'dave');
+  const long = await say(carol, `A long message: ${'la '.repeat(400)}`);
+  await expectState(long, 'failed');
+  assert.match(await long.locator('.meta').textContent(), /failed: .*max_retained_bytes/);
+  assert.equal(await long.locator('button', { hasText: 'Retry' }).count(), 1, 'retryable, like queue_full');
+  assert.deepEqual(consoleErrors, []);
+  await carol.close();
 });
 
 test('the assets come from the server, with their content types', async () => {

@@ -30,36 +30,52 @@ done
 
 tmp=$(mktemp -d)
 mkdir -p "$out"
-pid=
+pids=()
 cleanup() {
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    # Graceful shutdown takes at most 10 s; then it is killed.
-    for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-  fi
+  for pid in "${pids[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+      # Graceful shutdown takes at most 10 s; then it is killed.
+      for _ in $(seq 1 120); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 
-log="$out/server.log"
-env -u BACHATA_LISTEN -u BACHATA_STORE -u BACHATA_JWT_SECRET -u BACHATA_API_KEY -u BACHATA_SIGN_KEY \
-  BACHATA_LOG=info "$bin" serve --listen 127.0.0.1:0 --store embedded --data-dir "$tmp/data" 2>"$log" &
-pid=$!
+# Starts bachata with extra arguments, logging to $1; prints its address.
+start() {
+  local log=$1 pid addr
+  shift
+  env -u BACHATA_LISTEN -u BACHATA_STORE -u BACHATA_JWT_SECRET -u BACHATA_API_KEY -u BACHATA_SIGN_KEY \
+    BACHATA_LOG=info "$bin" serve --listen 127.0.0.1:0 "$@" 2>"$log" &
+  pid=$!
+  pids+=("$pid")
+  addr=
+  for _ in $(seq 1 150); do # 15 s at most
+    addr=$(sed -n 's/.*accepting connections addr=\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | head -n 1)
+    [ -n "$addr" ] && break
+    kill -0 "$pid" 2>/dev/null || { echo "e2e: bachata exited:" >&2; cat "$log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$addr" ] || { echo "e2e: bachata did not start:" >&2; cat "$log" >&2; exit 1; }
+  echo "$addr"
+}
 
-addr=
-for _ in $(seq 1 150); do # 15 s at most
-  addr=$(sed -n 's/.*accepting connections addr=\(127\.0\.0\.1:[0-9]*\).*/\1/p' "$log" | head -n 1)
-  [ -n "$addr" ] && break
-  kill -0 "$pid" 2>/dev/null || { echo "e2e: bachata exited:" >&2; cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
-[ -n "$addr" ] || { echo "e2e: bachata did not start:" >&2; cat "$log" >&2; exit 1; }
+log="$out/server.log"
+start "$log" --store embedded --data-dir "$tmp/data" > "$tmp/addr"
+addr=$(cat "$tmp/addr")
 echo "e2e: bachata on http://$addr"
+# A second server that is out of room for pending messages at once (the
+# store_full case of the page).
+start "$out/server-full.log" --store memory --max-retained-bytes 1KiB > "$tmp/full-addr"
+full=$(cat "$tmp/full-addr")
+echo "e2e: a full bachata on http://$full"
 
 status=0
-BACHATA_URL="http://$addr" CHROMIUM="$chromium" E2E_SCREENSHOT="$out/demo.png" \
+BACHATA_URL="http://$addr" BACHATA_FULL_URL="http://$full" CHROMIUM="$chromium" E2E_SCREENSHOT="$out/demo.png" \
   timeout 600 node --test e2e/ || status=$?
 
 if [ "$status" -ne 0 ]; then

@@ -19,11 +19,11 @@ export const State = Object.freeze({
 });
 
 /** Error codes a caller may retry later (server 400 codes and client ones). */
-const RETRYABLE = new Set(['queue_full', 'rate_limited', 'unavailable', 'timeout', 'closed']);
+const RETRYABLE = new Set(['queue_full', 'store_full', 'rate_limited', 'unavailable', 'timeout', 'closed']);
 
 /**
  * A refused or failed operation. `code` is the server's 400 `error` code
- * (`no_route`, `forbidden`, `queue_full`, ...) or one of the client's own:
+ * (`no_route`, `forbidden`, `queue_full`, `store_full`, ...) or one of the client's own:
  * `timeout` (no answer in time) and `closed` (the client was closed).
  */
 export class BachataError extends Error {

@@ -308,9 +308,47 @@ describe('receiving', () => {
   });
 });
 
+describe('a full server', () => {
+  let full;
+
+  before(async () => {
+    full = await startServer({ args: ['--max-retained-bytes', '2KiB'] });
+  });
+
+  after(async () => {
+    await full?.stop();
+  });
+
+  test('store_full rejects, retryable, and a retry succeeds once there is room', async () => {
+    const alice = new Bachata({ url: full.url, WebSocket, channel: 'full-alice' });
+    clients.push(alice);
+    await alice.connect({ timeout: 5_000 });
+    const big = 'x'.repeat(1500);
+    const f1 = alice.send({ id: 'f1', type: 'direct', dest: 'full-bob', data: big });
+    await within(f1.stored, 5_000, 'f1 stored');
+    const { stored } = alice.send({ id: 'f2', type: 'direct', dest: 'full-bob', data: big });
+    const err = await stored.then(
+      () => assert.fail('stored should reject'),
+      (e) => e,
+    );
+    assert.ok(err instanceof BachataError);
+    assert.equal(err.code, 'store_full');
+    assert.equal(err.retryable, true);
+    assert.equal(err.id, 'f2');
+    // bob gets and acks f1; its 300 comes once the ack freed f1's bytes, and
+    // f2 sent again is stored.
+    const bob = new Bachata({ url: full.url, WebSocket, channel: 'full-bob' });
+    clients.push(bob);
+    await bob.connect({ timeout: 5_000 });
+    await within(f1.delivered, 5_000, 'f1 delivered');
+    const again = alice.send({ id: 'f2', type: 'direct', dest: 'full-bob', data: big });
+    await within(again.stored, 5_000, 'f2 stored after the ack');
+  });
+});
+
 describe('tokens', () => {
   let jwtServer;
-  const secret = 'test-secret-for-the-js-client';
+  const secret = 'test-secret-for-the-js-client-32b';
 
   function jwt(claims) {
     const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');

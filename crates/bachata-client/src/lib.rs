@@ -164,18 +164,13 @@ pub struct Rejected {
 impl Rejected {
     /// The code as a typed [`ErrorCode`], when it is one the client knows.
     pub fn error_code(&self) -> Option<ErrorCode> {
-        [
-            ErrorCode::InvalidJson,
-            ErrorCode::InvalidMessage,
-            ErrorCode::NoRoute,
-            ErrorCode::Forbidden,
-            ErrorCode::BadSignature,
-            ErrorCode::QueueFull,
-            ErrorCode::RateLimited,
-            ErrorCode::Unavailable,
-        ]
-        .into_iter()
-        .find(|c| c.as_str() == self.code)
+        ErrorCode::from_wire(&self.code)
+    }
+
+    /// True when sending the same message again later may succeed
+    /// (`queue_full`, `store_full`, `rate_limited`, `unavailable`).
+    pub fn is_retryable(&self) -> bool {
+        self.error_code().is_some_and(ErrorCode::is_retryable)
     }
 }
 
@@ -375,8 +370,34 @@ impl Client {
     /// Closes the connection politely and stops reconnecting. Waits (at
     /// most `timeout`) until everything queued before, acks included, was
     /// written: a program that exits right after must not lose its last 200.
-    pub async fn close(self) {
-        let _ = self.commands.send(task::Command::Close).await;
+    /// Closes with a normal close (1000) and returns the code of the
+    /// server's answer (1000 from bachata), or `None` when the connection
+    /// ended without one (it was down, or the server dropped it).
+    pub async fn close(self) -> Option<u16> {
+        let (answer, code) = tokio::sync::oneshot::channel();
+        let _ = self.commands.send(task::Command::Close(answer)).await;
         let _ = tokio::time::timeout(self.timeout, self.task).await;
+        code.await.ok().flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejections_read_every_wire_code() {
+        let rejected = |code: &str| Rejected {
+            code: code.into(),
+            reason: String::new(),
+        };
+        let full = rejected("store_full");
+        assert_eq!(full.error_code(), Some(ErrorCode::StoreFull));
+        assert!(full.is_retryable());
+        for code in ErrorCode::ALL {
+            assert_eq!(rejected(code.as_str()).error_code(), Some(code));
+        }
+        assert_eq!(rejected("app_muted").error_code(), None);
+        assert!(!rejected("no_route").is_retryable());
     }
 }

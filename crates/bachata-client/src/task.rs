@@ -31,7 +31,9 @@ pub(crate) enum Command {
         delivered: oneshot::Sender<String>,
     },
     Ack(String),
-    Close,
+    /// Close; the server's answer to our close frame (its code, or `None`
+    /// when it dropped the connection without one) goes to the sender.
+    Close(oneshot::Sender<Option<u16>>),
 }
 
 /// A message id that is unique enough without a random number crate: time,
@@ -125,8 +127,9 @@ pub(crate) async fn start(config: ClientConfig) -> Result<Started, ClientError> 
 }
 
 enum Exit {
-    /// The application closed the client (or dropped it).
-    Closed,
+    /// The application closed the client (with where to report the server's
+    /// answer), or dropped it.
+    Closed(Option<oneshot::Sender<Option<u16>>>),
     /// The connection was lost: reconnect.
     Lost,
 }
@@ -153,11 +156,34 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(0.5 + f64::from(nanos % 1000) / 1000.0)
 }
 
+/// Sends a normal close (1000) and waits for the server's close frame;
+/// returns its code.
+async fn close_handshake(ws: &mut Ws) -> Option<u16> {
+    let frame = tokio_tungstenite::tungstenite::protocol::CloseFrame {
+        code: tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal,
+        reason: "".into(),
+    };
+    if ws.send(Message::Close(Some(frame))).await.is_err() {
+        return None;
+    }
+    while let Some(Ok(message)) = ws.next().await {
+        if let Message::Close(frame) = message {
+            return frame.map(|f| u16::from(f.code));
+        }
+    }
+    None
+}
+
 impl Task {
     async fn run(mut self, mut ws: Ws) {
         loop {
-            if let Exit::Closed = self.serve(&mut ws).await {
-                let _ = tokio::time::timeout(self.config.timeout, ws.close(None)).await;
+            if let Exit::Closed(answer) = self.serve(&mut ws).await {
+                let code = tokio::time::timeout(self.config.timeout, close_handshake(&mut ws))
+                    .await
+                    .unwrap_or(None);
+                if let Some(answer) = answer {
+                    let _ = answer.send(code);
+                }
                 break;
             }
             let _ = self.state.send(State::Connecting);
@@ -181,7 +207,12 @@ impl Task {
             tokio::select! {
                 () = sleep => {}
                 command = self.commands.recv() => match command {
-                    None | Some(Command::Close) => return None,
+                    None => return None,
+                    Some(Command::Close(answer)) => {
+                        // Not connected: nobody to answer.
+                        let _ = answer.send(None);
+                        return None;
+                    }
                     Some(command) => self.queue(command),
                 }
             }
@@ -233,9 +264,9 @@ impl Task {
         loop {
             tokio::select! {
                 command = self.commands.recv() => {
-                    let Some(command) = command else { return Exit::Closed };
+                    let Some(command) = command else { return Exit::Closed(None) };
                     let frame = match command {
-                        Command::Close => return Exit::Closed,
+                        Command::Close(answer) => return Exit::Closed(Some(answer)),
                         Command::Ack(id) => json!({"type": 200, "data": id}).to_string(),
                         Command::Send { id, frame, stored, delivered } => {
                             let id = id.as_str().to_owned();
@@ -349,7 +380,7 @@ impl Task {
                     raw: text,
                 };
                 if self.inbox.send(received).await.is_err() {
-                    return Err(Exit::Closed);
+                    return Err(Exit::Closed(None));
                 }
             }
             _ => {}

@@ -159,7 +159,11 @@ async fn reconnects_resends_unconfirmed_and_dedupes_redeliveries() {
     assert_eq!(m2.delivered().await.expect("300"), "bob");
     assert_eq!(m1.delivered().await.expect("300"), "bob");
     assert_eq!(alice.state(), State::Open);
-    alice.close().await;
+    assert_eq!(
+        alice.close().await,
+        Some(1000),
+        "the server answers our close frame, echoing its code"
+    );
     s.shutdown().await;
 }
 

@@ -17,7 +17,9 @@ use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
-use crate::store::{AckRequest, Acked, Device, Enqueued, Millis, NewMessage, Store, StoreError};
+use crate::store::{
+    AckRequest, Acked, Device, Enqueued, Forgotten, Millis, NewMessage, Store, StoreError,
+};
 
 /// Delivery policy (`spec.md` section 5).
 #[derive(Debug, Clone)]
@@ -30,6 +32,12 @@ pub struct DeliveryConfig {
     pub queue_limit: u64,
     /// Unacked messages outstanding on one connection.
     pub inflight: usize,
+    /// Payload bytes of pending messages the store keeps at most, over all
+    /// channels (contract section 9).
+    pub max_retained_bytes: u64,
+    /// Devices and channels unseen for this long, with nothing pending, are
+    /// forgotten (contract section 9).
+    pub forget_after: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -39,6 +47,8 @@ impl Default for DeliveryConfig {
             dedupe_window: Duration::from_secs(24 * 3600),
             queue_limit: 10_000,
             inflight: 256,
+            max_retained_bytes: u64::MAX,
+            forget_after: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -412,6 +422,8 @@ impl MessagesCenter {
             expires_at: now.saturating_add(millis(self.config.message_ttl)),
             dedupe_until: now.saturating_add(millis(self.config.dedupe_window)),
             queue_limit: self.config.queue_limit,
+            retained_limit: self.config.max_retained_bytes,
+            forget_after: millis(self.config.forget_after),
         };
         let ctx = StoreContext {
             sender: sender.cloned(),
@@ -482,6 +494,12 @@ impl MessagesCenter {
                     self.config.queue_limit
                 ),
             )),
+            Ok(Enqueued::StoreFull) => Err(Rejection::new(
+                Some(id),
+                ErrorCode::StoreFull,
+                "the server holds as many pending messages as it may (max_retained_bytes); \
+                 retry later",
+            )),
             Err(e) => {
                 tracing::warn!(error = %e, "enqueue failed");
                 Err(Rejection::new(
@@ -551,6 +569,7 @@ impl MessagesCenter {
             id,
             now,
             receipt_expires_at: now.saturating_add(millis(self.config.message_ttl)),
+            forget_after: millis(self.config.forget_after),
         }
     }
 
@@ -607,7 +626,12 @@ impl MessagesCenter {
         device: Device,
     ) -> Result<Session, StoreError> {
         self.store
-            .touch_device(&channel, &device, now_millis())
+            .touch_device(
+                &channel,
+                &device,
+                now_millis(),
+                millis(self.config.forget_after),
+            )
             .await?;
         let sub = self.hub.subscribe(&channel, &device);
         Ok(Session::new(self.clone(), channel, device, sub))
@@ -622,5 +646,24 @@ impl MessagesCenter {
     /// Drops expired entries; call it periodically.
     pub async fn expire(&self) -> Result<u64, StoreError> {
         self.store.expire(now_millis()).await
+    }
+
+    /// Marks the devices of this node's live connections as seen now, so
+    /// that [`MessagesCenter::forget`] (here or on another node) never takes
+    /// a device in use. Call it at least a few times per `forget_after`.
+    pub async fn refresh_live_devices(&self) -> Result<usize, StoreError> {
+        let live = self.hub.live_devices();
+        self.store
+            .touch_devices(&live, now_millis(), millis(self.config.forget_after))
+            .await?;
+        Ok(live.len())
+    }
+
+    /// Forgets devices and channels unseen for `forget_after` with nothing
+    /// pending (contract section 9); call it periodically.
+    pub async fn forget(&self) -> Result<Forgotten, StoreError> {
+        self.store
+            .forget(now_millis(), millis(self.config.forget_after))
+            .await
     }
 }

@@ -113,6 +113,12 @@ impl Drop for Subscription {
             subs.retain(|s| s.id != self.id);
             if subs.is_empty() {
                 channels.remove(&self.channel);
+                // A table keeps its largest size: after a burst of
+                // connections (ever new channel names, say) give the room
+                // back once it is mostly empty.
+                if channels.capacity() > 64 && channels.len() < channels.capacity() / 4 {
+                    channels.shrink_to_fit();
+                }
             }
         }
     }
@@ -218,6 +224,24 @@ impl Hub {
     }
 
     /// All live connections.
+    /// Each (channel, device) with a live connection here, once.
+    pub fn live_devices(&self) -> Vec<(Channel, Device)> {
+        let channels = self.channels.read();
+        let mut live = Vec::new();
+        for (channel, subs) in channels.iter() {
+            let start = live.len();
+            for sub in subs {
+                let seen = live[start..]
+                    .iter()
+                    .any(|(_, d): &(Channel, Device)| *d == sub.device);
+                if !seen {
+                    live.push((channel.clone(), sub.device.clone()));
+                }
+            }
+        }
+        live
+    }
+
     pub fn connections(&self) -> usize {
         self.channels.read().values().map(Vec::len).sum()
     }

@@ -33,6 +33,6 @@ pub use memory::MemoryStore;
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use store::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Forgotten, Millis, NewMessage,
     PendingAck, PendingEnqueue, Seq, Store, StoreError,
 };

@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 
 use crate::memstate::{Discard, MemState};
 use crate::store::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
-    StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
+    Store, StoreError,
 };
 
 /// See the module docs.
@@ -73,11 +73,27 @@ impl Store for MemoryStore {
         channel: &Channel,
         device: &Device,
         now: Millis,
+        _forget_after: Millis,
     ) -> Result<(), StoreError> {
         self.state
             .lock()
             .touch_device(channel, device, now, &mut Discard);
         Ok(())
+    }
+
+    async fn forget(&self, now: Millis, forget_after: Millis) -> Result<Forgotten, StoreError> {
+        Ok(self
+            .state
+            .lock()
+            .forget(now.saturating_sub(forget_after), &mut Discard))
+    }
+
+    fn retained_bytes(&self) -> Option<u64> {
+        Some(self.state.lock().retained_bytes())
+    }
+
+    fn channel_count(&self) -> Option<u64> {
+        Some(self.state.lock().channel_count())
     }
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {

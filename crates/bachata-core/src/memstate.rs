@@ -14,6 +14,8 @@
 //! - `ChannelState::pending` counts the message entries in `log` that no
 //!   device has acked.
 //! - `by_id` maps exactly the ids of the message entries in `log`.
+//! - `MemState::retained` is the sum of the payload lengths of every entry
+//!   of every log (restored by summing them).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,7 +25,8 @@ use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
 
 use crate::store::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Forgotten, Millis, NewMessage,
+    Seq,
 };
 
 /// The key under which a device is stored: its name, or "" for the default
@@ -216,6 +219,16 @@ pub enum Change {
         device: String,
         last_seen: Millis,
     },
+    /// A device forgotten (`--forget-after`).
+    DelDevice {
+        channel: Channel,
+        device: String,
+    },
+    /// A channel forgotten: no device and no entry left. Its next seq goes
+    /// too; a later entry starts it again at 1.
+    DelChannel {
+        channel: Channel,
+    },
     /// A dedupe record (sender key "" for the system). There is no
     /// removal: a record expires by its deadline, and a persistent backend
     /// drops records by deadline (see [`MemState::expire`]).
@@ -263,6 +276,8 @@ pub struct MemState {
     channels: HashMap<Channel, ChannelState>,
     dedupe: DedupeIndex,
     groups: HashMap<GroupId, BTreeSet<Channel>>,
+    /// Payload bytes of every retained entry (see the module invariants).
+    retained: u64,
 }
 
 /// Everything a persistent backend loads to rebuild a [`MemState`].
@@ -299,6 +314,7 @@ impl MemState {
                     ch.pending += 1;
                 }
             }
+            state.retained += entry.payload.len() as u64;
             ch.log.insert(seq, entry);
         }
         for ch in state.channels.values_mut() {
@@ -338,6 +354,11 @@ impl MemState {
                 return Enqueued::QueueFull(dest.clone());
             }
         }
+        let adding = (msg.payload.len() as u64).saturating_mul(msg.destinations.len() as u64);
+        if self.retained.saturating_add(adding) > msg.retained_limit {
+            return Enqueued::StoreFull;
+        }
+        self.retained += adding;
         let mut seqs = Vec::with_capacity(msg.destinations.len());
         for dest in &msg.destinations {
             let ch = self.channels.entry(dest.clone()).or_default();
@@ -408,6 +429,7 @@ impl MemState {
             device: device.to_owned(),
         });
         if let Some(entry) = done.then(|| ch.remove(seq)).flatten() {
+            self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
             changes.record(|| Change::DelEntry {
                 channel: channel.clone(),
                 seq,
@@ -447,6 +469,7 @@ impl MemState {
         ) = (first, kind)
         {
             let ch = self.channels.entry(sender.clone()).or_default();
+            self.retained += ack.receipt.len() as u64;
             let rseq = ch.append(
                 &sender,
                 EntryKind::Receipt,
@@ -574,6 +597,7 @@ impl MemState {
             for seq in expired {
                 if let Some(entry) = ch.remove(seq) {
                     dropped += 1;
+                    self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
                     changes.record(|| Change::DelEntry {
                         channel: channel.clone(),
                         seq,
@@ -582,12 +606,86 @@ impl MemState {
                 }
             }
         }
-        // Channels stay, even when empty: their `next_seq` must never go
-        // back, or a reader holding a cursor would skip new entries.
+        // Channels stay, even when empty: their `next_seq` must not go back
+        // while a reader may hold a cursor; `forget` removes them once no
+        // device of theirs was seen for long.
         // Dedupe records need no change: a persistent backend expires
         // them by their deadline.
         self.dedupe.records.retain(|_, until| *until > now);
+        shrink(&mut self.dedupe.records);
         dropped
+    }
+
+    /// Payload bytes of every retained entry.
+    pub fn retained_bytes(&self) -> u64 {
+        self.retained
+    }
+
+    /// Channels with any state (entries, devices or a seq counter).
+    pub fn channel_count(&self) -> u64 {
+        self.channels.len() as u64
+    }
+
+    /// Forgets the devices last seen at or before `seen_before`, the
+    /// entries that only they still needed, and then the channels left with
+    /// no device and no entry (see `Store::forget`).
+    pub fn forget(&mut self, seen_before: Millis, changes: &mut impl ChangeSink) -> Forgotten {
+        let mut forgotten = Forgotten::default();
+        let mut gone = Vec::new();
+        for (channel, ch) in &mut self.channels {
+            let known = ch.devices.len();
+            ch.devices.retain(|(device, last_seen)| {
+                let stale = *last_seen <= seen_before;
+                if stale {
+                    changes.record(|| Change::DelDevice {
+                        channel: channel.clone(),
+                        device: device.clone(),
+                    });
+                }
+                !stale
+            });
+            let dropped = known - ch.devices.len();
+            forgotten.devices += dropped as u64;
+            if dropped > 0 && !ch.devices.is_empty() {
+                // Entries that only the forgotten devices had left to ack.
+                let done: Vec<Seq> = ch
+                    .log
+                    .iter()
+                    .filter(|(_, e)| ChannelState::fully_acked(&ch.devices, e))
+                    .map(|(seq, _)| *seq)
+                    .collect();
+                for seq in done {
+                    if let Some(entry) = ch.remove(seq) {
+                        self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
+                        changes.record(|| Change::DelEntry {
+                            channel: channel.clone(),
+                            seq,
+                            acked_by: entry.acked_by,
+                        });
+                    }
+                }
+            }
+            if ch.devices.is_empty() && ch.log.is_empty() {
+                gone.push(channel.clone());
+            }
+        }
+        for channel in gone {
+            self.channels.remove(&channel);
+            forgotten.channels += 1;
+            changes.record(|| Change::DelChannel { channel });
+        }
+        shrink(&mut self.channels);
+        forgotten
+    }
+}
+
+/// Gives memory back after a table shrank to under a quarter of its room: a
+/// hash table keeps its largest size otherwise, so a burst of names (say,
+/// connections under ever new channel names) would stay resident after
+/// they were forgotten.
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
     }
 }
 
@@ -610,6 +708,77 @@ mod tests {
         // A record restored twice keeps the later deadline.
         index.insert("ab", &id("c"), 50);
         assert!(index.is_live(index.key("ab", &id("c")), 99));
+    }
+
+    fn channel(name: &str) -> Channel {
+        Channel::new(name).expect("valid channel")
+    }
+
+    #[test]
+    fn forgetting_takes_stale_devices_their_entries_and_empty_channels() {
+        let mut state = MemState::new();
+        let (bob, phone, laptop) = (
+            channel("bob"),
+            Some(bachata_proto::DeviceId::new("phone").expect("device")),
+            Some(bachata_proto::DeviceId::new("laptop").expect("device")),
+        );
+        state.touch_device(&bob, &phone, 10, &mut Discard);
+        state.touch_device(&bob, &laptop, 100, &mut Discard);
+        state.touch_device(&channel("idle"), &None, 10, &mut Discard);
+        let message = NewMessage {
+            sender: None,
+            id: id("m1"),
+            destinations: vec![bob.clone()],
+            payload: Bytes::from_static(b"0123456789"),
+            now: 100,
+            expires_at: 1_000,
+            dedupe_until: 0,
+            queue_limit: 10,
+            retained_limit: u64::MAX,
+            forget_after: 50,
+        };
+        assert!(matches!(
+            state.enqueue(&message, &mut Discard),
+            Enqueued::Stored(_)
+        ));
+        let ack = AckRequest {
+            channel: bob.clone(),
+            device: laptop.clone(),
+            id: id("m1"),
+            now: 100,
+            receipt: Bytes::new(),
+            receipt_expires_at: 1_000,
+            forget_after: 50,
+        };
+        state.ack(&ack, &mut Discard);
+        assert_eq!(state.retained_bytes(), 10, "kept for the phone");
+        let mut changes = Vec::new();
+        let forgotten = state.forget(50, &mut changes);
+        assert_eq!((forgotten.channels, forgotten.devices), (1, 2));
+        assert_eq!(state.retained_bytes(), 0, "only the phone needed m1");
+        assert_eq!(state.channel_count(), 1, "bob stays: the laptop is recent");
+        assert!(changes.contains(&Change::DelChannel {
+            channel: channel("idle")
+        }));
+        assert!(changes.contains(&Change::DelDevice {
+            channel: bob.clone(),
+            device: "phone".into()
+        }));
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::DelEntry { seq: 1, .. }))
+        );
+        // The laptop goes too; bob's seqs start over when he comes back.
+        assert_eq!(state.forget(200, &mut Discard).channels, 1);
+        let back = NewMessage {
+            id: id("m2"),
+            ..message
+        };
+        assert_eq!(
+            state.enqueue(&back, &mut Discard),
+            Enqueued::Stored(vec![(bob, 1)])
+        );
     }
 
     #[test]

@@ -21,6 +21,15 @@
 //! - An entry stays readable for a device until that device acks it or it
 //!   expires. It is removed once every known device of the channel acked it,
 //!   or once it expires.
+//! - State follows pending work (contract section 9): a device not seen for
+//!   `forget_after` is forgotten (entries only it still needed go), and a
+//!   channel with no device left and an empty log is forgotten whole; its
+//!   seqs start again at 1, which is safe because no connection of it
+//!   exists (a live connection keeps its device seen, see
+//!   [`Store::touch_devices`]).
+//! - The payload bytes of all retained entries (messages and receipts) are
+//!   counted; an enqueue that would take them past its `retained_limit` is
+//!   refused whole.
 
 use async_trait::async_trait;
 use bachata_proto::{Channel, DeviceId, GroupId, MessageId};
@@ -81,6 +90,12 @@ pub struct NewMessage {
     pub dedupe_until: Millis,
     /// A destination already holding this many pending messages refuses it.
     pub queue_limit: u64,
+    /// Payload bytes all retained entries may take (`--max-retained-bytes`):
+    /// a message whose copies would pass it is refused.
+    pub retained_limit: u64,
+    /// How long a channel's state outlives its last use
+    /// (`--forget-after`; the Redis store sets key lifetimes with it).
+    pub forget_after: Millis,
 }
 
 /// The result of [`Store::enqueue`].
@@ -94,6 +109,9 @@ pub enum Enqueued {
     /// This destination holds `queue_limit` pending messages. Nothing was
     /// appended anywhere.
     QueueFull(Channel),
+    /// The store retains `retained_limit` payload bytes already. Nothing was
+    /// appended anywhere.
+    StoreFull,
 }
 
 /// A device's 200 for a message of its channel.
@@ -107,6 +125,15 @@ pub struct AckRequest {
     /// message by any device of the channel.
     pub receipt: Bytes,
     pub receipt_expires_at: Millis,
+    /// As [`NewMessage::forget_after`], for the receipt's log.
+    pub forget_after: Millis,
+}
+
+/// What [`Store::forget`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub channels: u64,
+    pub devices: u64,
 }
 
 /// The result of [`Store::ack`].
@@ -166,6 +193,10 @@ pub trait Store: Send + Sync + 'static {
     /// messages of one connection, and their order is kept. Backends that
     /// cannot promise the order give the message back (`Err`), and the
     /// caller awaits [`Store::enqueue`] instead, one at a time.
+    #[allow(
+        clippy::result_large_err,
+        reason = "the message goes back to the caller, who sends it on: boxing it would cost an allocation per message"
+    )]
     fn start_enqueue(&self, msg: NewMessage) -> Result<PendingEnqueue, NewMessage> {
         Err(msg)
     }
@@ -204,14 +235,50 @@ pub trait Store: Send + Sync + 'static {
         seqs: &[Seq],
     ) -> Result<(), StoreError>;
 
-    /// Registers `device` as a known device of `channel`: from now on entries
-    /// are kept until it acks them too.
+    /// Registers `device` as a known device of `channel`, seen at `now`:
+    /// from now on entries are kept until it acks them too, and it is not
+    /// forgotten before `now + forget_after`.
     async fn touch_device(
         &self,
         channel: &Channel,
         device: &Device,
         now: Millis,
+        forget_after: Millis,
     ) -> Result<(), StoreError>;
+
+    /// [`Store::touch_device`] for many devices: what a node does for its
+    /// live connections now and then, so that a device connected for longer
+    /// than `forget_after` is never forgotten.
+    async fn touch_devices(
+        &self,
+        devices: &[(Channel, Device)],
+        now: Millis,
+        forget_after: Millis,
+    ) -> Result<(), StoreError> {
+        for (channel, device) in devices {
+            self.touch_device(channel, device, now, forget_after)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Forgets the devices last seen at or before `now - forget_after`
+    /// (dropping the entries that only they still needed), then the
+    /// channels left with no device and no entry. Backends whose state
+    /// expires by itself (Redis key lifetimes) may do nothing here.
+    async fn forget(&self, now: Millis, forget_after: Millis) -> Result<Forgotten, StoreError>;
+
+    /// Payload bytes of every retained entry, for metrics; `None` where the
+    /// backend does not know.
+    fn retained_bytes(&self) -> Option<u64> {
+        None
+    }
+
+    /// Channels the store keeps any state for, for metrics (forgetting at
+    /// work shows here); `None` where that would be expensive to count.
+    fn channel_count(&self) -> Option<u64> {
+        None
+    }
 
     /// Messages of `channel` not yet acked by any device and not expired.
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError>;

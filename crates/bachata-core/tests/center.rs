@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use bachata_core::{
-    AckRequest, AckState, Acked, DeliveryConfig, Device, Enqueued, Entry, MemoryStore,
+    AckRequest, AckState, Acked, DeliveryConfig, Device, Enqueued, Entry, Forgotten, MemoryStore,
     MessagesCenter, Millis, NewMessage, Rejection, Seq, Session, Store, StoreError,
 };
 use bachata_proto::{Channel, DataMessage, DeviceId, ErrorCode, GroupId, MessageId};
@@ -131,7 +131,16 @@ impl Store for DeadStore {
     async fn ack_seqs(&self, _: &Channel, _: &Device, _: &[Seq]) -> Result<(), StoreError> {
         Err(StoreError::Backend("disk on fire".into()))
     }
-    async fn touch_device(&self, _: &Channel, _: &Device, _: Millis) -> Result<(), StoreError> {
+    async fn touch_device(
+        &self,
+        _: &Channel,
+        _: &Device,
+        _: Millis,
+        _: Millis,
+    ) -> Result<(), StoreError> {
+        Err(StoreError::Backend("disk on fire".into()))
+    }
+    async fn forget(&self, _: Millis, _: Millis) -> Result<Forgotten, StoreError> {
         Err(StoreError::Backend("disk on fire".into()))
     }
     async fn pending_count(&self, _: &Channel, _: Millis) -> Result<u64, StoreError> {

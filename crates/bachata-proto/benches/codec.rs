@@ -26,6 +26,75 @@ fn stamped() -> DataMessage {
     msg
 }
 
+/// The largest frame the server takes by default (`--max-frame-bytes`).
+const FRAME_BYTES: usize = 65_536;
+
+/// A 64 KiB frame of ~8,600 distinct two-character top-level keys: the
+/// frame that took ~120 ms with a pairwise duplicate check (contract
+/// section 9).
+fn many_keys() -> String {
+    // Printable ASCII without `"` and `\`: no escapes, 93 * 93 keys.
+    let alphabet: Vec<char> = (0x20u8..0x7f)
+        .filter(|b| *b != b'"' && *b != b'\\')
+        .map(char::from)
+        .collect();
+    let mut text = String::from(r#"{"type":"direct","dest":"bob""#);
+    'fill: for a in &alphabet {
+        for b in &alphabet {
+            if text.len() + 8 > FRAME_BYTES {
+                break 'fill;
+            }
+            if (*a, *b) == ('i', 'd') {
+                continue; // a known field, whose value must be a string
+            }
+            text.push_str(&format!(r#","{a}{b}":1"#));
+        }
+    }
+    text.push('}');
+    text
+}
+
+/// A 64 KiB chat message as an application would send it: text, and a
+/// list of small objects (attachments, mentions).
+fn plain_chat() -> String {
+    let mut text =
+        String::from(r#"{"id":"m1","type":"direct","dest":"bob","data":{"text":"hello","items":["#);
+    let mut n = 0;
+    while text.len() + 120 < FRAME_BYTES {
+        if n > 0 {
+            text.push(',');
+        }
+        text.push_str(&format!(
+            r#"{{"kind":"link","url":"https://example.com/{n}","title":"A title","size":{n}}}"#
+        ));
+        n += 1;
+    }
+    text.push_str("]}}");
+    text
+}
+
+/// A 64 KiB message whose `data` is one long string.
+fn plain_text() -> String {
+    let head = r#"{"id":"m1","type":"direct","dest":"bob","data":""#;
+    format!("{head}{}\"}}", "x".repeat(FRAME_BYTES - head.len() - 2))
+}
+
+fn large_frames(c: &mut Criterion) {
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("parse_frame_64KiB");
+    for (name, frame) in [
+        ("many_keys", many_keys()),
+        ("plain_chat", plain_chat()),
+        ("plain_text", plain_text()),
+    ] {
+        assert!(frame.len() <= FRAME_BYTES, "{name}: {}", frame.len());
+        parse_frame(&frame, &limits).unwrap();
+        g.throughput(Throughput::Bytes(frame.len() as u64));
+        g.bench_function(name, |b| b.iter(|| parse_frame(black_box(&frame), &limits)));
+    }
+    g.finish();
+}
+
 fn codec(c: &mut Criterion) {
     let limits = Limits::default();
     let mut g = c.benchmark_group("parse_frame");
@@ -60,6 +129,6 @@ criterion_group! {
         .sample_size(30)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
-    targets = codec
+    targets = codec, large_frames
 }
 criterion_main!(benches);

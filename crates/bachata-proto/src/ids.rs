@@ -4,13 +4,27 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Why an identifier was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{what} must be {min}..={max} bytes without control characters")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdError {
     pub what: &'static str,
     pub min: usize,
     pub max: usize,
+    /// Whether control characters are refused too (they are in names,
+    /// not in message ids), so the reason states the rule that applies.
+    pub no_control: bool,
 }
+
+impl fmt::Display for IdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} must be {}..={} bytes", self.what, self.min, self.max)?;
+        if self.no_control {
+            f.write_str(" without control characters")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for IdError {}
 
 fn check(text: &str, what: &'static str, max: usize, allow_control: bool) -> Result<(), IdError> {
     let ok = !text.is_empty()
@@ -19,7 +33,12 @@ fn check(text: &str, what: &'static str, max: usize, allow_control: bool) -> Res
     if ok {
         Ok(())
     } else {
-        Err(IdError { what, min: 1, max })
+        Err(IdError {
+            what,
+            min: 1,
+            max,
+            no_control: !allow_control,
+        })
     }
 }
 

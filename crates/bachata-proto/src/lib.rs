@@ -17,7 +17,7 @@ mod outbound;
 pub mod sign;
 
 pub use error::{ErrorCode, ProtoError};
-pub use frame::{DataMessage, Inbound, Limits, Rejected, check_depth, parse_frame};
+pub use frame::{DataMessage, Extra, Inbound, Limits, Rejected, check_depth, parse_frame};
 pub use ids::{Channel, DeviceId, GroupId, IdError, MessageId};
 pub use outbound::{delivered, pong, ready, received, rejected};
 

@@ -15,7 +15,8 @@ fn json_value() -> impl Strategy<Value = String> {
     leaf.prop_recursive(4, 32, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
-            prop::collection::vec(("[a-z]{1,6}", inner), 0..4).prop_map(|v| {
+            // Distinct keys: a repeated key is refused (tests/structure.rs).
+            prop::collection::btree_map("[a-z]{1,6}", inner, 0..4).prop_map(|v| {
                 let fields: Vec<String> = v
                     .into_iter()
                     .map(|(k, val)| format!("{}:{}", serde_json::to_string(&k).expect("key"), val))
@@ -48,7 +49,9 @@ prop_compose! {
         m.dest = dest;
         m.sign = sign;
         m.data = data.map(raw);
-        m.extra = extra.into_iter().map(|(k, v)| (k, raw(v))).collect();
+        for (k, v) in extra {
+            m.extra.push(&k, &raw(v));
+        }
         m
     }
 }

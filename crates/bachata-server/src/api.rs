@@ -71,8 +71,9 @@ pub struct ApiError {
 pub struct ErrorBody {
     /// A stable code: one of the WebSocket 400 codes (`invalid_json`,
     /// `invalid_message`, `no_route`, `forbidden`, `bad_signature`,
-    /// `queue_full`, `rate_limited`, `unavailable`) or an HTTP one
-    /// (`unauthorized`, `not_found`, `method_not_allowed`, `too_large`).
+    /// `queue_full`, `store_full`, `rate_limited`, `unavailable`) or an HTTP one
+    /// (`unauthorized`, `not_found`, `method_not_allowed`, `too_large`,
+    /// `request_timeout`).
     #[schema(example = "no_route")]
     pub error: String,
     /// Human-readable; may change between versions.
@@ -117,6 +118,8 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::QueueFull | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        // The server as a whole is out of room for pending messages.
+        ErrorCode::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
@@ -131,7 +134,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let retry = matches!(
             self.status,
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::INSUFFICIENT_STORAGE
         );
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
         let body = ErrorBody {
@@ -353,9 +358,11 @@ pub struct ChannelInfo {
         (status = 400, description = "invalid_json, invalid_message", body = ErrorBody),
         (status = 401, description = "unauthorized: missing or wrong API key", body = ErrorBody),
         (status = 403, description = "forbidden: the API is off (no key configured)", body = ErrorBody),
+        (status = 408, description = "request_timeout: the body did not arrive within --header-timeout", body = ErrorBody),
         (status = 413, description = "too_large: body over --max-frame-bytes", body = ErrorBody),
         (status = 422, description = "no_route: no route takes the message", body = ErrorBody),
         (status = 429, description = "queue_full, rate_limited: retry later", body = ErrorBody),
+        (status = 507, description = "store_full: the server keeps --max-retained-bytes of pending messages; retry later", body = ErrorBody),
         (status = 503, description = "unavailable: storage failed, retry later", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -366,7 +373,21 @@ async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Published>, ApiError> {
-    let bytes = read_body(&headers, body, app.config.max_frame_bytes).await?;
+    // The body, like the headers, within --header-timeout: a client that
+    // trickles it would otherwise hold a connection slot for as long as it
+    // likes (contract section 9).
+    let bytes = tokio::time::timeout(
+        app.config.header_timeout,
+        read_body(&headers, body, app.config.max_frame_bytes),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the body did not arrive within header_timeout",
+        )
+    })??;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::from_code(ErrorCode::InvalidJson, "the body is not valid UTF-8"))?;
     let limits = Limits {

@@ -28,7 +28,9 @@ pub struct AppState {
     pub tracker: TaskTracker,
 }
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// The application: the demo page, `/messages`, the API, health and
+/// metrics, behind the origin and host checks of [`crate::origin`].
+pub fn router(state: Arc<AppState>, origins: crate::origin::OriginPolicy) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/bachata.js", get(bachata_js))
@@ -40,6 +42,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .nest("/api", crate::api::router())
         // A nested router does not see its own root with a trailing slash.
         .route("/api/", axum::routing::any(crate::api::not_found))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::new(origins),
+            crate::origin::guard,
+        ))
+}
+
+/// What a connection beyond `--max-connections` is served
+/// ([`crate::listener`]): health and metrics, and 503 for the rest.
+pub fn overflow_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(crate::listener::at_capacity)
         .with_state(state)
 }
 

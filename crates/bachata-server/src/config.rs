@@ -64,6 +64,30 @@ pub struct Config {
     /// that sends nothing, not even a pong, for three intervals is closed.
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub ping_interval: Duration,
+    /// How long a client may take to send a request's headers; slower ones
+    /// are closed (slowloris, contract section 9).
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub header_timeout: Duration,
+    /// Open TCP connections (HTTP and WebSocket) at most; `None` is the
+    /// default: 10000, less a reserve, and never above the open-file limit
+    /// ([`crate::listener`]).
+    pub max_connections: Option<usize>,
+    /// Browser origins allowed besides the server's own: a comma list of
+    /// `scheme://host[:port]`, or `*` for all ([`crate::origin`]).
+    pub allowed_origins: Option<String>,
+    /// Payload bytes of pending messages the store keeps at most, over all
+    /// channels; past it a send gets `store_full`. `None` is the default:
+    /// a quarter of the machine's (or the container's) memory.
+    #[serde(default, deserialize_with = "byte_size")]
+    pub max_retained_bytes: Option<u64>,
+    /// A JWT whose `exp` is further ahead than this is refused.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub max_token_lifetime: Duration,
+    /// A channel with no connection and nothing pending, whose devices were
+    /// all last seen longer ago than this, is forgotten; so is a device not
+    /// seen for this long.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub forget_after: Duration,
     pub insecure: bool,
 }
 
@@ -90,6 +114,12 @@ impl Default for Config {
             inflight: 256,
             slow_consumer_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_connections: None,
+            allowed_origins: None,
+            max_retained_bytes: None,
+            max_token_lifetime: Duration::from_secs(30 * 24 * 3600),
+            forget_after: Duration::from_secs(30 * 24 * 3600),
             insecure: false,
         }
     }
@@ -109,6 +139,49 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
             ))
         }),
         Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+    }
+}
+
+/// A size in bytes: an integer, or text with a unit (`512MiB`, `2GB`,
+/// `64k`: powers of 1024 with or without `i`, so `1MB` is 1 MiB).
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}; write it like 536870912, 512MiB or 2GiB"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    n.checked_mul(1 << shift)
+        .ok_or_else(|| format!("size {text:?} is too large"))
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Text(String),
+        Bytes(u64),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Bytes(n)) => Ok(Some(n)),
+        Some(Raw::Text(text)) => parse_byte_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
     }
 }
 
@@ -205,11 +278,74 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping_interval: Option<String>,
+    /// Close HTTP connections that take longer to send a request's headers [default: 10s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// Open TCP connections at most; more are refused (503) [default: 10000, within the open-file limit].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Browser origins allowed besides the server's own: comma list of scheme://host[:port], or * [default: none].
+    #[arg(long, value_name = "ORIGINS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<String>,
+    /// Pending payload bytes kept over all channels; more gets store_full [default: a quarter of memory].
+    #[arg(long, value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retained_bytes: Option<String>,
+    /// Refuse JWTs whose exp is further ahead than this [default: 30d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_token_lifetime: Option<String>,
+    /// Forget channels and devices unseen for this long, with nothing pending [default: 30d].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forget_after: Option<String>,
     /// Allow anonymous channels on a non-loopback address.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
 }
+
+/// `--max-retained-bytes` when unset: a quarter of the memory this process
+/// may use (the machine's, or its container's cgroup limit when lower), or
+/// 1 GiB when neither can be read.
+pub fn default_max_retained_bytes() -> u64 {
+    memory_limit().map_or(1 << 30, |bytes| bytes / 4)
+}
+
+/// The memory this process may use: `MemTotal`, lowered by a cgroup (v2 or
+/// v1) memory limit.
+fn memory_limit() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .map(|kb| kb * 1024)
+        });
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .find_map(|text| text.trim().parse::<u64>().ok());
+    match (total, cgroup) {
+        (Some(total), Some(limit)) => Some(total.min(limit)),
+        (total, limit) => total.or(limit),
+    }
+}
+
+/// Deepest `max_json_depth`: serde_json's own nesting limit, which the
+/// duplicate-key walk of nested values runs under.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+/// Shortest HS256 secret accepted without `--insecure` (RFC 7518 section
+/// 3.2: a key of at least the hash's size, 256 bits).
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// A setting that could not be read or makes no sense.
 #[derive(Debug, thiserror::Error)]
@@ -253,8 +389,39 @@ impl Config {
         if self.max_frame_bytes < 64 {
             return invalid("max_frame_bytes must be at least 64");
         }
-        if self.max_json_depth == 0 {
-            return invalid("max_json_depth must be at least 1");
+        if self.max_json_depth == 0 || self.max_json_depth > MAX_JSON_DEPTH {
+            return Err(ConfigError::Invalid(format!(
+                "max_json_depth must be 1..={MAX_JSON_DEPTH}"
+            )));
+        }
+        if self.header_timeout.is_zero() {
+            return invalid("header_timeout must be longer than 0s");
+        }
+        if self.max_connections == Some(0) {
+            return invalid("max_connections must be at least 1");
+        }
+        if self.max_retained_bytes == Some(0) {
+            return invalid("max_retained_bytes must be at least 1 byte");
+        }
+        if self.max_token_lifetime.is_zero() {
+            return invalid("max_token_lifetime must be longer than 0s");
+        }
+        if self.forget_after < Duration::from_secs(1) {
+            return invalid("forget_after must be at least 1s");
+        }
+        if let Some(origins) = &self.allowed_origins {
+            crate::origin::AllowedOrigins::parse(origins).map_err(ConfigError::Invalid)?;
+        }
+        if let Some(secret) = &self.jwt_secret
+            && secret.len() < MIN_JWT_SECRET_BYTES
+            && !self.insecure
+        {
+            return Err(ConfigError::Invalid(format!(
+                "jwt_secret is {} bytes; an HS256 secret needs at least {MIN_JWT_SECRET_BYTES} \
+                 (a short one can be guessed offline from any token). Use a random value, e.g. \
+                 `openssl rand -hex 32`, or pass --insecure for a test setup",
+                secret.len()
+            )));
         }
         if self.inflight == 0 {
             return invalid("inflight must be at least 1");
@@ -387,6 +554,114 @@ mod tests {
                 .expect_err("invalid duration")
                 .to_string();
             assert!(e.contains("30s, 15m"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn hardening_settings_from_flags_env_and_file() {
+        figment::Jail::expect_with(|jail| {
+            let defaults = Config::load(&ServeArgs::default()).map_err(|e| e.to_string())?;
+            assert_eq!(defaults.header_timeout, Duration::from_secs(10));
+            assert_eq!(defaults.max_token_lifetime, Duration::from_secs(30 * 86400));
+            assert_eq!(defaults.forget_after, Duration::from_secs(30 * 86400));
+            assert_eq!(defaults.max_retained_bytes, None, "a quarter of memory");
+            jail.create_file(
+                "b.toml",
+                "header_timeout = \"3s\"\nmax_connections = 500\n\
+                 allowed_origins = \"https://a.example\"\nmax_retained_bytes = \"64MiB\"\n\
+                 max_token_lifetime = \"1h\"\nforget_after = \"7d\"",
+            )?;
+            let file = ServeArgs {
+                config: Some("b.toml".into()),
+                ..ServeArgs::default()
+            };
+            let c = Config::load(&file).map_err(|e| e.to_string())?;
+            assert_eq!(c.header_timeout, Duration::from_secs(3));
+            assert_eq!(c.max_connections, Some(500));
+            assert_eq!(c.allowed_origins.as_deref(), Some("https://a.example"));
+            assert_eq!(c.max_retained_bytes, Some(64 << 20));
+            assert_eq!(c.max_token_lifetime, Duration::from_secs(3600));
+            assert_eq!(c.forget_after, Duration::from_secs(7 * 86400));
+            jail.set_env("BACHATA_MAX_RETAINED_BYTES", "1000");
+            jail.set_env("BACHATA_FORGET_AFTER", "1h");
+            let c = Config::load(&file).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_retained_bytes, Some(1000), "env beats the file");
+            assert_eq!(c.forget_after, Duration::from_secs(3600));
+            let flags = ServeArgs {
+                max_retained_bytes: Some("2GiB".into()),
+                header_timeout: Some("1s".into()),
+                max_connections: Some(7),
+                ..file
+            };
+            let c = Config::load(&flags).map_err(|e| e.to_string())?;
+            assert_eq!(c.max_retained_bytes, Some(2 << 30), "flags beat env");
+            assert_eq!(c.header_timeout, Duration::from_secs(1));
+            assert_eq!(c.max_connections, Some(7));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(parse_byte_size("512"), Ok(512));
+        assert_eq!(parse_byte_size("64k"), Ok(64 << 10));
+        assert_eq!(parse_byte_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_byte_size(" 2 GB "), Ok(2 << 30));
+        assert!(parse_byte_size("2XB").is_err());
+        assert!(parse_byte_size("many").is_err());
+        assert!(parse_byte_size("99999999999TiB").is_err());
+        assert!(default_max_retained_bytes() > 0);
+    }
+
+    #[test]
+    fn hardening_settings_are_checked() {
+        figment::Jail::expect_with(|_| {
+            let refused = |args: ServeArgs, needle: &str| {
+                let e = Config::load(&args).expect_err(needle).to_string();
+                assert!(e.contains(needle), "{e}");
+            };
+            refused(
+                ServeArgs {
+                    jwt_secret: Some("too-short".into()),
+                    ..ServeArgs::default()
+                },
+                "at least 32",
+            );
+            refused(
+                ServeArgs {
+                    allowed_origins: Some("chat.example.com".into()),
+                    ..ServeArgs::default()
+                },
+                "invalid origin",
+            );
+            refused(
+                ServeArgs {
+                    max_json_depth: Some(129),
+                    ..ServeArgs::default()
+                },
+                "1..=128",
+            );
+            refused(
+                ServeArgs {
+                    max_connections: Some(0),
+                    ..ServeArgs::default()
+                },
+                "max_connections",
+            );
+            refused(
+                ServeArgs {
+                    forget_after: Some("0s".into()),
+                    ..ServeArgs::default()
+                },
+                "forget_after",
+            );
+            let insecure = ServeArgs {
+                jwt_secret: Some("too-short".into()),
+                insecure: true,
+                ..ServeArgs::default()
+            };
+            assert!(Config::load(&insecure).is_ok());
             Ok(())
         });
     }

@@ -9,7 +9,9 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod listener;
 pub mod metrics;
+pub mod origin;
 pub mod webhook;
 pub mod ws;
 
@@ -43,6 +45,8 @@ pub enum StartError {
     Store(#[from] bachata_store_redb::OpenError),
     #[error("cannot connect to Redis: {0}")]
     Redis(#[from] bachata_store_redis::RedisStoreError),
+    #[error("{0}")]
+    Limits(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -57,6 +61,8 @@ pub struct RunningServer {
     shutdown: CancellationToken,
     task: JoinHandle<()>,
     state: Arc<AppState>,
+    /// Every HTTP connection task (WebSockets are in the state's tracker).
+    connections: TaskTracker,
 }
 
 impl RunningServer {
@@ -81,14 +87,18 @@ impl RunningServer {
         self.wait().await;
     }
 
-    /// Waits until the server stopped (after its token was cancelled).
+    /// Waits until the server stopped (after its token was cancelled):
+    /// accepting stops at once, and open connections get [`DRAIN_TIMEOUT`]
+    /// in all, whatever state they are in (a half-sent request included).
     pub async fn wait(self) {
         let _ = self.task.await;
         self.state.tracker.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.state.tracker.wait())
-            .await
-            .is_err()
-        {
+        self.connections.close();
+        let drained = async {
+            self.state.tracker.wait().await;
+            self.connections.wait().await;
+        };
+        if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
             tracing::warn!("connections did not close in time; exiting anyway");
         }
     }
@@ -125,7 +135,21 @@ pub async fn start_with(
     let auth = auth::Auth::new(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
+        config.max_token_lifetime,
     )?;
+    let max_connections =
+        listener::max_connections(config.max_connections, listener::open_file_limit())
+            .map_err(StartError::Limits)?;
+    let max_retained_bytes = config
+        .max_retained_bytes
+        .unwrap_or_else(config::default_max_retained_bytes);
+    let origins = origin::OriginPolicy {
+        allowed: match &config.allowed_origins {
+            Some(list) => origin::AllowedOrigins::parse(list).map_err(ConfigError::Invalid)?,
+            None => origin::AllowedOrigins::List(Vec::new()),
+        },
+        loopback_hosts_only: config.anonymous() && config.listen.ip().is_loopback(),
+    };
     let mut metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
@@ -146,6 +170,8 @@ pub async fn start_with(
             dedupe_window: config.dedupe_window,
             queue_limit: config.queue_limit,
             inflight: config.inflight,
+            max_retained_bytes,
+            forget_after: config.forget_after,
         })
         .build();
     metrics.watch(center.clone());
@@ -158,6 +184,7 @@ pub async fn start_with(
         source,
     })?;
     let shutdown = CancellationToken::new();
+    let header_timeout = config.header_timeout;
     let state = Arc::new(AppState {
         config,
         auth,
@@ -167,46 +194,108 @@ pub async fn start_with(
         tracker: TaskTracker::new(),
     });
     spawn_expiry(center, shutdown.clone());
-    let app = app::router(state.clone());
-    let stop = shutdown.clone();
-    let task = tokio::spawn(async move {
-        use axum::serve::ListenerExt;
-        // Small frames (100s, 300s) must not wait for Nagle's algorithm: a
-        // 40 ms delayed-ACK stall per receipt otherwise.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "server failed");
-        }
-    });
-    tracing::info!(%addr, "accepting connections");
+    let connections = TaskTracker::new();
+    let listener = listener::Listener {
+        tcp: listener,
+        app: app::router(state.clone(), origins),
+        overflow_app: app::overflow_router(state.clone()),
+        max_connections,
+        header_timeout,
+        shutdown: shutdown.clone(),
+        connections: connections.clone(),
+        open: state.metrics.open_connections.clone(),
+        refused: state.metrics.refused_connections.clone(),
+    };
+    let task = tokio::spawn(listener.run());
+    tracing::info!(%addr, max_connections, "accepting connections");
     Ok(RunningServer {
         addr,
         shutdown,
         task,
         state,
+        connections,
     })
 }
 
-/// Sweeps expired messages every few seconds (reads already skip them; the
-/// sweep frees their space).
+/// Serves the echo mode of the WebSocket layer on `/messages` (every text
+/// or binary message comes back), with the same accept loop, limits and
+/// close handling as the server: what the Autobahn conformance suite runs
+/// against (`scripts/autobahn.sh`). Not for production.
+#[doc(hidden)]
+pub async fn start_echo(
+    listen: SocketAddr,
+    max_frame_bytes: usize,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let bind_error = |source| StartError::Bind {
+        addr: listen,
+        source,
+    };
+    let tcp = bind(listen).map_err(bind_error)?;
+    let addr = tcp.local_addr().map_err(bind_error)?;
+    let app = axum::Router::new().route(
+        "/messages",
+        axum::routing::get(move |ws: axum::extract::ws::WebSocketUpgrade| async move {
+            ws::socket_limits(ws, max_frame_bytes).on_upgrade(ws::echo)
+        }),
+    );
+    let metrics = Metrics::new();
+    let listener = listener::Listener {
+        tcp,
+        overflow_app: axum::Router::new().fallback(listener::at_capacity),
+        app,
+        max_connections: listener::max_connections(None, listener::open_file_limit())
+            .map_err(StartError::Limits)?,
+        header_timeout: Config::default().header_timeout,
+        shutdown,
+        connections: TaskTracker::new(),
+        open: metrics.open_connections.clone(),
+        refused: metrics.refused_connections.clone(),
+    };
+    Ok((addr, tokio::spawn(listener.run())))
+}
+
+/// The store's housekeeping, until shutdown: sweeps expired messages every
+/// few seconds (reads already skip them; the sweep frees their space), and
+/// forgets what nobody used for `--forget-after` (contract section 9),
+/// after marking the devices of this node's live connections as seen.
 fn spawn_expiry(center: Arc<MessagesCenter>, shutdown: CancellationToken) {
-    let every =
-        (center.config().message_ttl / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let config = center.config();
+    // The sweep drops expired messages and dedupe records.
+    let every = (config.message_ttl.min(config.dedupe_window) / 10)
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    // Several times per `forget_after`, so that a live device is always
+    // seen more recently than that.
+    let refresh_every =
+        (config.forget_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(3600));
+    let forget_every =
+        (config.forget_after / 4).clamp(Duration::from_millis(250), Duration::from_secs(60));
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut expiry = tokio::time::interval(every);
+        let mut refresh = tokio::time::interval(refresh_every);
+        let mut forget = tokio::time::interval(forget_every);
+        for tick in [&mut expiry, &mut refresh, &mut forget] {
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
         loop {
             tokio::select! {
-                _ = tick.tick() => {
+                _ = expiry.tick() => {
                     match center.expire().await {
                         Ok(0) => {}
                         Ok(n) => tracing::debug!(dropped = n, "expired messages"),
                         Err(e) => tracing::warn!(error = %e, "expiry sweep failed"),
+                    }
+                }
+                _ = refresh.tick() => {
+                    if let Err(e) = center.refresh_live_devices().await {
+                        tracing::warn!(error = %e, "cannot mark live devices as seen");
+                    }
+                }
+                _ = forget.tick() => {
+                    match center.forget().await {
+                        Ok(f) if f.channels + f.devices == 0 => {}
+                        Ok(f) => tracing::debug!(channels = f.channels, devices = f.devices, "forgot unused state"),
+                        Err(e) => tracing::warn!(error = %e, "forget sweep failed"),
                     }
                 }
                 () = shutdown.cancelled() => break,

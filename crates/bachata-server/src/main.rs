@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Send one message and wait for its 100 (and 300 with --wait-delivered).
     Send(cli::SendArgs),
     /// Print received messages, one JSON object per line, and ack them.
@@ -45,6 +45,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
+            // Before the limit is read for --max-connections: the soft
+            // limit is often 1024 where the hard one is far higher.
+            bachata_server::listener::raise_open_file_limit();
             let config = Config::load(&args).context("invalid configuration")?;
             runtime()?.block_on(serve(config))
         }

@@ -13,7 +13,7 @@ use bachata_core::MessagesCenter;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -25,12 +25,18 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     /// Connections closed as slow consumers.
     pub slow_consumers: Counter,
-    /// Frames refused with a close (1007, 1009).
+    /// Connections closed for a bad frame (1007, 1009) or too many frames
+    /// that could not be read (1008).
     pub closed_bad_frames: Counter,
     /// Undelivered-message webhook POSTs answered with a 2xx.
     pub webhook_sent: Counter,
     /// Undelivered-message webhook POSTs given up (see `webhook.rs`).
     pub webhook_failed: Counter,
+    /// Open TCP connections (HTTP and WebSocket), each holding a slot of
+    /// `--max-connections`.
+    pub open_connections: Gauge,
+    /// Connections that found every slot taken (503 or closed).
+    pub refused_connections: Counter,
 }
 
 #[derive(Debug)]
@@ -87,6 +93,24 @@ impl Collector for CenterCollector {
             "Messages without id dropped because a connection's queue was full",
             load(&center.hub().live_dropped),
         )?;
+        if let Some(bytes) = center.store().retained_bytes() {
+            gauge(
+                &mut encoder,
+                "bachata_retained_bytes",
+                "Payload bytes of pending messages and receipts the store keeps (bounded by \
+                 --max-retained-bytes; on Redis as of the last expiry sweep)",
+                i64::try_from(bytes).unwrap_or(i64::MAX),
+            )?;
+        }
+        if let Some(channels) = center.store().channel_count() {
+            gauge(
+                &mut encoder,
+                "bachata_channels",
+                "Channels the store keeps state for (entries, devices or a seq counter); \
+                 forgotten after --forget-after without use",
+                i64::try_from(channels).unwrap_or(i64::MAX),
+            )?;
+        }
         if let Some(pending) = center.store().pending_total() {
             gauge(
                 &mut encoder,
@@ -117,7 +141,7 @@ impl Metrics {
         let closed_bad_frames = Counter::default();
         registry.register(
             "bachata_bad_frame_closes",
-            "Connections closed with 1007 or 1009 for a bad frame",
+            "Connections closed with 1007 or 1009 for a bad frame, or 1008 for too many unreadable ones",
             closed_bad_frames.clone(),
         );
         let webhook_sent = Counter::default();
@@ -133,7 +157,21 @@ impl Metrics {
              or dropped because the webhook queue was full",
             webhook_failed.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "bachata_tcp_connections",
+            "Open TCP connections (HTTP and WebSocket), each holding a slot of --max-connections",
+            open_connections.clone(),
+        );
+        let refused_connections = Counter::default();
+        registry.register(
+            "bachata_connections_refused",
+            "TCP connections that found every slot of --max-connections taken (503 or closed)",
+            refused_connections.clone(),
+        );
         Metrics {
+            open_connections,
+            refused_connections,
             registry,
             commit_seconds,
             slow_consumers,

@@ -7,11 +7,11 @@
 //! consumer timeout: a client that stops reading is closed with 4008 and its
 //! messages stay pending in the store.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
@@ -25,7 +25,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use crate::app::AppState;
-use crate::auth::Identity;
+use crate::auth::{HandshakeQuery, Identity};
 
 /// Close codes used by the server.
 pub mod close {
@@ -35,6 +35,9 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
     /// A binary frame that is not UTF-8.
     pub const INVALID_DATA: u16 = 1007;
+    /// Too many frames the server could not read (contract section 3: "for
+    /// abuse, a close with 1008").
+    pub const POLICY: u16 = 1008;
     /// A frame larger than `--max-frame-bytes`.
     pub const TOO_BIG: u16 = 1009;
     /// The store failed while registering the connection.
@@ -45,6 +48,26 @@ pub mod close {
 
 /// Bytes read from a socket at a time.
 const READ_BUFFER: usize = 1024;
+
+/// Bytes of frames buffered before they are written to the socket
+/// (tungstenite's default).
+const WRITE_BUFFER: usize = 128 * 1024;
+
+/// The most a connection's write buffer may hold: the batch above, one
+/// largest frame, and room for control frames. Pongs that tungstenite
+/// queues by itself grew it without bound when a client sent pings and
+/// never read (~1 GB in 10 s); now they stop at this, and the slow consumer
+/// timer closes the connection (contract section 9).
+fn max_write_buffer(max_frame_bytes: usize) -> usize {
+    WRITE_BUFFER + max_frame_bytes + 64 * 1024
+}
+
+/// Frames a client may send that the server cannot read (not JSON, not a
+/// message...) in a burst, and per second after it: a correct client sends
+/// none, so these are generous for a developer and tight for a flood. Past
+/// them the connection is closed with 1008.
+const INVALID_BURST: u32 = 100;
+const INVALID_PER_SECOND: u32 = 10;
 
 /// How long a close frame may wait behind unread data before the socket is
 /// dropped without it.
@@ -59,15 +82,18 @@ fn unauthorized(reason: &str) -> Response {
 /// 401 with a reason.
 pub async fn upgrade(
     State(app): State<Arc<AppState>>,
-    Query(query): Query<HashMap<String, String>>,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let query = match HandshakeQuery::parse(query.as_deref()) {
+        Ok(query) => query,
+        Err(refused) => return unauthorized(&refused.0),
+    };
     let Identity { channel, device } = match app.auth.identify(&query, &headers) {
         Ok(identity) => identity,
         Err(refused) => return unauthorized(&refused.0),
     };
-    let max = app.config.max_frame_bytes;
     // tungstenite zero-fills its whole read buffer on every socket read
     // (128 KiB by default): with small chat frames that memset was 18% of
     // the server's CPU in a profile. The buffer is also touched on the
@@ -75,18 +101,30 @@ pub async fn upgrade(
     // instead of 8 KiB took an idle connection from 17.6 KB to 10.7 KB of
     // server RSS, with no measurable change in `pairs` throughput
     // (docs/performance.md). Larger frames are read in several steps.
-    ws.max_message_size(max)
-        .max_frame_size(max)
+    socket_limits(ws, app.config.max_frame_bytes).on_upgrade(move |socket| {
+        let tracker = app.tracker.clone();
+        tracker.track_future(Connection::run(app, socket, channel, device))
+    })
+}
+
+/// The WebSocket settings of every upgrade: frame and message size, read and
+/// write buffers. Shared with the echo mode that the Autobahn conformance
+/// suite runs against ([`crate::echo`]).
+pub(crate) fn socket_limits(ws: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
+    ws.max_message_size(max_frame_bytes)
+        .max_frame_size(max_frame_bytes)
         .read_buffer_size(READ_BUFFER)
-        .on_upgrade(move |socket| {
-            let tracker = app.tracker.clone();
-            tracker.track_future(Connection::run(app, socket, channel, device))
-        })
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(max_write_buffer(max_frame_bytes))
 }
 
 enum Closing {
     /// The client left or the socket broke; nothing more to send.
     Gone,
+    /// The client sent a close frame: tungstenite queued the answer (its
+    /// code echoed, or 1002 for a code that is not allowed), which must
+    /// still be flushed before the socket is dropped.
+    Answer,
     /// Close with this code and reason.
     Close(u16, &'static str),
 }
@@ -127,6 +165,8 @@ struct Connection {
     session: Session,
     limits: Limits,
     rate: Option<RateLimiter>,
+    /// The budget of frames that could not be read; made on the first one.
+    invalid: Option<Box<RateLimiter>>,
     background: FuturesUnordered<BackgroundWork>,
     /// Frames handed to the socket's buffer since the last flush.
     unflushed: usize,
@@ -155,6 +195,108 @@ fn rate_limiter(per_second: Option<u32>, burst: Option<u32>) -> Option<RateLimit
     Some(governor::RateLimiter::direct(
         governor::Quota::per_second(per_second).allow_burst(burst),
     ))
+}
+
+fn nonzero(n: u32) -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(n).unwrap_or(std::num::NonZeroU32::MIN)
+}
+
+/// Whether a write failed because the connection's write buffer is at its
+/// bound (the client does not read).
+fn is_write_buffer_full(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::WriteBufferFull(_)))
+}
+
+/// How to close after a read error, and whether the client sent a bad
+/// frame (for the metric).
+fn closing_for(e: axum::Error) -> (Closing, bool) {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => (
+            Closing::Close(close::TOO_BIG, "frame larger than max_frame_bytes"),
+            true,
+        ),
+        Some(tungstenite::Error::Utf8(_)) => (
+            Closing::Close(close::INVALID_DATA, "text frame is not valid UTF-8"),
+            true,
+        ),
+        Some(tungstenite::Error::Protocol(_)) => (
+            Closing::Close(close::PROTOCOL, "WebSocket protocol error"),
+            false,
+        ),
+        _ => (Closing::Gone, false),
+    }
+}
+
+/// The closing handshake: send our close frame, then wait for the peer's
+/// before dropping the socket, so the peer reads everything we sent (its
+/// pongs to our pings would otherwise hit a closed socket). Or, when the
+/// peer closed first, flush the answer tungstenite queued. Both are
+/// bounded: a peer that is not reading (slow consumer) or never answers
+/// loses the socket after [`CLOSE_GRACE`].
+async fn close_socket(
+    sink: &mut SplitSink<WebSocket, Message>,
+    mut stream: SplitStream<WebSocket>,
+    closing: Closing,
+) {
+    let (code, reason) = match closing {
+        Closing::Gone => return,
+        Closing::Answer => {
+            // A flush writes the queued answer (and reports the closed
+            // connection as done). A frame that the split sink still held
+            // (fed, not yet handed to tungstenite) fails that flush with
+            // "send after closing" and is gone; the second flush then
+            // writes the answer.
+            let answer = async {
+                if sink.flush().await.is_err() {
+                    let _ = sink.flush().await;
+                }
+            };
+            let _ = tokio::time::timeout(CLOSE_GRACE, answer).await;
+            return;
+        }
+        Closing::Close(code, reason) => (code, reason),
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let handshake = async {
+        if sink.send(Message::Close(Some(frame))).await.is_err() {
+            return;
+        }
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
+}
+
+/// The echo mode of this WebSocket layer, for the Autobahn conformance
+/// suite (`scripts/autobahn.sh`, [`crate::echo`]): every text or binary
+/// message comes back; pings, errors and closes are handled exactly as on
+/// `/messages`.
+pub(crate) async fn echo(socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let closing = loop {
+        let sent = match stream.next().await {
+            None => break Closing::Gone,
+            Some(Err(e)) => break closing_for(e).0,
+            Some(Ok(Message::Close(_))) => break Closing::Answer,
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => sink.send(message).await,
+            // The pong tungstenite queued goes out with a flush.
+            Some(Ok(Message::Ping(_))) => sink.flush().await,
+            Some(Ok(Message::Pong(_))) => Ok(()),
+        };
+        if sent.is_err() {
+            break Closing::Gone;
+        }
+    };
+    close_socket(&mut sink, stream, closing).await;
 }
 
 fn text(payload: Bytes) -> Option<Message> {
@@ -207,6 +349,7 @@ impl Connection {
                 max_depth: app.config.max_json_depth,
             },
             rate: rate_limiter(app.config.rate_limit, app.config.rate_burst),
+            invalid: None,
             background: FuturesUnordered::new(),
             replies: FuturesOrdered::new(),
             unflushed: 0,
@@ -297,14 +440,49 @@ impl Connection {
         &mut self,
         result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
     ) -> Result<(), Closing> {
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Closing::Gone),
-            Err(_) => {
-                self.app.metrics.slow_consumers.inc();
-                Err(Closing::Close(close::SLOW_CONSUMER, "slow consumer"))
-            }
+        let full = match &result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => is_write_buffer_full(e),
+            Err(_) => true,
+        };
+        if !full {
+            return Err(Closing::Gone);
         }
+        self.app.metrics.slow_consumers.inc();
+        Err(Closing::Close(close::SLOW_CONSUMER, "slow consumer"))
+    }
+
+    /// A ping from the client: tungstenite queued the pong, which goes out
+    /// with the next flush. It counts as a buffered frame, so a client that
+    /// pings and never reads is closed as a slow consumer like any other
+    /// (contract section 9).
+    fn pong_queued(&mut self) {
+        if self.unflushed == 0 {
+            self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
+        }
+        self.unflushed += 1;
+    }
+
+    /// A frame that could not be read: it takes a token of `--rate-limit`
+    /// like a data message, and of the connection's budget of invalid
+    /// frames. `Err` when the client should be closed (1008).
+    fn invalid_frame(&mut self) -> Result<(), Closing> {
+        let budget = self.invalid.get_or_insert_with(|| {
+            Box::new(governor::RateLimiter::direct(
+                governor::Quota::per_second(nonzero(INVALID_PER_SECOND))
+                    .allow_burst(nonzero(INVALID_BURST)),
+            ))
+        });
+        let within_budget = budget.check().is_ok();
+        let within_rate = self.rate.as_ref().is_none_or(|r| r.check().is_ok());
+        if within_budget && within_rate {
+            return Ok(());
+        }
+        self.app.metrics.closed_bad_frames.inc();
+        Err(Closing::Close(
+            close::POLICY,
+            "too many frames that are not messages",
+        ))
     }
 
     /// After a flush: receipts among the flushed frames count as delivered
@@ -344,6 +522,16 @@ impl Connection {
                         tracing::warn!(error = %e, "store read failed");
                         break;
                     }
+                }
+            }
+            if self.unflushed > 0 && tokio::time::Instant::now() >= self.flush_by {
+                // The buffered frames had their time. Checked here as well
+                // as in the select below, whose flush branch a client that
+                // keeps sending (pings, say) never lets run: one more try,
+                // then the connection is a slow consumer.
+                let last_try = tokio::time::timeout(Duration::ZERO, self.sink.flush()).await;
+                if let Err(c) = self.flushed(last_try) {
+                    return c;
                 }
             }
             let reading =
@@ -453,21 +641,11 @@ impl Connection {
     }
 
     fn on_error(&self, e: axum::Error) -> Closing {
-        let inner = e.into_inner();
-        match inner.downcast_ref::<tungstenite::Error>() {
-            Some(tungstenite::Error::Capacity(_)) => {
-                self.app.metrics.closed_bad_frames.inc();
-                Closing::Close(close::TOO_BIG, "frame larger than max_frame_bytes")
-            }
-            Some(tungstenite::Error::Utf8(_)) => {
-                self.app.metrics.closed_bad_frames.inc();
-                Closing::Close(close::INVALID_DATA, "text frame is not valid UTF-8")
-            }
-            Some(tungstenite::Error::Protocol(_)) => {
-                Closing::Close(close::PROTOCOL, "WebSocket protocol error")
-            }
-            _ => Closing::Gone,
+        let (closing, bad_frame) = closing_for(e);
+        if bad_frame {
+            self.app.metrics.closed_bad_frames.inc();
         }
+        closing
     }
 
     async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
@@ -483,20 +661,25 @@ impl Connection {
                     ))
                 }
             },
-            // tungstenite answers pings itself; the pong goes out with the
-            // next write or flush.
-            Message::Ping(_) | Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(Closing::Gone),
+            Message::Ping(_) => {
+                self.pong_queued();
+                Ok(())
+            }
+            Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(Closing::Answer),
         }
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
         let reply = match parse_frame(text, &self.limits) {
-            Err(rejected) => Some(bachata_proto::rejected(
-                rejected.id.as_ref().map(|id| id.as_str()),
-                rejected.error.code(),
-                &rejected.error.to_string(),
-            )),
+            Err(rejected) => {
+                self.invalid_frame()?;
+                Some(bachata_proto::rejected(
+                    rejected.id.as_ref().map(|id| id.as_str()),
+                    rejected.error.code(),
+                    &rejected.error.to_string(),
+                ))
+            }
             Ok(Inbound::Ping) => {
                 // The pong is a barrier: everything the client sent before
                 // it, acks included, has been processed (and is durable)
@@ -543,29 +726,7 @@ impl Connection {
         }
     }
 
-    /// The closing handshake: send our close frame, then wait for the
-    /// peer's before dropping the socket, so the peer reads everything we
-    /// sent (its pongs to our pings would otherwise hit a closed socket).
-    /// Both steps are bounded: a peer that is not reading (slow consumer)
-    /// or never answers loses the socket after [`CLOSE_GRACE`].
-    async fn close(mut self, closing: Closing, mut stream: SplitStream<WebSocket>) {
-        let Closing::Close(code, reason) = closing else {
-            return;
-        };
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let handshake = async {
-            if self.sink.send(Message::Close(Some(frame))).await.is_err() {
-                return;
-            }
-            while let Some(Ok(message)) = stream.next().await {
-                if matches!(message, Message::Close(_)) {
-                    break;
-                }
-            }
-        };
-        let _ = tokio::time::timeout(CLOSE_GRACE, handshake).await;
+    async fn close(mut self, closing: Closing, stream: SplitStream<WebSocket>) {
+        close_socket(&mut self.sink, stream, closing).await;
     }
 }

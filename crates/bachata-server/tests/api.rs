@@ -234,7 +234,7 @@ async fn without_a_key_loopback_anonymous_is_open() {
 
 #[tokio::test]
 async fn without_a_key_and_with_jwt_the_api_is_off() {
-    let s = start_with(|c| c.jwt_secret = Some("s".into())).await;
+    let s = start_with(|c| c.jwt_secret = Some("a-jwt-secret-of-at-least-32-bytes".into())).await;
     for &(method, path, body) in ENDPOINTS {
         for key in [None, Some("anything")] {
             let reason = api(s.addr(), method, path, key, body)
@@ -265,7 +265,7 @@ async fn without_a_key_on_a_public_address_the_api_is_off() {
 #[tokio::test]
 async fn a_key_works_with_jwt_too() {
     let s = start_with(|c| {
-        c.jwt_secret = Some("s".into());
+        c.jwt_secret = Some("a-jwt-secret-of-at-least-32-bytes".into());
         c.api_key = Some(KEY.into());
     })
     .await;

@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "test-secret";
+const SECRET: &str = "test-secret-of-at-least-32-bytes";
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -71,14 +71,106 @@ async fn the_token_decides_the_channel_and_messages_flow() {
     let s = start_with(|c| c.jwt_secret = Some(SECRET.into())).await;
     let url = |sub: &str| {
         let token = hs256(json!({"sub": sub, "exp": now() + 60}), SECRET);
-        // ?channel= is ignored when a token is given: the token wins.
-        format!("ws://{}/messages?channel=mallory&token={token}", s.addr())
+        // A ?channel= that names the token's channel is fine.
+        format!("ws://{}/messages?channel={sub}&token={token}", s.addr())
     };
     let mut alice = TestClient::connect_url(&url("alice")).await;
     let mut bob = TestClient::connect_url(&url("bob")).await;
     alice.send_direct("m1", "bob", json!(1)).await;
     alice.expect(100, "m1").await;
     assert_eq!(bob.recv().await["from"], "alice");
+}
+
+/// Contract section 9, tokens: a lifetime beyond `--max-token-lifetime`
+/// (2^64-1 included), a repeated token, a token in both the query and a
+/// header, and a `?channel=` other than the token's are all 401.
+#[tokio::test]
+async fn token_rules_leave_no_way_around_them() {
+    let s = start_with(|c| {
+        c.jwt_secret = Some(SECRET.into());
+        c.max_token_lifetime = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    let addr = s.addr();
+    let token = |exp: Value| hs256(json!({"sub": "alice", "exp": exp}), SECRET);
+    let ok = token(json!(now() + 3500));
+    for (url, reason) in [
+        (
+            format!("ws://{addr}/messages?token={}", token(json!(u64::MAX))),
+            "max_token_lifetime",
+        ),
+        (
+            format!("ws://{addr}/messages?token={}", token(json!(now() + 7200))),
+            "max_token_lifetime",
+        ),
+        // (jsonwebtoken refuses an `exp` that is not an integer itself.)
+        (
+            format!("ws://{addr}/messages?token={}", token(json!(1e300))),
+            "invalid token",
+        ),
+        (
+            format!("ws://{addr}/messages?token={ok}&token={ok}"),
+            "twice",
+        ),
+        (
+            format!("ws://{addr}/messages?token={ok}&channel=mallory"),
+            "differs",
+        ),
+    ] {
+        let (status, body) = refused(url.clone()).await;
+        assert_eq!(status, 401, "{url}");
+        assert!(
+            body.contains(reason),
+            "{url}: expected {reason:?} in {body:?}"
+        );
+    }
+    let mut request = format!("ws://{addr}/messages?token={ok}")
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ok}").parse().expect("header"),
+    );
+    let (status, body) = refused(request).await;
+    assert_eq!(status, 401);
+    assert!(body.contains("send it once"), "{body}");
+    // Within the lifetime (and its leeway) the token works.
+    let c = TestClient::connect_url(&format!("ws://{addr}/messages?token={ok}")).await;
+    assert_eq!(c.ready, json!({"channel": "alice"}));
+}
+
+#[tokio::test]
+async fn a_short_hs256_secret_refuses_to_start_unless_insecure() {
+    let mut config = common::config();
+    config.jwt_secret = Some("x".repeat(31));
+    let e = bachata_server::start(config.clone())
+        .await
+        .expect_err("refused");
+    assert!(e.to_string().contains("at least 32"), "{e}");
+    config.insecure = true;
+    let s = bachata_server::start(config).await.expect("a test setup");
+    s.shutdown().await;
+}
+
+/// Anonymous mode: a channel that is not UTF-8 once percent-decoded is
+/// refused, not replaced by U+FFFD (which would connect to another
+/// channel), and so is a repeated `channel`.
+#[tokio::test]
+async fn query_parameters_are_decoded_strictly() {
+    let s = common::start().await;
+    let addr = s.addr();
+    for (query, reason) in [
+        ("channel=%ff", "UTF-8"),
+        ("channel=a%C3", "UTF-8"),
+        ("channel=a&channel=b", "twice"),
+        ("channel=a&device=%80", "UTF-8"),
+    ] {
+        let (status, body) = refused(format!("ws://{addr}/messages?{query}")).await;
+        assert_eq!(status, 401, "{query}");
+        assert!(body.contains(reason), "{query}: {body}");
+    }
+    let c = TestClient::connect_url(&format!("ws://{addr}/messages?channel=%C3%A1+b")).await;
+    assert_eq!(c.ready, json!({"channel": "á b"}));
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bachata_testkit::client::TestClient;
+use bachata_testkit::client::{Closed, TestClient};
 use common::start_with;
 use serde_json::json;
 
@@ -45,4 +45,26 @@ async fn a_burst_over_the_limit_is_refused_not_disconnected() {
     let id = &limited[0];
     alice.send_direct(id, "bob", json!(0)).await;
     alice.expect(100, id).await;
+}
+
+/// Frames the server cannot read take tokens too (they cost the server as
+/// much as messages do): with the bucket emptied by junk, a message is
+/// refused, and junk past the bucket closes the connection with 1008.
+#[tokio::test]
+async fn invalid_frames_count_against_the_rate_limit() {
+    let s = start_with(|c| {
+        c.rate_limit = Some(1);
+        c.rate_burst = Some(3);
+    })
+    .await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    for _ in 0..3 {
+        alice.send_text("{not json").await;
+        assert_eq!(alice.recv().await["error"], "invalid_json");
+    }
+    alice.send_direct("m1", "bob", json!(1)).await;
+    let refused = alice.recv().await;
+    assert_eq!(refused["error"], "rate_limited", "{refused}");
+    alice.send_text("{not json").await;
+    assert_eq!(alice.closed().await, Closed::Code(1008));
 }

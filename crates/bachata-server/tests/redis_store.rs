@@ -91,3 +91,71 @@ async fn a_redis_outage_is_unavailable_and_recovers() {
     let (status, _) = bachata_testkit::http::get(s.addr(), "/healthz").await;
     assert_eq!(status, 200, "healthy again");
 }
+
+/// Contract section 9 on Redis: a channel's keys expire by themselves once
+/// it has nothing pending and was not seen for `--forget-after`, so
+/// connecting under ever new names leaves nothing behind; a channel that
+/// got a message keeps its keys for the message's lifetime and that margin.
+#[tokio::test]
+async fn name_churn_on_redis_expires() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let s = common::start_with(move |c| {
+        c.store = bachata_server::StoreKind::Redis;
+        c.redis_url = Some(url);
+        c.forget_after = std::time::Duration::from_secs(1);
+    })
+    .await;
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let dbsize = |mut conn: ::redis::aio::MultiplexedConnection| async move {
+        ::redis::cmd("DBSIZE")
+            .query_async::<u64>(&mut conn)
+            .await
+            .expect("DBSIZE")
+    };
+    let empty = dbsize(conn.clone()).await;
+    for i in 0..300 {
+        let c = TestClient::connect_device(s.addr(), &format!("churn-{i}"), "d").await;
+        c.close().await;
+    }
+    assert!(
+        dbsize(conn.clone()).await >= empty + 300,
+        "each name has keys"
+    );
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    alice.send_direct("m1", "bob", json!(1)).await;
+    alice.expect(100, "m1").await;
+    alice.close().await;
+    // The churned names' keys expire: back to the keys of the message.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let keys = dbsize(conn.clone()).await;
+        if keys <= empty + 12 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{keys} keys are left, {empty} empty"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // bob's log lives as long as the message does, plus the margin.
+    let ttl: i64 = ::redis::cmd("PTTL")
+        .arg(format!("bachata:{{{}}}:log", hex_of("bob")))
+        .query_async(&mut conn)
+        .await
+        .expect("PTTL");
+    let week = 7 * 24 * 3600 * 1000;
+    assert!(
+        ttl > week && ttl <= week + bachata_store_redis::KEEP_MARGIN_MS as i64,
+        "PTTL {ttl}"
+    );
+}
+
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}

@@ -37,8 +37,14 @@ impl<S: Store> Fixture<S> {
         let sender = Channel::new("s").unwrap();
         let receiver = Channel::new("r").unwrap();
         // Known default devices, so fully acked entries are removed.
-        store.touch_device(&sender, &None, NOW).await.unwrap();
-        store.touch_device(&receiver, &None, NOW).await.unwrap();
+        store
+            .touch_device(&sender, &None, NOW, 86_400_000)
+            .await
+            .unwrap();
+        store
+            .touch_device(&receiver, &None, NOW, 86_400_000)
+            .await
+            .unwrap();
         Fixture {
             store,
             sender,
@@ -62,6 +68,8 @@ impl<S: Store> Fixture<S> {
             // dedupe records and the state does not grow without bound.
             dedupe_until: NOW + 1,
             queue_limit: 100_000,
+            retained_limit: u64::MAX,
+            forget_after: 86_400_000,
         }
     }
 
@@ -73,6 +81,7 @@ impl<S: Store> Fixture<S> {
             now: NOW,
             receipt: self.receipt.clone(),
             receipt_expires_at: NOW + 7 * 86_400_000,
+            forget_after: 86_400_000,
         }
     }
 

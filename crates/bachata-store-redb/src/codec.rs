@@ -130,6 +130,8 @@ mod tag {
     pub const DEL_DEDUPE: u8 = 6;
     pub const PUT_MEMBER: u8 = 7;
     pub const DEL_MEMBER: u8 = 8;
+    pub const DEL_DEVICE: u8 = 9;
+    pub const DEL_CHANNEL: u8 = 10;
 }
 
 /// Appends the encoding of `changes` (one `wal` row) to `out`.
@@ -184,6 +186,15 @@ pub fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
                 push_str(out, channel.as_str());
                 push_str(out, device);
                 out.extend_from_slice(&last_seen.to_le_bytes());
+            }
+            Change::DelDevice { channel, device } => {
+                out.push(tag::DEL_DEVICE);
+                push_str(out, channel.as_str());
+                push_str(out, device);
+            }
+            Change::DelChannel { channel } => {
+                out.push(tag::DEL_CHANNEL);
+                push_str(out, channel.as_str());
             }
             Change::PutDedupe { sender, id, until } => {
                 out.push(tag::PUT_DEDUPE);
@@ -250,6 +261,13 @@ pub fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), Str
                 channel: channel(r.str()?)?,
                 device: r.str()?.to_owned(),
                 last_seen: r.u64()?,
+            },
+            tag::DEL_DEVICE => Change::DelDevice {
+                channel: channel(r.str()?)?,
+                device: r.str()?.to_owned(),
+            },
+            tag::DEL_CHANNEL => Change::DelChannel {
+                channel: channel(r.str()?)?,
             },
             tag::PUT_DEDUPE => Change::PutDedupe {
                 sender: r.str()?.to_owned(),
@@ -381,6 +399,13 @@ mod tests {
                 channel: ch("bob"),
                 device: "phone".into(),
                 last_seen: 5,
+            },
+            Change::DelDevice {
+                channel: ch("bob"),
+                device: "laptop".into(),
+            },
+            Change::DelChannel {
+                channel: ch("dave"),
             },
             Change::PutDedupe {
                 sender: "alice".into(),

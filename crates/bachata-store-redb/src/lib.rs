@@ -56,8 +56,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bachata_core::memstate::{Change, MemState, Snapshot, StoredEntry};
 use bachata_core::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
-    StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
+    Store, StoreError,
 };
 use bachata_proto::{Channel, GroupId};
 use parking_lot::Mutex;
@@ -114,7 +114,13 @@ enum Op {
     Ack(AckRequest),
     AckSeqs(Channel, Device, Vec<Seq>),
     Touch(Channel, Device, Millis),
+    /// The live connections' devices, seen now (lazy: losing it only
+    /// delays forgetting).
+    Refresh(Vec<(Channel, Device)>, Millis),
     Expire(Millis),
+    /// Forget what was last seen at or before this time (lazy: a forget
+    /// lost in a crash is done again).
+    Forget(Millis),
     AddMember(GroupId, Channel),
     RemoveMember(GroupId, Channel),
 }
@@ -124,6 +130,7 @@ enum Reply {
     Acked(Acked),
     Done,
     Expired(u64),
+    Forgotten(Forgotten),
     Changed(bool),
 }
 
@@ -327,7 +334,14 @@ fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
             state.touch_device(&channel, &device, now, changes);
             Reply::Done
         }
+        Op::Refresh(devices, now) => {
+            for (channel, device) in &devices {
+                state.touch_device(channel, device, now, changes);
+            }
+            Reply::Done
+        }
         Op::Expire(now) => Reply::Expired(state.expire(now, changes)),
+        Op::Forget(seen_before) => Reply::Forgotten(state.forget(seen_before, changes)),
         Op::AddMember(group, member) => Reply::Changed(state.add_member(&group, &member, changes)),
         Op::RemoveMember(group, member) => {
             Reply::Changed(state.remove_member(&group, &member, changes))
@@ -351,11 +365,23 @@ fn apply(state: &mut MemState, op: Op, changes: &mut Vec<Change>) -> Reply {
 /// 200s cut the `pairs` W=1 send->300 p50 from 2.2 to 1.5 ms
 /// (docs/performance.md).
 fn is_lazy(op: &Op) -> bool {
-    matches!(op, Op::AckSeqs(..))
+    matches!(op, Op::AckSeqs(..) | Op::Refresh(..) | Op::Forget(..))
 }
 
 /// The tables' file in the data directory.
 const DB_FILE: &str = "bachata.redb";
+
+/// A database file smaller than this is never compacted.
+const COMPACT_ABOVE_BYTES: u64 = 256 * 1024;
+
+/// Batches after a forget sweep in which the writer looks whether the file
+/// is mostly free (see `Files::compact_if_mostly_free`): the pages that
+/// the sweep and the expiry of what it left (dedupe records) free are
+/// released over the next few commits.
+const COMPACT_LOOKS: u8 = 20;
+
+/// The writer also looks this often, whatever freed the pages.
+const COMPACT_LOOK_EVERY: Duration = Duration::from_secs(60);
 
 fn open_database(dir: &Path) -> Result<Database, redb::DatabaseError> {
     // Reads are served from memory; redb's cache only serves the writer
@@ -422,6 +448,54 @@ impl Files {
         }
     }
 
+    /// Gives the file's free pages back to the file system once most of it
+    /// is free (after many channels were forgotten, say): redb reuses freed
+    /// pages but never shrinks its file by itself. Small files are left
+    /// alone; compaction blocks the writer for its duration, which is short
+    /// when most of the file is free. Returns false when the file is large
+    /// and not mostly free yet (pages freed by the last commits are
+    /// released by later ones: worth another look after the next batch).
+    fn compact_if_mostly_free(&mut self) -> bool {
+        let size = std::fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len());
+        if size < COMPACT_ABOVE_BYTES {
+            return true;
+        }
+        let Ok(db) = self.db() else {
+            return true;
+        };
+        // An empty commit first: it releases the pages that earlier commits
+        // freed, which `stats` would otherwise count as in use.
+        let used = (|| -> Result<u64, redb::Error> {
+            db.begin_write()?.commit()?;
+            let txn = db.begin_write()?;
+            let stats = txn.stats()?;
+            txn.abort()?;
+            Ok(stats.allocated_pages() * stats.page_size() as u64)
+        })();
+        let used = match used {
+            Ok(used) => used,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read the database's size");
+                return true;
+            }
+        };
+        if size < 2 * used {
+            return false;
+        }
+        let Some(db) = self.db.as_mut() else {
+            return true;
+        };
+        let started = Instant::now();
+        match db.compact() {
+            Ok(_) => {
+                let after = std::fs::metadata(self.dir.join(DB_FILE)).map_or(0, |m| m.len());
+                tracing::info!(before = size, after, took = ?started.elapsed(), "database compacted");
+            }
+            Err(e) => tracing::warn!(error = %e, "compaction failed; the file keeps its size"),
+        }
+        true
+    }
+
     /// After a failed append: folds every log file into the tables, starts
     /// a new file and returns the state as of the last successful append.
     fn reload(&mut self) -> Result<MemState, String> {
@@ -478,6 +552,14 @@ fn writer_loop(
     // disk: the memory state may then hold what is not stored, so nothing
     // is applied (and nobody gets a 100 from it) until a rebuild succeeds.
     let mut poisoned = false;
+    // Set by a forget sweep that forgot something: once the tables have
+    // everything (the overlay is empty), the writer looks whether the file
+    // is mostly free, after this many batches at most.
+    let mut compact_looks = 0u8;
+    let mut last_compact_look = Instant::now();
+    // A file left mostly free by an earlier run (forgotten channels whose
+    // compaction did not happen before it stopped).
+    let _ = files.compact_if_mostly_free();
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -513,6 +595,11 @@ fn writer_loop(
                 }
                 let lazy = is_lazy(&request.op);
                 let reply = apply(&mut state, request.op, &mut changes);
+                if let Reply::Forgotten(f) = &reply
+                    && f.channels + f.devices > 0
+                {
+                    compact_looks = COMPACT_LOOKS;
+                }
                 if lazy {
                     let _ = request.reply.send(Ok(reply));
                 } else {
@@ -582,6 +669,15 @@ fn writer_loop(
                 carried = 0;
             }
             last_checkpoint = Instant::now();
+        }
+        if overlay.is_empty()
+            && (compact_looks > 0 || last_compact_look.elapsed() >= COMPACT_LOOK_EVERY)
+        {
+            compact_looks = compact_looks.saturating_sub(1);
+            last_compact_look = Instant::now();
+            if files.compact_if_mostly_free() {
+                compact_looks = 0;
+            }
         }
     }
     // Leave the tables complete, so the next open has little log to fold.
@@ -680,10 +776,40 @@ impl Store for RedbStore {
         channel: &Channel,
         device: &Device,
         now: Millis,
+        _forget_after: Millis,
     ) -> Result<(), StoreError> {
         self.call(Op::Touch(channel.clone(), device.clone(), now))
             .await
             .map(|_| ())
+    }
+
+    async fn touch_devices(
+        &self,
+        devices: &[(Channel, Device)],
+        now: Millis,
+        _forget_after: Millis,
+    ) -> Result<(), StoreError> {
+        self.call(Op::Refresh(devices.to_vec(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn forget(&self, now: Millis, forget_after: Millis) -> Result<Forgotten, StoreError> {
+        match self
+            .call(Op::Forget(now.saturating_sub(forget_after)))
+            .await?
+        {
+            Reply::Forgotten(f) => Ok(f),
+            _ => Err(unexpected()),
+        }
+    }
+
+    fn retained_bytes(&self) -> Option<u64> {
+        Some(self.state.lock().retained_bytes())
+    }
+
+    fn channel_count(&self) -> Option<u64> {
+        Some(self.state.lock().channel_count())
     }
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {

@@ -78,6 +78,16 @@ enum EntryOp {
     Del,
 }
 
+/// A channel's next seq since the last checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NextSeq {
+    /// At least this: the table keeps its value when higher.
+    Raise(Seq),
+    /// Exactly this, or no row: the channel was forgotten since (and maybe
+    /// started again), so the table's value no longer counts.
+    Set(Option<Seq>),
+}
+
 /// The folded effect of the changes since the last checkpoint. See the
 /// module docs.
 #[derive(Default)]
@@ -86,7 +96,8 @@ pub struct Overlay {
     /// Acks of entries older than the last checkpoint. `true`: put;
     /// `false`: delete.
     acks: HashMap<(Channel, Seq, String), bool>,
-    devices: HashMap<(Channel, String), Millis>,
+    /// A device's last seen time; `None`: forgotten.
+    devices: HashMap<(Channel, String), Option<Millis>>,
     /// Dedupe records created since the last checkpoint: the next segment.
     dedupe: Vec<(String, MessageId, Millis)>,
     /// Move the rows of the `dedupe` table of older versions into a segment.
@@ -98,7 +109,7 @@ pub struct Overlay {
     /// `now` of each request), never the wall clock.
     pub expired_at: Millis,
     members: HashMap<(GroupId, Channel), bool>,
-    next_seqs: HashMap<Channel, Seq>,
+    next_seqs: HashMap<Channel, NextSeq>,
     /// Bytes of log written since the last checkpoint.
     pub log_bytes: usize,
 }
@@ -123,8 +134,14 @@ impl Overlay {
                 seq,
                 entry,
             } => {
-                let next = self.next_seqs.entry(channel.clone()).or_default();
-                *next = (*next).max(seq + 1);
+                let next = self
+                    .next_seqs
+                    .entry(channel.clone())
+                    .or_insert(NextSeq::Raise(0));
+                *next = match *next {
+                    NextSeq::Raise(n) => NextSeq::Raise(n.max(seq + 1)),
+                    NextSeq::Set(n) => NextSeq::Set(Some(n.unwrap_or(0).max(seq + 1))),
+                };
                 self.entries.insert((channel, seq), EntryOp::Put(entry));
             }
             Change::DelEntry {
@@ -166,7 +183,15 @@ impl Overlay {
                 device,
                 last_seen,
             } => {
-                self.devices.insert((channel, device), last_seen);
+                self.devices.insert((channel, device), Some(last_seen));
+            }
+            Change::DelDevice { channel, device } => {
+                self.devices.insert((channel, device), None);
+            }
+            Change::DelChannel { channel } => {
+                // Its entries and devices went before (a channel is
+                // forgotten only when it has neither).
+                self.next_seqs.insert(channel, NextSeq::Set(None));
             }
             Change::PutDedupe { sender, id, until } => {
                 self.dedupe.push((sender, id, until));
@@ -215,7 +240,11 @@ impl Overlay {
             }
             let mut devices = txn.open_table(DEVICES)?;
             for ((channel, device), last_seen) in &self.devices {
-                devices.insert((channel.as_str(), device.as_str()), *last_seen)?;
+                let key = (channel.as_str(), device.as_str());
+                match last_seen {
+                    Some(last_seen) => devices.insert(key, *last_seen)?,
+                    None => devices.remove(key)?,
+                };
             }
             let mut segments = txn.open_table(DEDUPE_SEGMENTS)?;
             if let Some(latest) = self.dedupe.iter().map(|(_, _, until)| *until).max() {
@@ -242,8 +271,18 @@ impl Overlay {
             }
             let mut channels = txn.open_table(CHANNELS)?;
             for (channel, next) in &self.next_seqs {
-                let stored = channels.get(channel.as_str())?.map(|v| v.value());
-                channels.insert(channel.as_str(), stored.unwrap_or(0).max(*next))?;
+                match *next {
+                    NextSeq::Raise(next) => {
+                        let stored = channels.get(channel.as_str())?.map(|v| v.value());
+                        channels.insert(channel.as_str(), stored.unwrap_or(0).max(next))?;
+                    }
+                    NextSeq::Set(Some(next)) => {
+                        channels.insert(channel.as_str(), next)?;
+                    }
+                    NextSeq::Set(None) => {
+                        channels.remove(channel.as_str())?;
+                    }
+                }
             }
         }
         if self.drop_legacy_log {
@@ -395,7 +434,10 @@ mod tests {
         assert!(overlay.entries.is_empty());
         assert!(overlay.acks.is_empty());
         // The seq stays used.
-        assert_eq!(overlay.next_seqs.get(&channel("bob")), Some(&5));
+        assert_eq!(
+            overlay.next_seqs.get(&channel("bob")),
+            Some(&NextSeq::Raise(5))
+        );
     }
 
     #[test]

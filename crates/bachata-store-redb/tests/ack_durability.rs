@@ -26,6 +26,7 @@ fn ack(id: &str) -> AckRequest {
         now: 2,
         receipt: Bytes::from_static(b"{\"type\":300}"),
         receipt_expires_at: u64::MAX,
+        forget_after: 86_400_000,
     }
 }
 

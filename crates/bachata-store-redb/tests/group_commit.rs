@@ -40,6 +40,8 @@ async fn concurrent_enqueues_share_commits() {
                         expires_at: u64::MAX,
                         dedupe_until: u64::MAX,
                         queue_limit: u64::MAX,
+                        retained_limit: u64::MAX,
+                        forget_after: 86_400_000,
                     })
                     .await
             })

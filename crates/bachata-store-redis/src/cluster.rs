@@ -69,7 +69,93 @@ fn record_live(record: &[u8], now: Millis) -> Result<bool, StoreError> {
         .ok_or_else(|| StoreError::Corrupt("redis enqueue: bad dedupe record".into()))
 }
 
+/// How old the cluster mode's view of the retained bytes may be before an
+/// enqueue reads it again.
+const RETAINED_VIEW_MS: u64 = 1000;
+
+/// This node's view of the retained bytes count: as last read from Redis,
+/// plus what this node added or removed since (cluster mode). Read for the
+/// `bachata_retained_bytes` gauge in both modes.
+#[derive(Debug, Default)]
+pub(crate) struct RetainedView {
+    total: std::sync::atomic::AtomicI64,
+    /// When it was last read (ms since the Unix epoch); 0: never.
+    read_at: std::sync::atomic::AtomicU64,
+}
+
+impl RetainedView {
+    pub fn get(&self) -> u64 {
+        u64::try_from(self.total.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
+    }
+
+    fn set(&self, total: i64, now: Millis) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.total.store(total, Relaxed);
+        self.read_at.store(now.max(1), Relaxed);
+    }
+
+    fn add(&self, delta: i64) {
+        self.total
+            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stale(&self, now: Millis) -> bool {
+        let read_at = self.read_at.load(std::sync::atomic::Ordering::Relaxed);
+        read_at == 0 || now.saturating_sub(read_at) >= RETAINED_VIEW_MS
+    }
+}
+
+fn wall_clock_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 impl RedisStore {
+    /// Reads the retained bytes count again: the one key on standalone
+    /// Redis, the sum of its shards on a cluster.
+    pub(crate) async fn refresh_retained(&self) -> Result<(), StoreError> {
+        let keys: Vec<String> = if self.is_cluster() {
+            keys::retained_shards().collect()
+        } else {
+            vec![keys::RETAINED.to_owned()]
+        };
+        let counts = try_join_all(keys.into_iter().map(|key| {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(key);
+            let mut conn = self.conn.clone();
+            self.call("retained", async move {
+                cmd.query_async::<Option<i64>>(&mut conn).await
+            })
+        }))
+        .await?;
+        self.retained
+            .set(counts.into_iter().flatten().sum(), wall_clock_ms());
+        Ok(())
+    }
+
+    /// Cluster mode: adds what a script appended (or, negative, removed) to
+    /// the shard of `tag`'s channel and to this node's view. Not atomic with
+    /// the script: a node that dies in between leaves the count off by that
+    /// much (see "Retained bytes" in the crate docs).
+    pub(crate) async fn count_retained(&self, tag: &str, delta: i64) {
+        if delta == 0 {
+            return;
+        }
+        self.retained.add(delta);
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(keys::retained_shard(tag)).arg(delta);
+        let mut conn = self.conn.clone();
+        let counted = self
+            .call("retained", async move {
+                cmd.query_async::<Value>(&mut conn).await
+            })
+            .await;
+        if let Err(e) = counted {
+            tracing::warn!(error = %e, delta, "cannot count retained bytes");
+        }
+    }
+
     /// `enqueue` on a cluster, in four steps, each on one slot (steps 2 and
     /// 3 once per destination, concurrently):
     ///
@@ -113,6 +199,16 @@ impl RedisStore {
             return Ok(Enqueued::Duplicate);
         }
 
+        // The retained bytes limit, by this node's view (at most a second
+        // old, plus its own appends since).
+        if self.retained.stale(wall_clock_ms()) {
+            self.refresh_retained().await?;
+        }
+        // Refused after the queue limits, as on standalone Redis: below
+        // after the reservations, or in the append of a single destination.
+        let adding = (msg.payload.len() as u64).saturating_mul(dests.len() as u64);
+        let over = self.retained.get().saturating_add(adding) > msg.retained_limit;
+
         // 2. Reserve room in every destination before appending to any.
         let reserved = dests.len() > 1;
         if reserved {
@@ -140,7 +236,8 @@ impl RedisStore {
                     "redis enqueue: bad reservation reply {bad:?}"
                 )));
             }
-            if let Some(full) = replies.iter().position(|r| r == "full") {
+            let full = replies.iter().position(|r| r == "full");
+            if full.is_some() || over {
                 // Best effort: a reservation left behind lapses by itself.
                 let releases =
                     dests
@@ -156,7 +253,10 @@ impl RedisStore {
                             })
                         });
                 join_all(releases).await;
-                return Ok(Enqueued::QueueFull(msg.destinations[full].clone()));
+                return Ok(match full {
+                    Some(full) => Enqueued::QueueFull(msg.destinations[full].clone()),
+                    None => Enqueued::StoreFull,
+                });
             }
         }
 
@@ -180,7 +280,9 @@ impl RedisStore {
                 .arg(&token)
                 .arg(sender)
                 .arg(msg.id.as_str())
-                .arg(msg.payload.as_ref());
+                .arg(msg.payload.as_ref())
+                .arg(crate::keep_for(msg.now, msg.expires_at, msg.forget_after))
+                .arg(if over && !reserved { "1" } else { "0" });
             let mut conn = self.conn.clone();
             self.call("enqueue", async move {
                 inv.invoke_async::<Value>(&mut conn).await
@@ -191,10 +293,17 @@ impl RedisStore {
         for (i, reply) in replies.into_iter().enumerate() {
             let reply = codec::array(reply, "enqueue")?;
             match reply.as_slice() {
-                [ok, seq] if status(ok) == Some(b"ok") => seqs.push(codec::seq(seq, "enqueue")?),
+                [ok, seq, added] if status(ok) == Some(b"ok") => {
+                    seqs.push(codec::seq(seq, "enqueue")?);
+                    self.count_retained(&dests[i].tag, codec::int(added, "enqueue")?)
+                        .await;
+                }
                 // Only without a reservation: a single destination.
                 [full] if !reserved && status(full) == Some(b"full") => {
                     return Ok(Enqueued::QueueFull(msg.destinations[i].clone()));
+                }
+                [full] if !reserved && status(full) == Some(b"store_full") => {
+                    return Ok(Enqueued::StoreFull);
                 }
                 _ => {
                     return Err(StoreError::Corrupt(
@@ -305,15 +414,18 @@ impl RedisStore {
             .call("ack", async move { inv.invoke_async(&mut conn).await })
             .await?;
         let reply = codec::array(reply, "ack")?;
-        let (seq, sender) = match reply.as_slice() {
+        let (seq, removed, sender) = match reply.as_slice() {
             [found] if codec::int(found, "ack")? == 0 => return Ok(Acked::default()),
-            [_, seq] => (codec::seq(seq, "ack")?, None),
-            [_, seq, sender] => (
+            [_, seq, removed] => (codec::seq(seq, "ack")?, removed, None),
+            [_, seq, removed, sender] => (
                 codec::seq(seq, "ack")?,
+                removed,
                 Some(codec::channel(sender.clone(), "ack sender")?),
             ),
             _ => return Err(StoreError::Corrupt("redis ack: bad reply".into())),
         };
+        self.count_retained(&keys.tag, -codec::int(removed, "ack")?)
+            .await;
         let Some(sender) = sender else {
             return Ok(Acked {
                 seq: Some(seq),
@@ -362,7 +474,12 @@ impl RedisStore {
             inv.key(&marker)
                 .arg(ack.receipt.as_ref())
                 .arg(ack.receipt_expires_at)
-                .arg(ATTEMPT_MS);
+                .arg(ATTEMPT_MS)
+                .arg(crate::keep_for(
+                    ack.now,
+                    ack.receipt_expires_at,
+                    ack.forget_after,
+                ));
             let mut conn = self.conn.clone();
             let reply = self
                 .call("ack receipt", async move {
@@ -370,7 +487,15 @@ impl RedisStore {
                 })
                 .await;
             match reply {
-                Ok(reply) => break codec::seq(&reply, "ack receipt")?,
+                Ok(reply) => {
+                    let reply = codec::array(reply, "ack receipt")?;
+                    let [rseq, added] = reply.as_slice() else {
+                        return Err(StoreError::Corrupt("redis ack receipt: bad reply".into()));
+                    };
+                    self.count_retained(&keys.tag, codec::int(added, "ack receipt")?)
+                        .await;
+                    break codec::seq(rseq, "ack receipt")?;
+                }
                 Err(e) if tries >= RECEIPT_TRIES => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await,
             }
@@ -491,10 +616,13 @@ impl RedisStore {
                 .call("expire", async move { inv.invoke_async(&mut conn).await })
                 .await?;
             let mut reply = codec::array(reply, "expire")?.into_iter();
-            let (Some(n), Some(more)) = (reply.next(), reply.next()) else {
+            let (Some(n), Some(removed), Some(more)) = (reply.next(), reply.next(), reply.next())
+            else {
                 return Err(StoreError::Corrupt("redis expire: bad reply".into()));
             };
             dropped += u64::try_from(codec::int(&n, "expire")?).unwrap_or(0);
+            self.count_retained(&keys.tag, -codec::int(&removed, "expire")?)
+                .await;
             if codec::int(&more, "expire")? != 0 {
                 continue;
             }

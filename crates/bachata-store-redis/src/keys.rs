@@ -29,6 +29,23 @@ pub(crate) fn expiring_shard(tag: &str) -> String {
     shard_key(hash % EXPIRING_SHARDS)
 }
 
+/// The count of retained payload bytes over all channels (standalone
+/// Redis; kept by the scripts).
+pub(crate) const RETAINED: &str = "bachata:retained";
+
+/// The shard of the retained bytes count that counts a channel's entries
+/// (Redis Cluster mode: `bachata:retained:{<n>}`, `n` as for the expiry
+/// index); the node adds what each script reports.
+pub(crate) fn retained_shard(tag: &str) -> String {
+    let expiring = expiring_shard(tag);
+    format!("{RETAINED}{}", &expiring[EXPIRING.len()..])
+}
+
+/// Every shard of the retained bytes count (Redis Cluster mode).
+pub(crate) fn retained_shards() -> impl Iterator<Item = String> {
+    expiring_shards().map(|s| format!("{RETAINED}{}", &s[EXPIRING.len()..]))
+}
+
 /// Every shard of the expiry index (Redis Cluster mode).
 pub(crate) fn expiring_shards() -> impl Iterator<Item = String> {
     (0..EXPIRING_SHARDS).map(shard_key)

@@ -38,7 +38,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `bachata:{<tag>}:seq` | string | last seq handed out (`INCR`); never deleted, so seqs never go back |
+//! | `bachata:{<tag>}:seq` | string | last seq handed out (`INCR`); expires with the channel (see [Forgetting](#forgetting)) |
 //! | `bachata:{<tag>}:log` | zset | seq → score seq: the retained entries in log order |
 //! | `bachata:{<tag>}:ent` | hash | seq → entry: `"<kind> <expires_at> <sender_len> <id_len>\n"` sender id payload (binary-safe) |
 //! | `bachata:{<tag>}:exp` | zset | seq → score expires_at, for `expire` |
@@ -50,12 +50,14 @@
 //! | `bachata:d:{<hex sender>}:<id>` | string | dedupe deadline (ms) of a sender's id, with a `PX` expiry |
 //! | `bachata:d:{-<hex id>}:<id>` | string | the same for messages by the system (spread by id) |
 //! | `bachata:expiring` | zset | channel tag → score ≤ its earliest `expires_at` (global; standalone only) |
+//! | `bachata:retained` | string | payload bytes of every retained entry (global; standalone only; see [Retained bytes](#retained-bytes)) |
 //!
 //! Redis Cluster mode adds (see [Redis Cluster](#redis-cluster)):
 //!
 //! | key | type | holds |
 //! |---|---|---|
 //! | `bachata:expiring:{<n>}` | zset | replaces `bachata:expiring`: 16 shards, `n` = FNV-1a of the channel tag mod 16 |
+//! | `bachata:retained:{<n>}` | string | replaces `bachata:retained`: 16 shards, `n` as for `expiring`, counted by the node |
 //! | `bachata:{<tag>}:resv` | zset | attempt → deadline: queue room reserved by group enqueues in progress (lives seconds) |
 //! | `bachata:{<tag>}:got:<hex sender or ->:<id>` | string | `"<dedupe_until> <seq> <attempt>"`: this message is in this log (for retries; 60 s once committed) |
 //! | `bachata:{<sender tag>}:rcpt:<hex receiver>:<seq>` | string | the seq of the receipt for that entry (for retries; 60 s) |
@@ -63,7 +65,37 @@
 //! and its dedupe records hold `"<dedupe_until> <attempt>"`.
 //!
 //! Redis deletes a collection when its last element goes, so an idle channel
-//! leaves only its `seq` key and its `devices` hash.
+//! leaves only its `seq` key and its `devices` hash, until they expire.
+//!
+//! # Forgetting
+//! Contract section 9: state follows pending work. Nothing is swept
+//! ([`Store::forget`] does nothing here); keys carry lifetimes instead,
+//! relative (`PEXPIRE`) so that no clock has to agree with Redis's:
+//! - every append (`append` in `lua/common.lua`) makes each existing key of
+//!   its channel live at least the entry's TTL plus `forget_after` (at least
+//!   [`KEEP_MARGIN_MS`] more, so that `expire` removes expired entries one
+//!   by one, keeping the retained bytes count exact, before the keys expire
+//!   as a whole); a key without a lifetime gets one, and an `acks` hash
+//!   created later takes its log's;
+//! - `touch_device` (`lua/touch.lua`) keeps the channel's `seq` and
+//!   `devices` for at least `forget_after`, and drops the devices not seen
+//!   for that long (the entries only they needed leave at their TTL).
+//!
+//! A channel's keys so expire together, once it had no entry and no touch
+//! for that long; one that comes back starts its seqs at 1 (no connection of
+//! it existed, since connections touch their device now and then).
+//!
+//! # Retained bytes
+//! `--max-retained-bytes` bounds the payload bytes of every retained entry
+//! over all channels. On standalone Redis, `bachata:retained` counts them:
+//! `append` adds, `remove` subtracts, and `enqueue.lua` refuses a message
+//! whose copies would pass the limit (after the dedupe check and the queue
+//! limits, before any write): exact and atomic. On a cluster no script can
+//! reach a global key: the scripts report the bytes they appended or
+//! removed, the node adds them to the channel's shard `bachata:retained:{n}`
+//! and to its own view of the sum, which it reads again at most a second
+//! old before an enqueue (see `cluster::RetainedView`). A node that dies
+//! between a script and its count leaves the count off by that much.
 //!
 //! The dedupe record's value is compared with the request's `now`; the `PX`
 //! expiry (`dedupe_until - now` plus a grace of [`DEDUPE_GRACE_MS`]) only
@@ -233,8 +265,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bachata_core::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, Millis, NewMessage, Seq, Store,
-    StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
+    Store, StoreError,
 };
 use bachata_proto::{Channel, GroupId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -242,11 +274,26 @@ use redis::cluster::ClusterClientBuilder;
 use redis::{RedisError, Script, Value};
 
 use conn::Conn;
-use keys::{ChannelKeys, EXPIRING, PREFIX};
+use keys::{ChannelKeys, EXPIRING, PREFIX, RETAINED};
 
 /// Added to the dedupe record's `PX` expiry, so that nodes whose clocks run
 /// a little behind Redis's still find the record for the whole window.
 pub const DEDUPE_GRACE_MS: u64 = 10_000;
+
+/// How long a channel's keys outlive its last entry at least, whatever
+/// `--forget-after` says: long enough for an `expire` sweep (every minute
+/// at most) to remove expired entries one by one, which keeps the retained
+/// bytes count exact, before the keys expire as a whole.
+pub const KEEP_MARGIN_MS: u64 = 10 * 60 * 1000;
+
+/// How long (ms from now) the keys of a channel that got an entry at `now`
+/// expiring at `expires_at` must live at least. Relative, because the
+/// nodes' clocks (or a test's) and Redis's need not agree.
+fn keep_for(now: Millis, expires_at: Millis, forget_after: Millis) -> Millis {
+    expires_at
+        .saturating_sub(now)
+        .saturating_add(forget_after.max(KEEP_MARGIN_MS))
+}
 
 /// Channels `expire` fetches from the global index at a time.
 const EXPIRE_CHANNELS: usize = 256;
@@ -321,6 +368,7 @@ struct Scripts {
     ack: Script,
     ack_seqs: Script,
     expire: Script,
+    touch: Script,
     cluster: cluster::Scripts,
 }
 
@@ -332,6 +380,7 @@ impl Scripts {
             ack: script!("ack.lua"),
             ack_seqs: script!("ack_seqs.lua"),
             expire: script!("expire.lua"),
+            touch: script!("touch.lua"),
             cluster: cluster::Scripts::new(),
         }
     }
@@ -348,6 +397,9 @@ pub struct RedisStore {
     /// Names this store's enqueue attempts (cluster mode), with `attempts`.
     node: String,
     attempts: AtomicU64,
+    /// The retained bytes count as last read (for metrics; in cluster mode
+    /// also for the limit, see `cluster::RetainedView`).
+    retained: cluster::RetainedView,
 }
 
 impl RedisStore {
@@ -373,6 +425,7 @@ impl RedisStore {
             options,
             node: node_id(),
             attempts: AtomicU64::new(0),
+            retained: cluster::RetainedView::default(),
         };
         store.check_version().await?;
         Ok(store)
@@ -477,7 +530,11 @@ impl RedisStore {
             for key in keys.all() {
                 inv.key(key);
             }
-            inv.key(EXPIRING).arg(now).arg(&keys.tag).arg(EXPIRE_BATCH);
+            inv.key(EXPIRING)
+                .key(RETAINED)
+                .arg(now)
+                .arg(&keys.tag)
+                .arg(EXPIRE_BATCH);
             let mut conn = self.conn.clone();
             let reply: Value = self
                 .call("expire", async move { inv.invoke_async(&mut conn).await })
@@ -602,7 +659,8 @@ impl Store for RedisStore {
         let px = dedupe_px(&msg);
         let mut inv = self.scripts.enqueue.prepare_invoke();
         inv.key(keys::dedupe(msg.sender.as_ref(), &msg.id))
-            .key(EXPIRING);
+            .key(EXPIRING)
+            .key(RETAINED);
         for dest in &dests {
             for key in dest.all() {
                 inv.key(key);
@@ -615,7 +673,9 @@ impl Store for RedisStore {
             .arg(msg.queue_limit)
             .arg(msg.sender.as_ref().map_or("", |s| s.as_str()))
             .arg(msg.id.as_str())
-            .arg(msg.payload.as_ref());
+            .arg(msg.payload.as_ref())
+            .arg(msg.retained_limit)
+            .arg(keep_for(msg.now, msg.expires_at, msg.forget_after));
         for dest in &dests {
             inv.arg(&dest.tag);
         }
@@ -643,6 +703,7 @@ impl Store for RedisStore {
                 ))
             }
             Some(b"dup") => Ok(Enqueued::Duplicate),
+            Some(b"store_full") => Ok(Enqueued::StoreFull),
             Some(b"full") => {
                 let index = reply
                     .next()
@@ -703,12 +764,14 @@ impl Store for RedisStore {
             inv.key(key);
         }
         inv.key(EXPIRING)
+            .key(RETAINED)
             .arg(keys::device(&ack.device))
             .arg(ack.id.as_str())
             .arg(ack.now)
             .arg(ack.receipt.as_ref())
             .arg(ack.receipt_expires_at)
-            .arg(PREFIX);
+            .arg(PREFIX)
+            .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
         let mut conn = self.conn.clone();
         let reply: Value = self
             .call("ack", async move { inv.invoke_async(&mut conn).await })
@@ -745,14 +808,21 @@ impl Store for RedisStore {
         for key in keys.all() {
             inv.key(key);
         }
+        if !self.is_cluster() {
+            inv.key(RETAINED);
+        }
         inv.arg(keys::device(device));
         for seq in seqs {
             inv.arg(*seq);
         }
         let mut conn = self.conn.clone();
-        let _: Value = self
+        let removed: Value = self
             .call("ack_seqs", async move { inv.invoke_async(&mut conn).await })
             .await?;
+        if self.is_cluster() {
+            let removed = codec::int(&removed, "ack_seqs")?;
+            self.count_retained(&keys.tag, -removed).await;
+        }
         Ok(())
     }
 
@@ -761,18 +831,38 @@ impl Store for RedisStore {
         channel: &Channel,
         device: &Device,
         now: Millis,
+        forget_after: Millis,
     ) -> Result<(), StoreError> {
-        let key = ChannelKeys::new(channel).devices;
-        let mut cmd = redis::cmd("HSET");
-        cmd.arg(key).arg(keys::device(device)).arg(now);
+        let keys = ChannelKeys::new(channel);
+        let mut inv = self.scripts.touch.prepare_invoke();
+        for key in keys.all() {
+            inv.key(key);
+        }
+        inv.arg(keys::device(device))
+            .arg(now)
+            .arg(now.saturating_sub(forget_after))
+            .arg(forget_after.max(1));
         let mut conn = self.conn.clone();
         let _: Value = self
             .call(
                 "touch_device",
-                async move { cmd.query_async(&mut conn).await },
+                async move { inv.invoke_async(&mut conn).await },
             )
             .await?;
         Ok(())
+    }
+
+    /// Nothing to sweep: a channel's keys expire by themselves once it has
+    /// no entry left and was not touched for `forget_after` (the lifetimes
+    /// that `append` and `touch` give them), and a device not seen for that
+    /// long is dropped at the next touch of its channel. See "Forgetting"
+    /// in the crate docs.
+    async fn forget(&self, _now: Millis, _forget_after: Millis) -> Result<Forgotten, StoreError> {
+        Ok(Forgotten::default())
+    }
+
+    fn retained_bytes(&self) -> Option<u64> {
+        Some(self.retained.get())
     }
 
     async fn health(&self) -> Result<(), StoreError> {
@@ -869,8 +959,18 @@ impl Store for RedisStore {
 
     async fn expire(&self, now: Millis) -> Result<u64, StoreError> {
         if self.is_cluster() {
-            return self.expire_cluster(now).await;
+            let dropped = self.expire_cluster(now).await?;
+            self.refresh_retained().await?;
+            return Ok(dropped);
         }
+        let dropped = self.expire_standalone(now).await?;
+        self.refresh_retained().await?;
+        Ok(dropped)
+    }
+}
+
+impl RedisStore {
+    async fn expire_standalone(&self, now: Millis) -> Result<u64, StoreError> {
         let mut dropped = 0;
         // A channel leaves the due range once visited (its score becomes its
         // next expiry, or it is removed); one re-added meanwhile with an

@@ -65,6 +65,8 @@ fn msg(sender: &str, id: &str, to: &[&str]) -> NewMessage {
         expires_at: T0 + HOUR,
         dedupe_until: T0 + 60_000,
         queue_limit: 1000,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
     }
 }
 
@@ -230,6 +232,7 @@ async fn a_message_to_channels_on_every_node_is_stored_once_everywhere() {
                 now: T0 + 1,
                 receipt: Bytes::from(format!("{{\"type\":300,\"by\":\"{d}\"}}")),
                 receipt_expires_at: T0 + HOUR,
+                forget_after: 86_400_000,
             })
             .await
             .expect("ack");
@@ -294,6 +297,8 @@ async fn a_full_destination_refuses_a_group_message_whole_and_releases_the_rest(
     let store = RedisStore::connect(&cluster.url()).await.expect("connect");
     let limited = |m: NewMessage| NewMessage {
         queue_limit: 1,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
         ..m
     };
     assert!(matches!(

@@ -79,6 +79,7 @@ async fn redis_cluster_store_answers_like_the_memory_store() {
 async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
     // How often each interesting outcome happened, so the test cannot pass
     // by never reaching it.
+    let mut store_full = 0;
     let (mut stored, mut dups, mut full, mut acks, mut receipts, mut dropped) =
         (0u64, 0, 0, 0, 0, 0);
     for case in 0..cases {
@@ -115,6 +116,13 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                         expires_at: now + 1000 * (1 + rng.below(120)),
                         dedupe_until: now + 1000 * rng.below(60),
                         queue_limit: 1 + rng.below(6),
+                        // Sometimes within reach: a few dozen payloads.
+                        retained_limit: if rng.below(3) == 0 {
+                            40 + 10 * rng.below(30)
+                        } else {
+                            u64::MAX
+                        },
+                        forget_after: 86_400_000,
                     };
                     let a = memory.enqueue(m.clone()).await.expect("memory");
                     let b = redis.enqueue(m).await.expect("redis");
@@ -123,6 +131,7 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                         Enqueued::Stored(_) => stored += 1,
                         Enqueued::Duplicate => dups += 1,
                         Enqueued::QueueFull(_) => full += 1,
+                        Enqueued::StoreFull => store_full += 1,
                     }
                 }
                 3..=4 => {
@@ -133,6 +142,7 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                         now,
                         receipt: Bytes::from(format!("{{\"type\":300,\"step\":{step}}}")),
                         receipt_expires_at: now + 1000 * (1 + rng.below(120)),
+                        forget_after: 86_400_000,
                     };
                     let a = memory.ack(req.clone()).await.expect("memory");
                     let b = redis.ack(req).await.expect("redis");
@@ -150,14 +160,26 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                 6 => {
                     let c = ch(rng.pick(&CHANNELS));
                     let d = dev(rng.pick(&DEVICES));
-                    memory.touch_device(&c, &d, now).await.expect("memory");
-                    redis.touch_device(&c, &d, now).await.expect("redis");
+                    memory
+                        .touch_device(&c, &d, now, 86_400_000)
+                        .await
+                        .expect("memory");
+                    redis
+                        .touch_device(&c, &d, now, 86_400_000)
+                        .await
+                        .expect("redis");
                 }
                 7 => {
                     let a = memory.expire(now).await.expect("memory");
                     let b = redis.expire(now).await.expect("redis");
                     assert_eq!(a, b, "{at}: expire");
                     dropped += a;
+                    // The Redis store reads its count back in every sweep.
+                    assert_eq!(
+                        memory.retained_bytes(),
+                        redis.retained_bytes(),
+                        "{at}: retained bytes"
+                    );
                 }
                 _ => {}
             }
@@ -190,12 +212,13 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
         }
     }
     eprintln!(
-        "stored {stored}, duplicates {dups}, queue full {full}, acks {acks}, receipts {receipts}, expired {dropped}"
+        "stored {stored}, duplicates {dups}, queue full {full}, store full {store_full}, acks {acks}, receipts {receipts}, expired {dropped}"
     );
     for (what, n) in [
         ("stored", stored),
         ("duplicate", dups),
         ("queue full", full),
+        ("store full", store_full),
         ("ack", acks),
         ("receipt", receipts),
         ("expired", dropped),

@@ -26,6 +26,8 @@ fn msg(id: &str, now: u64) -> NewMessage {
         expires_at: now + 3_600_000,
         dedupe_until: now + 60_000,
         queue_limit: 1000,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
     }
 }
 
@@ -56,12 +58,16 @@ async fn all_fail(store: &RedisStore) {
                     now: T0,
                     receipt: Bytes::from_static(b"{}"),
                     receipt_expires_at: T0 + 1,
+                    forget_after: 86_400_000,
                 })
                 .await
                 .map(drop),
         ),
         ("ack_seqs", store.ack_seqs(&bob, &None, &[1]).await),
-        ("touch_device", store.touch_device(&bob, &None, T0).await),
+        (
+            "touch_device",
+            store.touch_device(&bob, &None, T0, 86_400_000).await,
+        ),
         (
             "pending_count",
             store.pending_count(&bob, T0).await.map(drop),

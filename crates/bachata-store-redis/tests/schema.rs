@@ -29,6 +29,8 @@ fn msg(sender: Option<&str>, id: &str, to: &[&str], payload: &[u8]) -> NewMessag
         expires_at: T0 + HOUR,
         dedupe_until: T0 + 60_000,
         queue_limit: 1000,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
     }
 }
 
@@ -40,6 +42,7 @@ fn ack(channel: &str, device: Option<&str>, id: &str, now: u64) -> AckRequest {
         now,
         receipt: Bytes::from_static(b"{\"type\":300}"),
         receipt_expires_at: now + HOUR,
+        forget_after: 86_400_000,
     }
 }
 
@@ -78,6 +81,7 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
             &ch(bob),
             &Some(DeviceId::new("ph{o}ne").expect("device")),
             T0,
+            86_400_000,
         )
         .await
         .expect("touch");
@@ -118,7 +122,42 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     }
     expected.insert(format!("bachata:d:{{{alice_tag}}}:{id}"));
     expected.insert("bachata:expiring".to_owned());
+    expected.insert("bachata:retained".to_owned());
     assert_eq!(keys(&mut conn).await, expected);
+
+    // Every key of a channel that got an entry expires after the entry and
+    // forget_after (contract section 9: state follows pending work): here
+    // the hour of the entry's TTL plus the day of forget_after (at least
+    // the store's margin), and bob's devices as long as his touch set.
+    let ttl_conn = conn.clone();
+    let ttl_of = |key: String| {
+        let mut conn = ttl_conn.clone();
+        async move {
+            let t: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .expect("PTTL");
+            (key, t)
+        }
+    };
+    let keep = (HOUR + 86_400_000u64.max(bachata_store_redis::KEEP_MARGIN_MS)) as i64;
+    for suffix in ["seq", "log", "exp", "unacked", "ent", "ids"] {
+        let (key, t) = ttl_of(format!("bachata:{{{plain_tag}}}:{suffix}")).await;
+        assert!((keep - 5_000..=keep).contains(&t), "{key}: PTTL {t}");
+    }
+    let (key, t) = ttl_of(format!("bachata:{{{bob_tag}}}:devices")).await;
+    assert!((keep - 5_000..=keep).contains(&t), "{key}: PTTL {t}");
+    let retained: u64 = redis::cmd("GET")
+        .arg("bachata:retained")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(
+        retained,
+        2 * payload.len() as u64,
+        "one copy per destination"
+    );
 
     // The dedupe record carries a PX expiry: the window plus a grace.
     let pttl: i64 = redis::cmd("PTTL")
@@ -159,9 +198,26 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
         .collect();
     assert_eq!(
         left,
-        BTreeSet::from([format!("bachata:{{{bob_tag}}}:devices")]),
+        BTreeSet::from([
+            format!("bachata:{{{bob_tag}}}:devices"),
+            "bachata:retained".to_owned()
+        ]),
         "the expiring index and every empty collection are gone"
     );
+    let retained: u64 = redis::cmd("GET")
+        .arg("bachata:retained")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(retained, 0, "nothing is retained");
+    // What is left expires by itself.
+    for key in keys(&mut conn).await {
+        if key == "bachata:retained" {
+            continue;
+        }
+        let (key, t) = ttl_of(key).await;
+        assert!(t > 0, "{key} never expires");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

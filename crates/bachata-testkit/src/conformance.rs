@@ -156,6 +156,9 @@ macro_rules! __store_conformance_checks {
             group_membership,
             reopen_keeps_groups,
             ack_state_per_entry,
+            retained_bytes_limit,
+            reopen_keeps_retained_bytes,
+            stale_devices_are_forgotten,
         ]);
     };
 }
@@ -173,6 +176,9 @@ const HOUR: Millis = 60 * MIN;
 const NO_LIMIT: u64 = 1_000_000;
 /// Reads "everything".
 const ALL: usize = 100_000;
+/// `--forget-after` in the fixtures: past every check's clock, except where
+/// a check means to reach it.
+const FORGET_AFTER: Millis = 24 * HOUR;
 
 fn ch(name: &str) -> Channel {
     Channel::new(name).expect("valid channel")
@@ -208,6 +214,8 @@ fn msg(sender: &str, id: &str, to: &[&str], now: Millis) -> NewMessage {
         expires_at: now + HOUR,
         dedupe_until: now + 10 * MIN,
         queue_limit: NO_LIMIT,
+        retained_limit: u64::MAX,
+        forget_after: FORGET_AFTER,
     }
 }
 
@@ -232,6 +240,7 @@ fn ack_req(channel: &str, device: &Device, id: &str, now: Millis) -> AckRequest 
             "{{\"type\":300,\"id\":\"{id}\",\"at\":{now},\"by\":{device:?}}}"
         )),
         receipt_expires_at: now + HOUR,
+        forget_after: FORGET_AFTER,
     }
 }
 
@@ -344,9 +353,16 @@ impl Probe {
 
     async fn touch(&self, channel: &str, device: &Device, now: Millis) {
         self.0
-            .touch_device(&ch(channel), device, now)
+            .touch_device(&ch(channel), device, now, FORGET_AFTER)
             .await
             .unwrap_or_else(|e| panic!("touch_device {channel}/{device:?} failed: {e}"));
+    }
+
+    async fn forget(&self, now: Millis, forget_after: Millis) {
+        self.0
+            .forget(now, forget_after)
+            .await
+            .unwrap_or_else(|e| panic!("forget at {now} failed: {e}"));
     }
 
     async fn pending(&self, channel: &str, now: Millis) -> u64 {
@@ -1637,4 +1653,120 @@ pub async fn ack_state_per_entry<B: Backend>(mut backend: B) {
     assert_eq!(state(seq).await, AckState::Acked);
     s.ack("bob", &laptop, "m1", T0).await;
     assert_eq!(state(seq).await, AckState::Gone, "acked by every device");
+}
+
+/// `retained_limit` bounds the payload bytes of every retained entry (each
+/// destination's copy counts): an enqueue that would pass it is refused
+/// whole with `StoreFull` (after the dedupe check: a resend still gets
+/// `Duplicate`), receipts count too, and removing entries makes room again.
+/// Backends that report `retained_bytes` report exactly that sum.
+pub async fn retained_bytes_limit<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    let size = payload(Some("alice"), "m1").len() as u64;
+    let limited = |m: NewMessage| NewMessage {
+        retained_limit: 3 * size,
+        ..m
+    };
+    async fn counted(s: &Probe, expected: u64, what: &str) {
+        // A sweep that drops nothing: stores that read their count back
+        // (Redis) do so in every sweep.
+        s.expire(T0).await;
+        if let Some(bytes) = s.0.retained_bytes() {
+            assert_eq!(bytes, expected, "retained bytes: {what}");
+        }
+    }
+    counted(&s, 0, "an empty store").await;
+    s.touch("bob", &DEFAULT, T0).await;
+    s.touch("alice", &DEFAULT, T0).await;
+    s.stored(limited(msg("alice", "m1", &["bob", "carol"], T0)))
+        .await;
+    counted(&s, 2 * size, "one message to two channels").await;
+    assert_eq!(
+        s.enqueue(limited(msg("alice", "m2", &["bob", "carol"], T0)))
+            .await,
+        Enqueued::StoreFull,
+        "two more copies would pass the limit"
+    );
+    assert!(
+        s.seqs("bob", &DEFAULT, T0).await == [1] && s.seqs("carol", &DEFAULT, T0).await == [1],
+        "a refused message is stored nowhere"
+    );
+    assert_eq!(
+        s.enqueue(limited(msg("alice", "m1", &["bob", "carol"], T0)))
+            .await,
+        Enqueued::Duplicate,
+        "a resend is a duplicate, full or not"
+    );
+    s.stored_one(limited(msg("alice", "m3", &["bob"], T0)))
+        .await;
+    counted(&s, 3 * size, "at the limit").await;
+    let now = T0 + SEC;
+    let req = ack_req("bob", &DEFAULT, "m1", now);
+    let receipt = req.receipt.len() as u64;
+    s.ack_with(req).await;
+    counted(
+        &s,
+        2 * size + receipt,
+        "bob's copy acked, alice's receipt kept",
+    )
+    .await;
+    s.ack_seqs("alice", &DEFAULT, &[1]).await;
+    counted(&s, 2 * size, "the receipt written").await;
+    s.stored_one(limited(msg("alice", "m4", &["dave"], now)))
+        .await;
+    counted(&s, 3 * size, "room made by the acks was used").await;
+    assert_eq!(s.expire(now + 2 * HOUR).await, 3, "every entry expired");
+    counted(&s, 0, "expiry frees the bytes").await;
+}
+
+/// The retained bytes count survives a restart exactly (durable backends).
+pub async fn reopen_keeps_retained_bytes<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    s.touch("bob", &DEFAULT, T0).await;
+    s.stored(msg("alice", "m1", &["bob", "carol"], T0)).await;
+    s.stored(msg("alice", "m2", &["bob"], T0)).await;
+    s.ack("bob", &DEFAULT, "m1", T0 + SEC).await;
+    s.expire(T0).await;
+    let Some(before) = s.0.retained_bytes() else {
+        return;
+    };
+    let Some(s) = reopen(&mut backend, s, "reopen_keeps_retained_bytes").await else {
+        return;
+    };
+    let limited = NewMessage {
+        retained_limit: before,
+        ..msg("alice", "m3", &["bob"], T0 + 2 * SEC)
+    };
+    s.expire(T0).await;
+    assert_eq!(s.0.retained_bytes(), Some(before), "the count after reopen");
+    assert_eq!(
+        s.enqueue(limited).await,
+        Enqueued::StoreFull,
+        "the limit holds after reopen"
+    );
+}
+
+/// A device not seen for `forget_after` is forgotten: after `forget` (or
+/// the next touch of its channel, for backends that forget lazily), entries
+/// no longer wait for its ack. The other devices keep what they have not
+/// acked.
+pub async fn stale_devices_are_forgotten<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    let (old, live) = (dev("old-phone"), dev("laptop"));
+    s.touch("bob", &old, T0).await;
+    let later = T0 + 2 * HOUR;
+    // Seen again by a live connection's refresh: only `old` is stale.
+    s.0.touch_device(&ch("bob"), &live, later, HOUR)
+        .await
+        .expect("touch");
+    s.forget(later, HOUR).await;
+    s.stored_one(msg("alice", "m1", &["bob"], later)).await;
+    s.stored_one(msg("alice", "m2", &["bob"], later)).await;
+    s.ack("bob", &live, "m1", later).await;
+    assert_eq!(
+        s.seqs("bob", &dev("tablet"), later).await,
+        [2],
+        "m1, acked by the only known device, is gone"
+    );
+    assert_eq!(s.seqs("bob", &live, later).await, [2]);
 }

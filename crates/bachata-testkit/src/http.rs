@@ -10,9 +10,19 @@ use crate::client::WAIT;
 
 /// GETs `path` and returns the status code and the body.
 pub async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    send(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, written as is) and returns
+/// the status code and the body; for requests with headers of the test's
+/// choosing (`Host`, `Origin`).
+pub async fn send(addr: SocketAddr, request: &str) -> (u16, String) {
     tokio::time::timeout(WAIT, async {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         stream
             .write_all(request.as_bytes())
             .await

@@ -6,5 +6,6 @@
 pub mod client;
 pub mod conformance;
 pub mod http;
+pub mod raw;
 pub mod redis;
 pub mod redis_cluster;

@@ -71,9 +71,18 @@ pub const SHORT: Duration = Duration::from_millis(300);
 /// `args`; returns the process and the address it printed when it began
 /// accepting connections.
 pub async fn spawn_bachata(args: &[String]) -> (Child, std::net::SocketAddr) {
+    spawn_bachata_env(args, &[]).await
+}
+
+/// [`spawn_bachata`] with extra environment variables.
+pub async fn spawn_bachata_env(
+    args: &[String],
+    envs: &[(&str, &str)],
+) -> (Child, std::net::SocketAddr) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
+        .envs(envs.iter().copied())
         .env("BACHATA_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -107,4 +116,18 @@ pub async fn kill9(mut child: Child) {
         .await
         .expect("killed server exits")
         .expect("wait");
+}
+
+/// SIGTERM, then waits for the exit (within the contract's 10 s).
+pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits within 10 s")
+        .expect("wait")
 }

@@ -21,6 +21,8 @@ pub fn message(id: &str) -> NewMessage {
         expires_at: u64::MAX,
         dedupe_until: u64::MAX,
         queue_limit: u64::MAX,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
     }
 }
 

@@ -1,6 +1,9 @@
 -- ack_seqs: marks entries as acked by the device; gone or already acked
 -- seqs are ignored. No receipt is ever appended here.
--- KEYS: the channel's 8 keys. ARGV: device, then seqs.
+-- KEYS: the channel's 8 keys, then (standalone Redis only) the retained
+-- bytes. ARGV: device, then seqs.
+-- Returns the payload bytes removed (cluster mode counts them itself).
+if #KEYS >= 9 then retained_key = KEYS[9] end
 local ch = keys_at(1, '')
 local dev = ARGV[1]
 for i = 2, #ARGV do
@@ -14,4 +17,4 @@ for i = 2, #ARGV do
     end
   end
 end
-return 0
+return removed_bytes

@@ -4,11 +4,12 @@
 -- caller to update the channel's score in its expiry index shard (on
 -- another slot) and to notice appends that raced with that.
 -- KEYS: the channel's 8 keys. ARGV: now, batch.
--- Returns {dropped, 1} (more due) or {dropped, 0, earliest, seq counter}.
+-- Returns {dropped, removed bytes, 1} (more due) or
+-- {dropped, removed bytes, 0, earliest, seq counter}.
 local ch = keys_at(1, '')
 local dropped, more = drop_expired(ch, ARGV[1], tonumber(ARGV[2]))
-if more then return {dropped, 1} end
+if more then return {dropped, removed_bytes, 1} end
 local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
 local earliest = ''
 if #first > 0 then earliest = first[2] end
-return {dropped, 0, earliest, redis.call('GET', ch.seq) or '0'}
+return {dropped, removed_bytes, 0, earliest, redis.call('GET', ch.seq) or '0'}

@@ -11,6 +11,14 @@
 -- back into text by Lua (whose number formatting is not exact), except seqs
 -- through string.format('%d').
 
+-- Standalone Redis: the key of the count of retained payload bytes over all
+-- channels (`bachata:retained`), set by each script that appends or removes
+-- entries; nil in cluster mode, where the caller keeps the count (in shards
+-- that no single-slot script can reach).
+local retained_key = nil
+-- Payload bytes this script removed (the cluster scripts return it).
+local removed_bytes = 0
+
 local function corrupt(what)
   error({err = 'BACHATA_CORRUPT ' .. what})
 end
@@ -26,7 +34,35 @@ local function parse(v, seq)
     exp = tonumber(exp),
     sender = string.sub(v, pos, pos + slen - 1),
     id = string.sub(v, pos + slen, pos + slen + ilen - 1),
+    size = #v - (pos + slen + ilen) + 1,
   }
+end
+
+-- Makes each existing key of the channel live at least `ms` more
+-- milliseconds (a string; relative, so that the nodes' clocks and Redis's
+-- need not agree): a channel's keys expire together, after its last entry
+-- and a margin of `--forget-after` (contract section 9: state follows
+-- pending work). A key without expiry gets one.
+local function keep_for(keys, ms)
+  local d = tonumber(ms)
+  for _, k in ipairs(keys) do
+    local t = redis.call('PTTL', k)
+    if t == -1 or (t >= 0 and t < d) then
+      redis.call('PEXPIRE', k, ms)
+    end
+  end
+end
+
+local function keep_channel(ch, ms)
+  keep_for({ch.seq, ch.log, ch.exp, ch.unacked, ch.ent, ch.acks, ch.ids, ch.devices}, ms)
+end
+
+-- A key created after the others (a channel's `acks`) expires with them.
+local function expire_with(key, other)
+  if redis.call('PTTL', key) == -1 then
+    local t = redis.call('PTTL', other)
+    if t > 0 then redis.call('PEXPIRE', key, t) end
+  end
 end
 
 local function has_ack(acks, dev)
@@ -49,8 +85,9 @@ end
 
 -- Appends an entry; returns its seq (a Lua number). `expiring` is the
 -- global expiry index (standalone), nil in cluster mode (the caller indexes
--- the channel in its shard).
-local function append(ch, expiring, kind, exp, sender, id, payload)
+-- the channel in its shard). The channel's keys then live at least `keep`
+-- more milliseconds (see keep_for).
+local function append(ch, expiring, kind, exp, sender, id, payload, keep)
   local seq = redis.call('INCR', ch.seq)
   local s = string.format('%d', seq)
   local value = kind .. ' ' .. exp .. ' ' .. #sender .. ' ' .. #id .. '\n' .. sender .. id .. payload
@@ -67,11 +104,19 @@ local function append(ch, expiring, kind, exp, sender, id, payload)
   if expiring then
     redis.call('ZADD', expiring, 'LT', exp, ch.tag)
   end
+  if retained_key then
+    redis.call('INCRBY', retained_key, #payload)
+  end
+  keep_channel(ch, keep)
   return seq
 end
 
 -- Removes an entry (parsed as `e`) and its index records.
 local function remove(ch, s, e)
+  removed_bytes = removed_bytes + e.size
+  if retained_key then
+    redis.call('DECRBY', retained_key, e.size)
+  end
   redis.call('HDEL', ch.ent, s)
   redis.call('HDEL', ch.acks, s)
   redis.call('ZREM', ch.log, s)
@@ -114,6 +159,7 @@ local function ack_seq(ch, s, e, dev, acks)
     remove(ch, s, e)
   else
     redis.call('HSET', ch.acks, s, now_acks)
+    expire_with(ch.acks, ch.log)
   end
   return first
 end

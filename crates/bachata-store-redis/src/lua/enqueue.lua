@@ -1,11 +1,14 @@
--- enqueue: dedupe check, queue limit of every destination, append to every
--- destination, dedupe record. All or nothing: every check runs before the
--- first write.
--- KEYS[1] dedupe record, KEYS[2] expiring index, then 8 keys per destination.
+-- enqueue: dedupe check, queue limit of every destination, the retained
+-- bytes limit, append to every destination, dedupe record. All or nothing:
+-- every check runs before the first write.
+-- KEYS[1] dedupe record, KEYS[2] expiring index, KEYS[3] retained bytes,
+--   then 8 keys per destination.
 -- ARGV: now, expires_at, dedupe_until, dedupe_px (0: no record), queue_limit,
---       sender ('' for the system), id, payload, then one tag per destination.
+--       sender ('' for the system), id, payload, retained_limit, keep (ms
+--       the channels' keys live at least), then one tag per destination.
 local now = tonumber(ARGV[1])
-local n = #ARGV - 8
+local n = #ARGV - 10
+retained_key = KEYS[3]
 
 local until_ = redis.call('GET', KEYS[1])
 if until_ then
@@ -16,16 +19,21 @@ end
 
 local limit = tonumber(ARGV[5])
 for i = 1, n do
-  local ch = keys_at(3 + (i - 1) * 8, ARGV[8 + i])
+  local ch = keys_at(4 + (i - 1) * 8, ARGV[10 + i])
   if redis.call('ZCOUNT', ch.unacked, '(' .. ARGV[1], '+inf') >= limit then
     return {'full', i}
   end
 end
 
+local retained = tonumber(redis.call('GET', retained_key) or '0')
+if retained + n * #ARGV[8] > tonumber(ARGV[9]) then
+  return {'store_full'}
+end
+
 local out = {'ok'}
 for i = 1, n do
-  local ch = keys_at(3 + (i - 1) * 8, ARGV[8 + i])
-  out[#out + 1] = append(ch, KEYS[2], 'm', ARGV[2], ARGV[6], ARGV[7], ARGV[8])
+  local ch = keys_at(4 + (i - 1) * 8, ARGV[10 + i])
+  out[#out + 1] = append(ch, KEYS[2], 'm', ARGV[2], ARGV[6], ARGV[7], ARGV[8], ARGV[10])
 end
 if ARGV[4] ~= '0' then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])

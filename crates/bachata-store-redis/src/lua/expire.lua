@@ -1,8 +1,9 @@
 -- expire, for one channel: drops up to `batch` entries with
 -- expires_at <= now, then (when none is left) sets the channel's score in the
 -- expiring index to its earliest expiry, or removes it when it has no entry.
--- KEYS: the channel's 8 keys, then the expiring index.
+-- KEYS: the channel's 8 keys, then the expiring index, the retained bytes.
 -- ARGV: now, the channel's tag, batch.
+retained_key = KEYS[10]
 local ch = keys_at(1, ARGV[2])
 local batch = tonumber(ARGV[3])
 local dropped, more = drop_expired(ch, ARGV[1], batch)
