@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub kills: usize,
     pub sent: u64,
     /// Messages that got their 100.
@@ -39,7 +39,7 @@ fn config(addr: SocketAddr, channel: &str) -> ClientConfig {
 
 /// Runs `pairs` sender/receiver pairs against `addr` for `duration`, calling
 /// `kill_and_restart` `kills` times at even intervals meanwhile.
-pub async fn run<F, Fut>(
+pub(crate) async fn run<F, Fut>(
     addr: SocketAddr,
     pairs: usize,
     window: usize,

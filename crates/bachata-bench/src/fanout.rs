@@ -27,7 +27,7 @@ use crate::pairs::{Latency, Ws, connect, histogram, micros};
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// `ws://host:port`
     pub url: String,
     /// The group id; member channels are `<group>.m<i>`.
@@ -49,7 +49,7 @@ impl Options {
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub members: usize,
     pub senders: usize,
     /// Messages that completed the whole cycle (a 300 from every member).
@@ -70,7 +70,7 @@ pub struct Report {
 
 /// Puts members `<group>.m0..m<n>` in `group` through the server's HTTP API
 /// (`PUT /api/groups/{group}/members/{channel}`) and checks the member list.
-pub async fn create_group(
+pub(crate) async fn create_group(
     addr: &str,
     api_key: Option<&str>,
     group: &str,
@@ -123,7 +123,7 @@ struct MemberResult {
 }
 
 /// Runs the scenario. The group must exist on a bachata server.
-pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.members >= 2, "a group needs at least 2 members");
     anyhow::ensure!(
         (1..=opts.members).contains(&opts.senders),

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub syncs: usize,
     pub bytes_per_append: usize,
     pub p50_us: u64,
@@ -21,7 +21,7 @@ pub struct Report {
 
 /// Appends `bytes` and syncs, `count` times, in a fresh file under `dir`
 /// (removed afterwards).
-pub fn run(dir: &Path, count: usize, bytes: usize) -> anyhow::Result<Report> {
+pub(crate) fn run(dir: &Path, count: usize, bytes: usize) -> anyhow::Result<Report> {
     let scratch = tempfile::tempdir_in(dir)?;
     let mut file = std::fs::File::create(scratch.path().join("probe"))?;
     let block = vec![0x5au8; bytes];

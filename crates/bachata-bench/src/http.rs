@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 
 /// Sends `method path` to `addr` (`host:port`) with an optional bearer key;
 /// returns the status and the body.
-pub async fn request(
+pub(crate) async fn request(
     addr: &str,
     method: &str,
     path: &str,

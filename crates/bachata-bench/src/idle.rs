@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub connections: usize,
     pub rss_before_kb: u64,
     pub rss_after_kb: u64,
@@ -42,7 +42,7 @@ async fn connect_idle(
 
 /// Opens `n` idle connections to `server` from `sources` loopback addresses
 /// and measures `rss_kb` (the server's) before and after.
-pub async fn run(
+pub(crate) async fn run(
     server: SocketAddr,
     n: usize,
     sources: u8,

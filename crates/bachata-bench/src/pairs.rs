@@ -26,7 +26,7 @@ const STALL: Duration = Duration::from_secs(30);
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// `ws://host:port`
     pub url: String,
     pub pairs: usize,
@@ -41,7 +41,7 @@ pub struct Options {
 
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]
-pub struct Latency {
+pub(crate) struct Latency {
     pub p50_us: u64,
     pub p99_us: u64,
     pub p999_us: u64,
@@ -63,7 +63,7 @@ impl Latency {
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     /// Messages that completed the whole cycle (got their 300).
     pub delivered: u64,
     pub seconds: f64,
@@ -112,7 +112,7 @@ struct ReceiverResult {
 }
 
 /// Runs the scenario.
-pub async fn run(opts: &Options) -> anyhow::Result<Report> {
+pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     let origin = Instant::now();
     let mut receivers = Vec::new();
     let mut senders = Vec::new();

@@ -29,7 +29,7 @@ use crate::pairs::{Latency, Ws, connect, histogram};
 
 /// What to run.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// `ws://host:port`
     pub url: String,
     /// `host:port` and key of the HTTP API, for the final pending check.
@@ -52,7 +52,7 @@ pub struct Options {
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub receivers: usize,
     pub messages_per_receiver: usize,
     pub rounds: usize,
@@ -102,7 +102,10 @@ struct SenderResult {
 }
 
 /// Runs the scenario. `server_cpu` reads the server's CPU seconds.
-pub async fn run(opts: &Options, server_cpu: impl Fn() -> Option<f64>) -> anyhow::Result<Report> {
+pub(crate) async fn run(
+    opts: &Options,
+    server_cpu: impl Fn() -> Option<f64>,
+) -> anyhow::Result<Report> {
     anyhow::ensure!(
         opts.senders >= 1 && opts.receivers >= 1,
         "need senders and receivers"

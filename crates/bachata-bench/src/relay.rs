@@ -32,7 +32,7 @@ struct Head<'a> {
 }
 
 /// Serves until the process ends; prints the address to stdout first.
-pub async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
+pub(crate) async fn serve(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
     println!("listening {}", listener.local_addr()?);
     let peers: Peers = Arc::default();

@@ -2,8 +2,8 @@
 //! opens delivery sessions for connections. It knows no socket and no disk.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bachata_proto::{Channel, DataMessage, ErrorCode, MessageId, delivered};
 use bytes::Bytes;
@@ -17,8 +17,10 @@ use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
+use crate::stats::Stats;
 use crate::store::{
     AckRequest, Acked, Device, Enqueued, Forgotten, Millis, NewMessage, Store, StoreError,
+    now_millis,
 };
 
 /// Delivery policy (`spec.md` section 5).
@@ -51,19 +53,6 @@ impl Default for DeliveryConfig {
             forget_after: Duration::from_secs(30 * 24 * 3600),
         }
     }
-}
-
-/// Counters of what went through the center, read by `/metrics`.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Data messages accepted (stored, or sent live when id-less).
-    pub received: AtomicU64,
-    /// Data messages refused with a 400.
-    pub rejected: AtomicU64,
-    /// Entries written to connections (messages and receipts).
-    pub delivered: AtomicU64,
-    /// 200s that acked a pending message.
-    pub acked: AtomicU64,
 }
 
 /// A message the sender gets a 400 for.
@@ -186,7 +175,7 @@ impl CenterBuilder {
             hub,
             bus: self.bus,
             config: self.config,
-            stats: Stats::default(),
+            stats: Arc::new(Stats::default()),
             sign_key: self.sign_key,
         })
     }
@@ -194,12 +183,12 @@ impl CenterBuilder {
 
 /// See the module docs.
 pub struct MessagesCenter {
-    pub(crate) store: Arc<dyn Store>,
+    store: Arc<dyn Store>,
     routes: Vec<Arc<dyn Route>>,
     hooks: Vec<Arc<dyn PostProcess>>,
-    pub(crate) hub: Arc<Hub>,
-    pub(crate) config: DeliveryConfig,
-    pub(crate) stats: Stats,
+    hub: Arc<Hub>,
+    config: DeliveryConfig,
+    stats: Arc<Stats>,
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
 }
@@ -248,13 +237,6 @@ impl std::fmt::Debug for MessagesCenter {
     }
 }
 
-/// Milliseconds since the Unix epoch, now.
-pub fn now_millis() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
-}
-
 fn millis(d: Duration) -> Millis {
     d.as_millis().min(u64::MAX as u128) as Millis
 }
@@ -298,21 +280,11 @@ impl MessagesCenter {
     /// `from` and `time`, routes it, stores it durably, and wakes its
     /// receivers. `Ok` means the sender may be told 100.
     pub async fn submit(
-        &self,
+        self: &Arc<Self>,
         sender: Option<&Channel>,
-        mut msg: DataMessage,
+        msg: DataMessage,
     ) -> Result<Accepted, Rejection> {
-        let result = match self.prepare(sender, &mut msg).await {
-            Err(rejection) => Err(rejection),
-            Ok(Prepared::Done(accepted)) => Ok(accepted),
-            Ok(Prepared::Store(prepared)) => {
-                let (request, ctx) = *prepared;
-                let outcome = self.store.enqueue(request).await;
-                self.finish(ctx, outcome)
-            }
-        };
-        self.count(&result);
-        result
+        self.submit_pipelined(sender, msg).await.await
     }
 
     /// Like [`MessagesCenter::submit`], for a connection that sends many
@@ -515,17 +487,12 @@ impl MessagesCenter {
     /// On the first ack of a message, the sender's channel is owed a 300,
     /// which is stored before this returns.
     pub async fn ack(
-        &self,
+        self: &Arc<Self>,
         channel: &Channel,
         device: &Device,
         id: MessageId,
     ) -> Result<(), StoreError> {
-        let request = self.ack_request(channel, device, id);
-        let receipt = request.receipt.clone();
-        let id = request.id.clone();
-        let acked = self.store.ack(request).await?;
-        self.acked(channel, device, id, acked, receipt);
-        Ok(())
+        self.ack_pipelined(channel, device, id).await.await
     }
 
     /// Like [`MessagesCenter::ack`], but returns once the ack has its place
@@ -634,7 +601,14 @@ impl MessagesCenter {
             )
             .await?;
         let sub = self.hub.subscribe(&channel, &device);
-        Ok(Session::new(self.clone(), channel, device, sub))
+        Ok(Session::new(
+            self.store.clone(),
+            self.config.inflight,
+            self.stats.clone(),
+            channel,
+            device,
+            sub,
+        ))
     }
 
     fn publish(&self, event: BusEvent) {

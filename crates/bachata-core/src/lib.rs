@@ -20,19 +20,20 @@ mod memory;
 pub mod memstate;
 mod route;
 mod session;
+mod stats;
 mod store;
 
 pub use bus::{Bus, BusEvent};
 pub use center::{
-    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection, Stats,
-    now_millis,
+    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection,
 };
 pub use hook::{FirstAck, PostProcess, Queued};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
+pub use stats::Stats;
 pub use store::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Forgotten, Millis, NewMessage,
-    PendingAck, PendingEnqueue, Seq, Store, StoreError,
+    PendingAck, PendingEnqueue, Seq, Store, StoreError, now_millis,
 };

@@ -24,16 +24,20 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bachata_proto::{Channel, MessageId};
+use bachata_proto::Channel;
 use bytes::Bytes;
 
-use crate::center::{MessagesCenter, now_millis};
 use crate::hub::{Event, Subscription};
-use crate::store::{Device, Entry, Seq, StoreError};
+use crate::stats::Stats;
+use crate::store::{Device, Entry, Seq, Store, StoreError, now_millis};
 
 /// See the module docs.
 pub struct Session {
-    center: Arc<MessagesCenter>,
+    /// Where the channel's log is read and receipts are marked written.
+    store: Arc<dyn Store>,
+    /// Unacked messages outstanding on this connection at most.
+    window: usize,
+    stats: Arc<Stats>,
     channel: Channel,
     device: Device,
     sub: Subscription,
@@ -63,13 +67,17 @@ impl std::fmt::Debug for Session {
 
 impl Session {
     pub(crate) fn new(
-        center: Arc<MessagesCenter>,
+        store: Arc<dyn Store>,
+        window: usize,
+        stats: Arc<Stats>,
         channel: Channel,
         device: Device,
         sub: Subscription,
     ) -> Self {
         Session {
-            center,
+            store,
+            window,
+            stats,
             channel,
             device,
             sub,
@@ -89,10 +97,7 @@ impl Session {
     }
 
     fn room(&self) -> usize {
-        self.center
-            .config
-            .inflight
-            .saturating_sub(self.inflight.len())
+        self.window.saturating_sub(self.inflight.len())
     }
 
     /// True when entries may be waiting in the store and the window has
@@ -119,7 +124,6 @@ impl Session {
             return Ok(Vec::new());
         }
         let entries = self
-            .center
             .store
             .read(
                 &self.channel,
@@ -137,7 +141,6 @@ impl Session {
     /// what the store still has unacked for this device.
     async fn resync_inflight(&mut self) -> Result<(), StoreError> {
         let unacked: BTreeSet<Seq> = self
-            .center
             .store
             .read(&self.channel, &self.device, 0, usize::MAX, now_millis())
             .await?
@@ -156,13 +159,13 @@ impl Session {
         } else {
             self.receipts.push(entry.seq);
         }
-        self.center.stats.delivered.fetch_add(1, Ordering::Relaxed);
+        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         entry.payload
     }
 
     /// Waits for the next hub event. Cancel-safe.
-    pub async fn recv(&mut self) -> Option<Event> {
-        Some(self.sub.inbox.recv().await)
+    pub async fn recv(&mut self) -> Event {
+        self.sub.inbox.recv().await
     }
 
     /// The next hub event if one is already queued.
@@ -197,24 +200,6 @@ impl Session {
         }
     }
 
-    /// Handles a 200 from this connection. Returns once the ack has its
-    /// place in the store's order (so 200s, and the 300s they cause, keep
-    /// their order), with a future that owns what it needs and finishes it
-    /// while the connection goes on reading; it yields the id with the
-    /// outcome.
-    pub async fn ack(
-        &self,
-        id: MessageId,
-    ) -> impl Future<Output = (MessageId, Result<(), StoreError>)> + Send + 'static {
-        // The hub tells every connection of this device, this one included,
-        // which seq the id resolved to.
-        let pending = self
-            .center
-            .ack_pipelined(&self.channel, &self.device, id.clone())
-            .await;
-        async move { (id, pending.await) }
-    }
-
     /// Call after the frames returned so far were written to the socket:
     /// receipts among them count as delivered to this device. `None` when
     /// there is nothing to record; the future can run in the background.
@@ -226,15 +211,10 @@ impl Session {
         }
         let seqs = std::mem::take(&mut self.receipts);
         let (store, channel, device) = (
-            self.center.store.clone(),
+            self.store.clone(),
             self.channel.clone(),
             self.device.clone(),
         );
         Some(async move { store.ack_seqs(&channel, &device, &seqs).await })
-    }
-
-    /// Sent messages still waiting for this device's 200.
-    pub fn inflight(&self) -> usize {
-        self.inflight.len()
     }
 }

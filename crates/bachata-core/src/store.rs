@@ -44,6 +44,13 @@ pub type Device = Option<DeviceId>;
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
+/// Milliseconds since the Unix epoch, now.
+pub fn now_millis() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
 /// What an entry of a channel log is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {

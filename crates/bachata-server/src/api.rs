@@ -31,8 +31,8 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-use crate::app::AppState;
 use crate::config::Config;
+use crate::state::AppState;
 
 /// The `/api` routes, nested by [`crate::app::router`].
 ///
@@ -40,7 +40,7 @@ use crate::config::Config;
 /// only known from the state, so the handler enforces it while reading the
 /// body instead of through a `DefaultBodyLimit` layer (which needs the limit
 /// when the router is built, before the state exists).
-pub fn router() -> Router<Arc<AppState>> {
+pub(crate) fn router() -> Router<Arc<AppState>> {
     Router::new()
         .route("/publish", post(publish))
         .route(
@@ -60,7 +60,7 @@ pub fn router() -> Router<Arc<AppState>> {
 
 /// An error answer: `{"error": code, "reason": text}` with an HTTP status.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub reason: String,
@@ -68,7 +68,7 @@ pub struct ApiError {
 
 /// The JSON body of every error.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
+pub(crate) struct ErrorBody {
     /// A stable code: one of the WebSocket 400 codes (`invalid_json`,
     /// `invalid_message`, `no_route`, `forbidden`, `bad_signature`,
     /// `queue_full`, `store_full`, `rate_limited`, `unavailable`) or an HTTP one
@@ -82,7 +82,7 @@ pub struct ErrorBody {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, code: &'static str, reason: impl Into<String>) -> Self {
         ApiError {
             status,
             code,
@@ -91,7 +91,7 @@ impl ApiError {
     }
 
     /// An error with a wire code of the WebSocket protocol, at its status.
-    pub fn from_code(code: ErrorCode, reason: impl Into<String>) -> Self {
+    pub(crate) fn from_code(code: ErrorCode, reason: impl Into<String>) -> Self {
         ApiError::new(status_of(code), code.as_str(), reason)
     }
 
@@ -110,7 +110,7 @@ impl ApiError {
 }
 
 /// The HTTP status for a wire error code.
-pub fn status_of(code: ErrorCode) -> StatusCode {
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::BadSignature => {
             StatusCode::BAD_REQUEST
@@ -156,7 +156,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The JSON 404 for unknown `/api` paths.
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
@@ -179,7 +179,7 @@ async fn method_not_allowed() -> ApiError {
 /// Proof that the request passed [`authorize`]; the first argument of every
 /// protected handler, so auth runs before anything else is read.
 #[derive(Debug, Clone, Copy)]
-pub struct Authorized;
+pub(crate) struct Authorized;
 
 impl FromRequestParts<Arc<AppState>> for Authorized {
     type Rejection = ApiError;
@@ -198,7 +198,7 @@ impl FromRequestParts<Arc<AppState>> for Authorized {
 /// - without one: 403, except on a server in anonymous mode (no JWT
 ///   configured) that listens on a loopback address, where anyone who can
 ///   reach it could connect as any channel anyway; there the API is open.
-pub fn authorize(config: &Config, header: Option<&HeaderValue>) -> Result<(), ApiError> {
+pub(crate) fn authorize(config: &Config, header: Option<&HeaderValue>) -> Result<(), ApiError> {
     let Some(key) = config.api_key.as_deref() else {
         if config.anonymous() && config.listen.ip().is_loopback() {
             return Ok(());
@@ -261,7 +261,7 @@ fn keys_match(given: &[u8], expected: &[u8]) -> bool {
 #[allow(dead_code, reason = "only describes the body in the OpenAPI document")]
 #[schema(example = json!({"id": "order-42-shipped", "type": "direct", "dest": "bob",
                           "data": {"text": "Your order shipped"}}))]
-pub struct PublishRequest {
+pub(crate) struct PublishRequest {
     /// The message id (1..=128 bytes). With an id the message is stored
     /// durably and delivered until acked; without one it goes only to
     /// connections that are online now, at most once.
@@ -287,7 +287,7 @@ pub struct PublishRequest {
 
 /// A published message.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Published {
+pub(crate) struct Published {
     /// The message id, `null` for a message without id.
     #[schema(required = true, example = "order-42-shipped")]
     pub id: Option<String>,
@@ -299,7 +299,7 @@ pub struct Published {
 
 /// The answer to adding a member.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MemberAdded {
+pub(crate) struct MemberAdded {
     pub group: String,
     pub channel: String,
     /// False when the channel was a member already.
@@ -308,7 +308,7 @@ pub struct MemberAdded {
 
 /// The answer to removing a member.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct MemberRemoved {
+pub(crate) struct MemberRemoved {
     pub group: String,
     pub channel: String,
     /// False when the channel was not a member.
@@ -317,7 +317,7 @@ pub struct MemberRemoved {
 
 /// A group's members.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct GroupMembers {
+pub(crate) struct GroupMembers {
     pub group: String,
     /// Sorted; empty for an unknown group.
     pub members: Vec<String>,
@@ -325,7 +325,7 @@ pub struct GroupMembers {
 
 /// A channel's live connections and pending messages.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ChannelInfo {
+pub(crate) struct ChannelInfo {
     pub channel: String,
     /// Open WebSocket connections of the channel on this server.
     pub online: usize,
@@ -661,7 +661,7 @@ async fn channel_info(
         (name = "meta", description = "This document"),
     )
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// Adds the `api_key` security scheme: `Authorization: Bearer <api key>`.
 struct BearerScheme;

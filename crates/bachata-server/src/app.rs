@@ -1,4 +1,5 @@
-//! The axum application: routes and the state they share.
+//! The axum application: its routes, the demo page's assets, health and
+//! metrics. What the handlers share is in [`crate::state`].
 
 use std::sync::Arc;
 
@@ -7,30 +8,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::get;
-use bachata_core::MessagesCenter;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-
-/// What every handler can reach.
-#[derive(Debug)]
-pub struct AppState {
-    pub config: Config,
-    /// How WebSocket clients prove who they are.
-    pub auth: crate::auth::Auth,
-    pub center: Arc<MessagesCenter>,
-    pub metrics: Metrics,
-    /// Cancelled on shutdown: connections close with 1001.
-    pub shutdown: CancellationToken,
-    /// Every WebSocket task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-}
+use crate::state::AppState;
 
 /// The application: the demo page, `/messages`, the API, health and
 /// metrics, behind the origin and host checks of [`crate::origin`].
-pub fn router(state: Arc<AppState>, origins: crate::origin::OriginPolicy) -> Router {
+pub(crate) fn router(state: Arc<AppState>, origins: crate::origin::OriginPolicy) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/bachata.js", get(bachata_js))
@@ -51,7 +34,7 @@ pub fn router(state: Arc<AppState>, origins: crate::origin::OriginPolicy) -> Rou
 
 /// What a connection beyond `--max-connections` is served
 /// ([`crate::listener`]): health and metrics, and 503 for the rest.
-pub fn overflow_router(state: Arc<AppState>) -> Router {
+pub(crate) fn overflow_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

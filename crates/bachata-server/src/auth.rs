@@ -24,11 +24,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation, decode};
 use serde::Deserialize;
 
 /// Allowed clock difference for `exp` and `nbf`, in seconds.
-pub const LEEWAY_SECS: u64 = 5;
+pub(crate) const LEEWAY_SECS: u64 = 5;
 
 /// A checked connection identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub channel: Channel,
     pub device: Device,
 }
@@ -36,7 +36,7 @@ pub struct Identity {
 /// Why a handshake is refused: the one-line reason of the 401.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Refused(pub String);
+pub(crate) struct Refused(pub String);
 
 /// Why the JWT settings are unusable (a start-up error).
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +64,7 @@ struct Claims {
 
 /// The query parameters of a `/messages` handshake, percent-decoded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct HandshakeQuery {
+pub(crate) struct HandshakeQuery {
     pub channel: Option<String>,
     pub device: Option<String>,
     pub token: Option<String>,
@@ -76,7 +76,7 @@ impl HandshakeQuery {
     /// parameters are ignored. Refuses a value that is not UTF-8 once
     /// decoded (rather than replacing bytes, which would connect a client
     /// to a channel it did not name) and a parameter given twice.
-    pub fn parse(raw: Option<&str>) -> Result<HandshakeQuery, Refused> {
+    pub(crate) fn parse(raw: Option<&str>) -> Result<HandshakeQuery, Refused> {
         let mut query = HandshakeQuery::default();
         for pair in raw.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -103,7 +103,7 @@ impl HandshakeQuery {
 
 /// How this server authenticates WebSocket clients.
 #[derive(Clone)]
-pub enum Auth {
+pub(crate) enum Auth {
     /// `?channel=` (and `?device=`), no proof.
     Anonymous,
     /// A signed JWT.
@@ -136,7 +136,7 @@ fn validation(algorithm: Algorithm) -> Box<Validation> {
 impl Auth {
     /// From the configuration: a secret, a public key file, or neither;
     /// tokens whose `exp` is more than `max_lifetime` ahead are refused.
-    pub fn new(
+    pub(crate) fn new(
         secret: Option<&str>,
         public_key: Option<&Path>,
         max_lifetime: Duration,
@@ -175,7 +175,7 @@ impl Auth {
     }
 
     /// Checks a handshake's query and headers.
-    pub fn identify(
+    pub(crate) fn identify(
         &self,
         query: &HandshakeQuery,
         headers: &HeaderMap,

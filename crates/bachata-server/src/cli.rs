@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 /// How to reach and log in to the server.
 #[derive(Debug, Args)]
-pub struct ConnectArgs {
+pub(crate) struct ConnectArgs {
     /// Server URL.
     #[arg(long, env = "BACHATA_URL", default_value = "ws://127.0.0.1:8000")]
     pub url: String,
@@ -55,7 +55,7 @@ impl ConnectArgs {
 
 /// `bachata send`
 #[derive(Debug, Args)]
-pub struct SendArgs {
+pub(crate) struct SendArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Destination channel (a direct message).
@@ -82,7 +82,7 @@ pub struct SendArgs {
 
 /// `bachata listen`
 #[derive(Debug, Args)]
-pub struct ListenArgs {
+pub(crate) struct ListenArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
     /// Exit after this many messages.
@@ -95,7 +95,7 @@ pub struct ListenArgs {
 
 /// A failed command and its exit code.
 #[derive(Debug)]
-pub struct Failed {
+pub(crate) struct Failed {
     pub code: i32,
     pub message: String,
 }
@@ -119,7 +119,7 @@ fn usage(message: String) -> Failed {
     Failed { code: 2, message }
 }
 
-pub async fn send(args: SendArgs) -> Result<(), Failed> {
+pub(crate) async fn send(args: SendArgs) -> Result<(), Failed> {
     let data: Value = if args.json {
         serde_json::from_str(&args.text).map_err(|e| usage(format!("TEXT is not JSON: {e}")))?
     } else {
@@ -146,7 +146,7 @@ pub async fn send(args: SendArgs) -> Result<(), Failed> {
     Ok(())
 }
 
-pub async fn listen(args: ListenArgs) -> Result<(), Failed> {
+pub(crate) async fn listen(args: ListenArgs) -> Result<(), Failed> {
     let mut config = args.connect.config();
     config.auto_ack = !args.no_ack;
     config.max_reconnects = None;

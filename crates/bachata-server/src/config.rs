@@ -144,7 +144,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 /// A size in bytes: an integer, or text with a unit (`512MiB`, `2GB`,
 /// `64k`: powers of 1024 with or without `i`, so `1MB` is 1 MiB).
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_byte_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -311,7 +311,7 @@ pub struct ServeArgs {
 /// `--max-retained-bytes` when unset: a quarter of the memory this process
 /// may use (the machine's, or its container's cgroup limit when lower), or
 /// 1 GiB when neither can be read.
-pub fn default_max_retained_bytes() -> u64 {
+pub(crate) fn default_max_retained_bytes() -> u64 {
     memory_limit().map_or(1 << 30, |bytes| bytes / 4)
 }
 
@@ -341,11 +341,11 @@ fn memory_limit() -> Option<u64> {
 
 /// Deepest `max_json_depth`: serde_json's own nesting limit, which the
 /// duplicate-key walk of nested values runs under.
-pub const MAX_JSON_DEPTH: usize = 128;
+pub(crate) const MAX_JSON_DEPTH: usize = 128;
 
 /// Shortest HS256 secret accepted without `--insecure` (RFC 7518 section
 /// 3.2: a key of at least the hash's size, 256 bits).
-pub const MIN_JWT_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 
 /// A setting that could not be read or makes no sense.
 #[derive(Debug, thiserror::Error)]

@@ -5,15 +5,16 @@
 //! parses the command line and waits for a signal. Tests start servers on
 //! port 0 through the same function.
 
-pub mod api;
-pub mod app;
-pub mod auth;
-pub mod config;
-pub mod listener;
-pub mod metrics;
-pub mod origin;
-pub mod webhook;
-pub mod ws;
+mod api;
+mod app;
+mod auth;
+mod config;
+mod listener;
+mod metrics;
+mod origin;
+mod state;
+mod webhook;
+mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,10 +27,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use auth::KeyError;
 pub use config::{Config, ConfigError, ServeArgs, StoreKind};
+pub use listener::raise_open_file_limit;
 
-use crate::app::AppState;
 use crate::metrics::Metrics;
+use crate::state::AppState;
 
 /// How long shutdown waits for connections to close before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);

@@ -56,18 +56,18 @@ use tower::ServiceExt;
 
 /// Connections beyond `--max-connections` that may wait for a health check
 /// at once.
-pub const OVERFLOW: usize = 32;
+pub(crate) const OVERFLOW: usize = 32;
 
 /// How long an overflow connection has to send its request.
-pub const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const OVERFLOW_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// File descriptors kept out of `--max-connections`: the overflow pool,
 /// the store's files, Redis and webhook connections, the listener, stdio.
-pub const RESERVED_FDS: u64 = OVERFLOW as u64 + 96;
+pub(crate) const RESERVED_FDS: u64 = OVERFLOW as u64 + 96;
 
 /// Connections at most when `--max-connections` is not set, before the
 /// open-file limit is taken into account.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// A request's head (line and headers) may not be larger than this.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -76,7 +76,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The soft limit on open files of this process, if it has one.
-pub fn open_file_limit() -> Option<u64> {
+pub(crate) fn open_file_limit() -> Option<u64> {
     rustix::process::getrlimit(rustix::process::Resource::Nofile).current
 }
 
@@ -101,7 +101,10 @@ pub fn raise_open_file_limit() -> Option<u64> {
 /// `--max-connections` as it applies: the configured value, which must fit
 /// in the open-file limit with [`RESERVED_FDS`] to spare, or by default
 /// [`DEFAULT_MAX_CONNECTIONS`] lowered to fit.
-pub fn max_connections(configured: Option<usize>, fd_limit: Option<u64>) -> Result<usize, String> {
+pub(crate) fn max_connections(
+    configured: Option<usize>,
+    fd_limit: Option<u64>,
+) -> Result<usize, String> {
     let room = fd_limit.map(|limit| limit.saturating_sub(RESERVED_FDS));
     let room = room.map_or(usize::MAX, |r| usize::try_from(r).unwrap_or(usize::MAX));
     match configured {
@@ -138,7 +141,7 @@ pub(crate) struct Listener {
 
 impl Listener {
     /// Accepts until shutdown.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let slots = Arc::new(Semaphore::new(self.max_connections));
         let overflow = Arc::new(OverflowPool::default());
         let mut out_of_fds_logged = false;

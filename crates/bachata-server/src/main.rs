@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             // Before the limit is read for --max-connections: the soft
             // limit is often 1024 where the hard one is far higher.
-            bachata_server::listener::raise_open_file_limit();
+            bachata_server::raise_open_file_limit();
             let config = Config::load(&args).context("invalid configuration")?;
             runtime()?.block_on(serve(config))
         }

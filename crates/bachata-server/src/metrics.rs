@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 
 /// Metrics of one server.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Durable commits of the store, in seconds.
     pub commit_seconds: Histogram,
@@ -124,7 +124,7 @@ impl Collector for CenterCollector {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::default();
         let commit_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 16));
         registry.register(
@@ -182,18 +182,18 @@ impl Metrics {
     }
 
     /// Adds the center's counters; called once the center exists.
-    pub fn watch(&mut self, center: Arc<MessagesCenter>) {
+    pub(crate) fn watch(&mut self, center: Arc<MessagesCenter>) {
         self.registry
             .register_collector(Box::new(CenterCollector(center)));
     }
 
     /// A callback for the store to report each commit.
-    pub fn commit_observer(&self) -> impl Fn(Duration, usize) + Send + Sync + 'static {
+    pub(crate) fn commit_observer(&self) -> impl Fn(Duration, usize) + Send + Sync + 'static {
         let histogram = self.commit_seconds.clone();
         move |took, _requests| histogram.observe(took.as_secs_f64())
     }
 
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             tracing::error!(error = %e, "cannot encode metrics");

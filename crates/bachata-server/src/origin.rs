@@ -29,7 +29,7 @@ use axum::response::{IntoResponse, Response};
 /// A browser origin: scheme, host and port (the default port of the scheme
 /// when the text has none).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
+pub(crate) struct Origin {
     scheme: String,
     host: String,
     port: u16,
@@ -45,7 +45,7 @@ fn default_port(scheme: &str) -> Option<u16> {
 
 impl Origin {
     /// Reads `scheme://host[:port]` (what browsers send; no path).
-    pub fn parse(text: &str) -> Result<Origin, String> {
+    pub(crate) fn parse(text: &str) -> Result<Origin, String> {
         let invalid = || format!("invalid origin {text:?}; write it like https://chat.example.com");
         let (scheme, rest) = text.split_once("://").ok_or_else(invalid)?;
         let scheme = scheme.to_ascii_lowercase();
@@ -71,7 +71,7 @@ impl Origin {
 
 /// `--allowed-origins`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowedOrigins {
+pub(crate) enum AllowedOrigins {
     /// `*`: any origin.
     All,
     List(Vec<Origin>),
@@ -79,7 +79,7 @@ pub enum AllowedOrigins {
 
 impl AllowedOrigins {
     /// Reads a comma list of origins, or `*`.
-    pub fn parse(list: &str) -> Result<AllowedOrigins, String> {
+    pub(crate) fn parse(list: &str) -> Result<AllowedOrigins, String> {
         let items: Vec<&str> = list
             .split(',')
             .map(str::trim)
@@ -109,7 +109,7 @@ impl AllowedOrigins {
 
 /// What the guard checks, from the configuration.
 #[derive(Debug, Clone)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     pub allowed: AllowedOrigins,
     /// Refuse a `Host` that is not loopback (anonymous mode on loopback).
     pub loopback_hosts_only: bool,
@@ -159,7 +159,7 @@ fn guarded(path: &str) -> bool {
 }
 
 /// The middleware: see the module docs.
-pub async fn guard(
+pub(crate) async fn guard(
     State(policy): State<Arc<OriginPolicy>>,
     request: Request,
     next: Next,

@@ -41,28 +41,28 @@ use crate::metrics::Metrics;
 
 /// Messages whose timers wait in the queue between the hook and the timer
 /// task. When it is full, new timers are dropped (and counted as failed).
-pub const QUEUE_CAPACITY: usize = 65_536;
+pub(crate) const QUEUE_CAPACITY: usize = 65_536;
 
 /// Messages whose timers the timer task holds at once. When it holds this
 /// many, it stops taking from the queue, which then fills up: memory stays
 /// bounded however fast messages come.
-pub const MAX_TIMERS: usize = 1 << 19;
+pub(crate) const MAX_TIMERS: usize = 1 << 19;
 
 /// POSTs in flight at once. A due timer waits for a free slot.
-pub const MAX_CONCURRENT_POSTS: usize = 64;
+pub(crate) const MAX_CONCURRENT_POSTS: usize = 64;
 
 /// Timeout of one POST attempt, connection included.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Attempts per POST (the first one and four retries).
-pub const ATTEMPTS: u32 = 5;
+pub(crate) const ATTEMPTS: u32 = 5;
 
 /// The first retry delay, at most; it doubles on each retry.
-pub const MAX_BASE_BACKOFF: Duration = Duration::from_millis(500);
+pub(crate) const MAX_BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// The webhook cannot be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum WebhookError {
+pub(crate) enum WebhookError {
     #[error("undelivered_webhook is not a valid URL: {0}")]
     Url(String),
     #[error("cannot build the HTTP client for undelivered_webhook: {0}")]
@@ -133,7 +133,7 @@ struct Poster {
 /// The hook. Dropping it (with the center, on shutdown) stops the timer
 /// task and abandons the POSTs in flight.
 #[derive(Debug)]
-pub struct UndeliveredWebhook {
+pub(crate) struct UndeliveredWebhook {
     tx: mpsc::Sender<Timer>,
     after: Duration,
     failed: Counter,
@@ -146,7 +146,7 @@ impl UndeliveredWebhook {
     /// Starts the timer task. `store` must be the store the center uses;
     /// `metrics` receives `bachata_webhook_sent` and `bachata_webhook_failed`.
     /// Needs a tokio runtime.
-    pub fn new(
+    pub(crate) fn new(
         url: &str,
         after: Duration,
         store: Arc<dyn Store>,

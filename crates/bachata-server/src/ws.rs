@@ -24,26 +24,26 @@ use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStr
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
-use crate::app::AppState;
 use crate::auth::{HandshakeQuery, Identity};
+use crate::state::AppState;
 
 /// Close codes used by the server.
-pub mod close {
+pub(crate) mod close {
     /// The server is shutting down.
-    pub const GOING_AWAY: u16 = 1001;
+    pub(crate) const GOING_AWAY: u16 = 1001;
     /// A frame that broke the WebSocket protocol.
-    pub const PROTOCOL: u16 = 1002;
+    pub(crate) const PROTOCOL: u16 = 1002;
     /// A binary frame that is not UTF-8.
-    pub const INVALID_DATA: u16 = 1007;
+    pub(crate) const INVALID_DATA: u16 = 1007;
     /// Too many frames the server could not read (contract section 3: "for
     /// abuse, a close with 1008").
-    pub const POLICY: u16 = 1008;
+    pub(crate) const POLICY: u16 = 1008;
     /// A frame larger than `--max-frame-bytes`.
-    pub const TOO_BIG: u16 = 1009;
+    pub(crate) const TOO_BIG: u16 = 1009;
     /// The store failed while registering the connection.
-    pub const INTERNAL: u16 = 1011;
+    pub(crate) const INTERNAL: u16 = 1011;
     /// The client did not read its messages in time.
-    pub const SLOW_CONSUMER: u16 = 4008;
+    pub(crate) const SLOW_CONSUMER: u16 = 4008;
 }
 
 /// Bytes read from a socket at a time.
@@ -80,7 +80,7 @@ fn unauthorized(reason: &str) -> Response {
 /// `GET /messages?channel=<id>[&device=<id>]` or `?token=<jwt>`: checks
 /// who connects before the upgrade, so a refused client gets a plain HTTP
 /// 401 with a reason.
-pub async fn upgrade(
+pub(crate) async fn upgrade(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
@@ -181,7 +181,7 @@ enum Wake {
     Background(Background),
     Frame(Option<Result<Message, axum::Error>>),
     PingTick,
-    Hub(Option<Event>),
+    Hub(Event),
     Shutdown,
     /// The buffered frames were flushed (or the flush failed or timed out).
     Flushed(Result<Result<(), axum::Error>, tokio::time::error::Elapsed>),
@@ -584,8 +584,7 @@ impl Connection {
                     }
                     self.send([Message::Ping(Bytes::new())]).await
                 }
-                Wake::Hub(Some(event)) => self.on_events(event).await,
-                Wake::Hub(None) => Ok(()),
+                Wake::Hub(event) => self.on_events(event).await,
                 Wake::Shutdown => {
                     return Closing::Close(close::GOING_AWAY, "server shutting down");
                 }
@@ -694,11 +693,18 @@ impl Connection {
             }
             Ok(Inbound::Pong) => None,
             Ok(Inbound::Ack(id)) => {
-                let ack = self.session.ack(id).await;
-                self.background.push(Box::pin(async move {
-                    let (id, result) = ack.await;
-                    Background::Acked(id, result)
-                }));
+                // The ack takes its place in the store's order now (so 200s,
+                // and the 300s they cause, keep their order) and finishes
+                // while this connection goes on reading. The hub tells
+                // every connection of this device, this one included,
+                // which seq the id resolved to.
+                let done = self
+                    .app
+                    .center
+                    .ack_pipelined(self.session.channel(), self.session.device(), id.clone())
+                    .await;
+                self.background
+                    .push(Box::pin(async move { Background::Acked(id, done.await) }));
                 None
             }
             Ok(Inbound::Data(msg)) if self.rate.as_ref().is_some_and(|r| r.check().is_err()) => {

@@ -21,7 +21,7 @@ use bytes::Bytes;
 
 const VERSION: u8 = 1;
 
-pub fn encode(entry: &StoredEntry) -> Vec<u8> {
+pub(crate) fn encode(entry: &StoredEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + entry.payload.len());
     encode_into(entry, &mut out);
     out
@@ -92,7 +92,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-pub fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
+pub(crate) fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
     if version != VERSION {
@@ -121,21 +121,21 @@ pub fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
 }
 
 mod tag {
-    pub const PUT_ENTRY: u8 = 1;
-    pub const DEL_ENTRY: u8 = 2;
-    pub const PUT_ACK: u8 = 3;
-    pub const PUT_DEVICE: u8 = 4;
-    pub const PUT_DEDUPE: u8 = 5;
+    pub(super) const PUT_ENTRY: u8 = 1;
+    pub(super) const DEL_ENTRY: u8 = 2;
+    pub(super) const PUT_ACK: u8 = 3;
+    pub(super) const PUT_DEVICE: u8 = 4;
+    pub(super) const PUT_DEDUPE: u8 = 5;
     /// No longer written (see `decode_changes`).
-    pub const DEL_DEDUPE: u8 = 6;
-    pub const PUT_MEMBER: u8 = 7;
-    pub const DEL_MEMBER: u8 = 8;
-    pub const DEL_DEVICE: u8 = 9;
-    pub const DEL_CHANNEL: u8 = 10;
+    pub(super) const DEL_DEDUPE: u8 = 6;
+    pub(super) const PUT_MEMBER: u8 = 7;
+    pub(super) const DEL_MEMBER: u8 = 8;
+    pub(super) const DEL_DEVICE: u8 = 9;
+    pub(super) const DEL_CHANNEL: u8 = 10;
 }
 
 /// Appends the encoding of `changes` (one `wal` row) to `out`.
-pub fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
+pub(crate) fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
     out.push(VERSION);
     for change in changes {
         match change {
@@ -217,7 +217,7 @@ pub fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
 }
 
 /// Decodes one `wal` row, calling `f` with each change in order.
-pub fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), String> {
+pub(crate) fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), String> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
     if version != VERSION {
@@ -298,7 +298,7 @@ pub fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), Str
 
 /// Encodes a dedupe segment: `u8 version (1)`, then per record the sender
 /// and the id as strings and the deadline as `u64 LE`.
-pub fn encode_dedupe(records: &[(String, MessageId, u64)]) -> Vec<u8> {
+pub(crate) fn encode_dedupe(records: &[(String, MessageId, u64)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + records.len() * 32);
     out.push(VERSION);
     for (sender, id, until) in records {
@@ -310,7 +310,10 @@ pub fn encode_dedupe(records: &[(String, MessageId, u64)]) -> Vec<u8> {
 }
 
 /// Decodes a dedupe segment, calling `f` with each record.
-pub fn decode_dedupe(bytes: &[u8], mut f: impl FnMut(&str, MessageId, u64)) -> Result<(), String> {
+pub(crate) fn decode_dedupe(
+    bytes: &[u8],
+    mut f: impl FnMut(&str, MessageId, u64),
+) -> Result<(), String> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
     if version != VERSION {

@@ -37,12 +37,12 @@ const HEADER: usize = 8;
 const MAX_RECORD: usize = 1 << 30;
 
 /// The file of generation `generation` in `dir`.
-pub fn path(dir: &Path, generation: u64) -> PathBuf {
+pub(crate) fn path(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("wal-{generation:016x}.log"))
 }
 
 /// The generations of the log files in `dir`, in order.
-pub fn generations(dir: &Path) -> io::Result<Vec<u64>> {
+pub(crate) fn generations(dir: &Path) -> io::Result<Vec<u64>> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -61,7 +61,7 @@ pub fn generations(dir: &Path) -> io::Result<Vec<u64>> {
 
 /// A log file open for appending.
 #[derive(Debug)]
-pub struct LogFile {
+pub(crate) struct LogFile {
     file: File,
     generation: u64,
     /// Bytes of complete, synced records.
@@ -72,7 +72,7 @@ pub struct LogFile {
 impl LogFile {
     /// Creates the (empty) file of `generation` and makes its name durable,
     /// so that records synced to it survive a crash.
-    pub fn create(dir: &Path, generation: u64) -> io::Result<Self> {
+    pub(crate) fn create(dir: &Path, generation: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
             .create(true)
             .truncate(true)
@@ -87,14 +87,14 @@ impl LogFile {
         })
     }
 
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation
     }
 
     /// Appends one record and syncs it. On error the file is cut back to
     /// its last complete record (a half-written record in the middle would
     /// hide the ones after it from recovery).
-    pub fn append(&mut self, payload: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, payload: &[u8]) -> io::Result<()> {
         let len = u32::try_from(payload.len())
             .ok()
             .filter(|len| *len as usize <= MAX_RECORD)
@@ -126,7 +126,10 @@ impl LogFile {
 
 /// Calls `f` with each complete record of the file, in order. Returns the
 /// number of records read; a torn or corrupt tail ends the reading.
-pub fn read(path: &Path, mut f: impl FnMut(&[u8]) -> Result<(), String>) -> Result<u64, String> {
+pub(crate) fn read(
+    path: &Path,
+    mut f: impl FnMut(&[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut file| file.read_to_end(&mut bytes))

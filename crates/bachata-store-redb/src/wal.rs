@@ -63,9 +63,9 @@ pub(crate) const DEDUPE_SEGMENTS: TableDefinition<(u64, u64), &[u8]> =
     TableDefinition::new("dedupe_segments");
 
 /// Longest time between checkpoints while commits happen.
-pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Log bytes after which a checkpoint comes early.
-pub const CHECKPOINT_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const CHECKPOINT_BYTES: usize = 64 * 1024 * 1024;
 
 /// An entry's fate since the last checkpoint.
 enum EntryOp {
@@ -91,7 +91,7 @@ enum NextSeq {
 /// The folded effect of the changes since the last checkpoint. See the
 /// module docs.
 #[derive(Default)]
-pub struct Overlay {
+pub(crate) struct Overlay {
     entries: HashMap<(Channel, Seq), EntryOp>,
     /// Acks of entries older than the last checkpoint. `true`: put;
     /// `false`: delete.
@@ -115,7 +115,7 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries.is_empty()
             && self.acks.is_empty()
             && self.devices.is_empty()
@@ -127,7 +127,7 @@ impl Overlay {
     }
 
     /// Folds one committed change in.
-    pub fn fold(&mut self, change: Change) {
+    pub(crate) fn fold(&mut self, change: Change) {
         match change {
             Change::PutEntry {
                 channel,
@@ -208,7 +208,11 @@ impl Overlay {
     /// Writes the overlay to the tables and records that they now cover
     /// every log file before `next_generation`, in one transaction. The
     /// overlay is left as it was; clear it on success.
-    pub fn checkpoint(&self, db: &Database, next_generation: u64) -> Result<(), redb::Error> {
+    pub(crate) fn checkpoint(
+        &self,
+        db: &Database,
+        next_generation: u64,
+    ) -> Result<(), redb::Error> {
         let txn = db.begin_write()?;
         {
             txn.open_table(META)?
@@ -304,7 +308,7 @@ fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
 /// Folds the log left by a crash (or by a checkpoint that failed) into the
 /// tables, and deletes the log files they then cover. Call before reading
 /// the tables. Returns the generation of the next log file to write.
-pub fn recover(db: &Database, dir: &Path) -> Result<u64, RecoverError> {
+pub(crate) fn recover(db: &Database, dir: &Path) -> Result<u64, RecoverError> {
     let mut overlay = Overlay::default();
     let covered = {
         let txn = db.begin_read()?;
@@ -354,7 +358,7 @@ pub fn recover(db: &Database, dir: &Path) -> Result<u64, RecoverError> {
 /// Deletes the log files before `next` (the tables cover them). A file
 /// that cannot be deleted now is ignored by recovery and tried again at the
 /// next checkpoint.
-pub fn remove_covered(dir: &Path, next: u64) {
+pub(crate) fn remove_covered(dir: &Path, next: u64) {
     let Ok(generations) = logfile::generations(dir) else {
         return;
     };
@@ -367,7 +371,7 @@ pub fn remove_covered(dir: &Path, next: u64) {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RecoverError {
+pub(crate) enum RecoverError {
     #[error(transparent)]
     Redb(#[from] redb::Error),
     #[error("{log} is corrupt: {reason}")]

@@ -38,7 +38,7 @@ pub(crate) struct Scripts {
 }
 
 impl Scripts {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Scripts {
             reserve: script!("cluster_reserve.lua"),
             append: script!("cluster_append.lua"),
@@ -84,7 +84,7 @@ pub(crate) struct RetainedView {
 }
 
 impl RetainedView {
-    pub fn get(&self) -> u64 {
+    pub(crate) fn get(&self) -> u64 {
         u64::try_from(self.total.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
     }
 

@@ -30,12 +30,12 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Conn::Cluster(_))
     }
 
     /// The cluster connection, in cluster mode.
-    pub fn cluster(&self) -> Option<ClusterConnection> {
+    pub(crate) fn cluster(&self) -> Option<ClusterConnection> {
         match self {
             Conn::Cluster(c) => Some(c.clone()),
             Conn::Standalone(_) => None,
@@ -75,7 +75,7 @@ impl ConnectionLike for Conn {
 /// for any other URL. `redis+cluster://[user:password@]h1:p1,h2:p2/`: the
 /// credentials, if any, apply to every node; a path (a database) is refused,
 /// as Redis Cluster has only database 0.
-pub fn cluster_seeds(url: &str) -> Result<Option<Vec<String>>, RedisStoreError> {
+pub(crate) fn cluster_seeds(url: &str) -> Result<Option<Vec<String>>, RedisStoreError> {
     let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
         return Ok(None);
     };

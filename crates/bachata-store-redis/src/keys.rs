@@ -79,11 +79,11 @@ pub(crate) struct ChannelKeys {
 }
 
 impl ChannelKeys {
-    pub fn new(channel: &Channel) -> Self {
+    pub(crate) fn new(channel: &Channel) -> Self {
         Self::from_tag(tag(channel))
     }
 
-    pub fn from_tag(tag: String) -> Self {
+    pub(crate) fn from_tag(tag: String) -> Self {
         let p = format!("{PREFIX}{{{tag}}}:");
         ChannelKeys {
             seq: format!("{p}seq"),
@@ -100,7 +100,7 @@ impl ChannelKeys {
     }
 
     /// The eight keys in script order.
-    pub fn all(&self) -> [&str; 8] {
+    pub(crate) fn all(&self) -> [&str; 8] {
         [
             &self.seq,
             &self.log,

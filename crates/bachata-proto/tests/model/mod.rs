@@ -8,7 +8,7 @@ use bachata_proto::{Inbound, Limits, ProtoError, parse_frame};
 
 /// A JSON value; objects may repeat keys, which the parser must refuse.
 #[derive(Debug, Clone)]
-pub enum Json {
+pub(crate) enum Json {
     Null,
     Bool(bool),
     Int(i64),
@@ -20,7 +20,7 @@ pub enum Json {
 /// An object key; `escaped` writes its first character as a `\u` escape, so
 /// `"a"` and `"\u0061"` are the same key in two spellings.
 #[derive(Debug, Clone)]
-pub struct Key {
+pub(crate) struct Key {
     pub name: String,
     pub escaped: bool,
 }
@@ -43,7 +43,7 @@ fn push_str(out: &mut String, s: &str, escape_first: bool) {
 }
 
 impl Json {
-    pub fn render(&self, out: &mut String) {
+    pub(crate) fn render(&self, out: &mut String) {
         match self {
             Json::Null => out.push_str("null"),
             Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
@@ -75,7 +75,7 @@ impl Json {
     }
 
     /// Nesting depth: 0 for a scalar, 1 for `[]` or `{}`.
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         match self {
             Json::Arr(items) => 1 + items.iter().map(Json::depth).max().unwrap_or(0),
             Json::Obj(fields) => 1 + fields.iter().map(|(_, v)| v.depth()).max().unwrap_or(0),
@@ -84,7 +84,7 @@ impl Json {
     }
 
     /// Whether some object in the tree repeats a key.
-    pub fn repeats_a_key(&self) -> bool {
+    pub(crate) fn repeats_a_key(&self) -> bool {
         match self {
             Json::Arr(items) => items.iter().any(Json::repeats_a_key),
             Json::Obj(fields) => {
@@ -100,7 +100,7 @@ impl Json {
 }
 
 /// A data message frame carrying `data`.
-pub fn frame(data: &Json) -> String {
+pub(crate) fn frame(data: &Json) -> String {
     let mut text = String::from(r#"{"type":"t","data":"#);
     data.render(&mut text);
     text.push('}');
@@ -110,7 +110,7 @@ pub fn frame(data: &Json) -> String {
 /// Parses the frame of `data` with `max_depth` and compares the answer with
 /// the model: too deep is `invalid_json`, else a repeated key anywhere is
 /// `DuplicateKey`, else the message comes back with `data` verbatim.
-pub fn check(data: &Json, max_depth: usize) -> Result<(), String> {
+pub(crate) fn check(data: &Json, max_depth: usize) -> Result<(), String> {
     let text = frame(data);
     let answer = parse_frame(&text, &Limits { max_depth });
     // The message object itself is level 1.

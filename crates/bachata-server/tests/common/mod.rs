@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 
 use bachata_server::{Config, RunningServer, StoreKind};
 
-pub fn config() -> Config {
+pub(crate) fn config() -> Config {
     Config {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         store: StoreKind::Memory,
@@ -20,20 +20,20 @@ pub fn config() -> Config {
     }
 }
 
-pub struct TestServer {
+pub(crate) struct TestServer {
     pub server: RunningServer,
     /// Keeps the data directory alive as long as the server.
     pub dir: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.server.addr()
     }
 }
 
 /// A server on the memory store, with `tweak` applied to its config.
-pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+pub(crate) async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = config();
     tweak(&mut config);
     let dir = if config.store == StoreKind::Embedded {
@@ -48,7 +48,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> TestServer {
 }
 
 /// A server on the Redis store at `redis`.
-pub async fn start_on_redis(redis: &bachata_testkit::redis::RedisServer) -> TestServer {
+pub(crate) async fn start_on_redis(redis: &bachata_testkit::redis::RedisServer) -> TestServer {
     let url = redis.url();
     start_with(move |c| {
         c.store = StoreKind::Redis;
@@ -57,25 +57,25 @@ pub async fn start_on_redis(redis: &bachata_testkit::redis::RedisServer) -> Test
     .await
 }
 
-pub async fn start() -> TestServer {
+pub(crate) async fn start() -> TestServer {
     start_with(|_| {}).await
 }
 
-pub async fn start_embedded() -> TestServer {
+pub(crate) async fn start_embedded() -> TestServer {
     start_with(|c| c.store = StoreKind::Embedded).await
 }
 
-pub const SHORT: Duration = Duration::from_millis(300);
+pub(crate) const SHORT: Duration = Duration::from_millis(300);
 
 /// Starts a real `bachata serve` process on a free loopback port with extra
 /// `args`; returns the process and the address it printed when it began
 /// accepting connections.
-pub async fn spawn_bachata(args: &[String]) -> (Child, std::net::SocketAddr) {
+pub(crate) async fn spawn_bachata(args: &[String]) -> (Child, std::net::SocketAddr) {
     spawn_bachata_env(args, &[]).await
 }
 
 /// [`spawn_bachata`] with extra environment variables.
-pub async fn spawn_bachata_env(
+pub(crate) async fn spawn_bachata_env(
     args: &[String],
     envs: &[(&str, &str)],
 ) -> (Child, std::net::SocketAddr) {
@@ -110,7 +110,7 @@ pub async fn spawn_bachata_env(
     (child, addr)
 }
 
-pub async fn kill9(mut child: Child) {
+pub(crate) async fn kill9(mut child: Child) {
     child.start_kill().expect("SIGKILL");
     tokio::time::timeout(WAIT, child.wait())
         .await
@@ -119,7 +119,7 @@ pub async fn kill9(mut child: Child) {
 }
 
 /// SIGTERM, then waits for the exit (within the contract's 10 s).
-pub async fn terminate(mut child: Child) -> std::process::ExitStatus {
+pub(crate) async fn terminate(mut child: Child) -> std::process::ExitStatus {
     let pid = child.id().expect("running").to_string();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid])

@@ -6,12 +6,12 @@ use bachata_proto::{Channel, MessageId};
 use bachata_store_redb::RedbStore;
 use bytes::Bytes;
 
-pub fn ch(name: &str) -> Channel {
+pub(crate) fn ch(name: &str) -> Channel {
     Channel::new(name).expect("channel")
 }
 
 /// A direct message `id` from alice to bob, never expiring.
-pub fn message(id: &str) -> NewMessage {
+pub(crate) fn message(id: &str) -> NewMessage {
     NewMessage {
         sender: Some(ch("alice")),
         id: MessageId::new(id).expect("id"),
@@ -27,7 +27,7 @@ pub fn message(id: &str) -> NewMessage {
 }
 
 /// The seqs `channel`'s default device has not acked.
-pub async fn seqs(store: &RedbStore, channel: &str) -> Vec<u64> {
+pub(crate) async fn seqs(store: &RedbStore, channel: &str) -> Vec<u64> {
     store
         .read(&ch(channel), &None, 0, usize::MAX, 3)
         .await
@@ -38,7 +38,7 @@ pub async fn seqs(store: &RedbStore, channel: &str) -> Vec<u64> {
 }
 
 /// Closes the store as a crash would after its last synced record.
-pub fn crash(store: RedbStore) {
+pub(crate) fn crash(store: RedbStore) {
     store.close_as_if_crashed();
     drop(store);
 }

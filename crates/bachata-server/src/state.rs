@@ -1,0 +1,27 @@
+//! What every handler of the application can reach, in a module of its
+//! own so that the router (`app.rs`) and the handlers (`api.rs`, `ws.rs`)
+//! all depend on it and not on each other.
+
+use std::sync::Arc;
+
+use bachata_core::MessagesCenter;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    /// How WebSocket clients prove who they are.
+    pub(crate) auth: Auth,
+    pub(crate) center: Arc<MessagesCenter>,
+    pub(crate) metrics: Metrics,
+    /// Cancelled on shutdown: connections close with 1001.
+    pub(crate) shutdown: CancellationToken,
+    /// Every WebSocket task, so shutdown can wait for them.
+    pub(crate) tracker: TaskTracker,
+}
