@@ -105,15 +105,9 @@ enum Cmd {
 
 #[derive(Debug, clap::Args)]
 struct PairsArgs {
-    /// Run against this server (`ws://127.0.0.1:8000`) instead of spawning.
-    #[arg(long, conflicts_with = "spawn")]
-    url: Option<String>,
-    /// Spawn this `bachata` binary (and a null relay) and measure both.
-    #[arg(long)]
-    spawn: Option<PathBuf>,
-    /// Store for the spawned server.
-    #[arg(long, default_value = "embedded")]
-    store: String,
+    /// With `--spawn`, a null relay is spawned and measured too.
+    #[command(flatten)]
+    target: Target,
     #[arg(long, default_value_t = 50)]
     pairs: usize,
     #[arg(long, default_value_t = 64)]
@@ -126,12 +120,9 @@ struct PairsArgs {
     /// Upper bound on messages per pair.
     #[arg(long, default_value_t = 1_000_000)]
     max_per_pair: u64,
-    /// Print one JSON object instead of a table.
-    #[arg(long)]
-    json: bool,
 }
 
-/// Where the `fanout` and `reconnect` scenarios run.
+/// Where the `pairs`, `fanout` and `reconnect` scenarios run.
 #[derive(Debug, clap::Args)]
 struct Target {
     /// Run against this server (`ws://127.0.0.1:8000`) instead of spawning.
@@ -376,7 +367,7 @@ async fn measure(
         max_per_pair: args.max_per_pair,
         // A server at --url may have seen this bench before: ids it still
         // remembers (dedupe window) would get a 100 and no delivery.
-        prefix: if args.url.is_some() {
+        prefix: if args.target.url.is_some() {
             fresh_prefix(target)
         } else {
             format!("{target}-")
@@ -419,10 +410,11 @@ fn print(m: &Measured) {
 
 async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
     let mut results = Vec::new();
-    if let Some(url) = &args.url {
+    let target = &args.target;
+    if let Some(url) = &target.url {
         results.push(measure("server", url, None, &args).await?);
     } else {
-        let bachata = args.spawn.clone().context("give --url or --spawn")?;
+        let bachata = target.spawn.clone().context("give --url or --spawn")?;
         let mut relay_cmd = Command::new(std::env::current_exe()?);
         relay_cmd.arg("null-relay");
         let (relay, relay_addr) = spawn(relay_cmd, "listening ", false).await?;
@@ -431,14 +423,14 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         let dir = tempfile::tempdir()?;
         let mut server_cmd = Command::new(bachata);
         server_cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", &args.store])
+            .args(["serve", "--listen", "127.0.0.1:0", "--store", &target.store])
             .arg("--data-dir")
             .arg(dir.path())
             .env("BACHATA_LOG", "warn,bachata_server=info");
         let (server, addr) = spawn(server_cmd, "addr=", true).await?;
         results.push(
             measure(
-                &format!("bachata-{}", args.store),
+                &format!("bachata-{}", target.store),
                 &format!("ws://{addr}"),
                 server.id(),
                 &args,
@@ -448,7 +440,7 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         drop(server);
     }
     let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
-    if args.json {
+    if target.json {
         println!("{}", serde_json::to_string_pretty(&results)?);
     } else {
         for m in &results {

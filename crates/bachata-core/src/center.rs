@@ -74,11 +74,7 @@ impl Rejection {
 
     /// The 400 frame.
     pub fn to_frame(&self) -> String {
-        bachata_proto::rejected(
-            self.id.as_ref().map(MessageId::as_str),
-            self.code,
-            &self.reason,
-        )
+        bachata_proto::rejected(self.id.as_ref(), self.code, &self.reason)
     }
 }
 
@@ -532,7 +528,7 @@ impl MessagesCenter {
         AckRequest {
             channel: channel.clone(),
             device: device.clone(),
-            receipt: Bytes::from(delivered(id.as_str(), channel.as_str())),
+            receipt: Bytes::from(delivered(&id, channel)),
             id,
             now,
             receipt_expires_at: now.saturating_add(millis(self.config.message_ttl)),

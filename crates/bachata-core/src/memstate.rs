@@ -41,6 +41,10 @@ fn sender_key(sender: &Option<Channel>) -> &str {
     sender.as_ref().map_or("", |c| c.as_str())
 }
 
+/// A dedupe record's key: two `u64` halves rather than a `u128`, which
+/// aligns to 16 bytes and made each record 32 bytes instead of 24.
+type DedupeKey = (u64, u64);
+
 /// The dedupe records: a 128-bit keyed hash of (sender key, id) -> the
 /// deadline of the dedupe window.
 ///
@@ -55,14 +59,12 @@ fn sender_key(sender: &Option<Channel>) -> &str {
 /// client can aim a collision at another sender's id.
 #[derive(Debug, Default)]
 struct DedupeIndex {
-    /// Two `u64` halves rather than a `u128`: a `u128` aligns to 16 bytes,
-    /// which made each record 32 bytes instead of 24.
-    records: HashMap<(u64, u64), Millis>,
+    records: HashMap<DedupeKey, Millis>,
     keys: [std::hash::RandomState; 2],
 }
 
 impl DedupeIndex {
-    fn key(&self, sender: &str, id: &MessageId) -> (u64, u64) {
+    fn key(&self, sender: &str, id: &MessageId) -> DedupeKey {
         use std::hash::{BuildHasher, Hash, Hasher};
         let half = |state: &std::hash::RandomState| {
             let mut hasher = state.build_hasher();
@@ -75,7 +77,7 @@ impl DedupeIndex {
         (half(&self.keys[0]), half(&self.keys[1]))
     }
 
-    fn is_live(&self, key: (u64, u64), now: Millis) -> bool {
+    fn is_live(&self, key: DedupeKey, now: Millis) -> bool {
         self.records.get(&key).is_some_and(|until| *until > now)
     }
 
@@ -784,7 +786,8 @@ mod tests {
     #[test]
     fn a_dedupe_record_is_24_bytes() {
         // docs/performance.md sizes the dedupe window's memory with this.
-        assert_eq!(std::mem::size_of::<((u64, u64), Millis)>(), 24);
+        // (A hash table stores a record as the pair of its key and value.)
+        assert_eq!(std::mem::size_of::<(DedupeKey, Millis)>(), 24);
     }
 
     #[test]

@@ -9,7 +9,9 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use bachata_proto::{DataMessage, Inbound, Limits, delivered, parse_frame, received};
+use bachata_proto::{
+    Channel, DataMessage, Inbound, Limits, MessageId, delivered, parse_frame, received,
+};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// A typical client data message: 100 bytes.
@@ -114,10 +116,15 @@ fn codec(c: &mut Criterion) {
         b.iter(|| black_box(&msg).to_json())
     });
     g.bench_function("received_100", |b| {
-        b.iter(|| received(black_box("s12/104857")))
+        let id = MessageId::new("s12/104857").unwrap();
+        b.iter(|| received(black_box(&id)))
     });
     g.bench_function("delivered_300", |b| {
-        b.iter(|| delivered(black_box("s12/104857"), black_box("r12")))
+        let (id, receiver) = (
+            MessageId::new("s12/104857").unwrap(),
+            Channel::new("r12").unwrap(),
+        );
+        b.iter(|| delivered(black_box(&id), black_box(&receiver)))
     });
     g.finish();
 }

@@ -1,15 +1,20 @@
 //! Frames the server sends. Each is built as text once and sent as is.
 
+//!
+//! The arguments are the checked identifier types, so that a message id and
+//! a channel cannot be swapped by mistake.
+
 use crate::error::ErrorCode;
 use crate::frame::push_json_str;
+use crate::ids::{Channel, DeviceId, MessageId};
 
 /// `{"type":1000,"data":{"channel":..,"device":..,"secret":..}}`
-pub fn ready(channel: &str, device: Option<&str>, secret: Option<&str>) -> String {
+pub fn ready(channel: &Channel, device: Option<&DeviceId>, secret: Option<&str>) -> String {
     let mut out = String::from(r#"{"type":1000,"data":{"channel":"#);
-    push_json_str(&mut out, channel);
+    push_json_str(&mut out, channel.as_str());
     if let Some(device) = device {
         out.push_str(r#","device":"#);
-        push_json_str(&mut out, device);
+        push_json_str(&mut out, device.as_str());
     }
     if let Some(secret) = secret {
         out.push_str(r#","secret":"#);
@@ -20,7 +25,8 @@ pub fn ready(channel: &str, device: Option<&str>, secret: Option<&str>) -> Strin
 }
 
 /// `{"type":100,"data":id}`: stored for delivery.
-pub fn received(id: &str) -> String {
+pub fn received(id: &MessageId) -> String {
+    let id = id.as_str();
     let mut out = String::with_capacity(24 + id.len());
     out.push_str(r#"{"type":100,"data":"#);
     push_json_str(&mut out, id);
@@ -29,7 +35,8 @@ pub fn received(id: &str) -> String {
 }
 
 /// `{"type":300,"data":id,"from":receiver}`: delivered to `receiver`.
-pub fn delivered(id: &str, receiver: &str) -> String {
+pub fn delivered(id: &MessageId, receiver: &Channel) -> String {
+    let (id, receiver) = (id.as_str(), receiver.as_str());
     let mut out = String::with_capacity(40 + id.len() + receiver.len());
     out.push_str(r#"{"type":300,"data":"#);
     push_json_str(&mut out, id);
@@ -45,10 +52,10 @@ pub fn pong() -> &'static str {
 }
 
 /// `{"type":400,"data":id|null,"error":code,"reason":text}`
-pub fn rejected(id: Option<&str>, code: ErrorCode, reason: &str) -> String {
+pub fn rejected(id: Option<&MessageId>, code: ErrorCode, reason: &str) -> String {
     let mut out = String::from(r#"{"type":400,"data":"#);
     match id {
-        Some(id) => push_json_str(&mut out, id),
+        Some(id) => push_json_str(&mut out, id.as_str()),
         None => out.push_str("null"),
     }
     out.push_str(r#","error":"#);
@@ -68,15 +75,27 @@ mod tests {
         serde_json::from_str(text).expect("valid JSON")
     }
 
+    fn id(text: &str) -> MessageId {
+        MessageId::new(text).expect("id")
+    }
+
+    fn ch(text: &str) -> Channel {
+        Channel::new(text).expect("channel")
+    }
+
     #[test]
     fn outbound_frames_are_valid_json() {
         assert_eq!(
-            v(&ready("al\"ice", Some("phone"), None)),
+            v(&ready(
+                &ch("al\"ice"),
+                Some(&DeviceId::new("phone").expect("device")),
+                None
+            )),
             json!({"type":1000,"data":{"channel":"al\"ice","device":"phone"}})
         );
-        assert_eq!(v(&received("m1")), json!({"type":100,"data":"m1"}));
+        assert_eq!(v(&received(&id("m1"))), json!({"type":100,"data":"m1"}));
         assert_eq!(
-            v(&delivered("m1", "bob")),
+            v(&delivered(&id("m1"), &ch("bob"))),
             json!({"type":300,"data":"m1","from":"bob"})
         );
         assert_eq!(v(pong()), json!({"type":1002}));
@@ -85,7 +104,7 @@ mod tests {
             json!({"type":400,"data":null,"error":"invalid_json","reason":"bad"})
         );
         assert_eq!(
-            v(&rejected(Some("x"), ErrorCode::QueueFull, "full")),
+            v(&rejected(Some(&id("x")), ErrorCode::QueueFull, "full")),
             json!({"type":400,"data":"x","error":"queue_full","reason":"full"})
         );
     }

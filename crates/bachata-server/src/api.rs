@@ -241,14 +241,11 @@ fn bearer_token(value: &str) -> Option<&str> {
 /// is folded into the same accumulator. `black_box` keeps the compiler from
 /// turning the loop into an early exit.
 fn keys_match(given: &[u8], expected: &[u8]) -> bool {
-    if expected.is_empty() {
-        return false; // config validation refuses empty keys; be safe anyway
-    }
-    let mut diff = given.len() ^ expected.len();
-    for (i, &g) in given.iter().enumerate() {
-        diff |= usize::from(g ^ expected[i % expected.len()]);
-    }
-    std::hint::black_box(diff) == 0
+    use subtle::ConstantTimeEq;
+    // Config validation refuses empty keys; be safe anyway. (A different
+    // length is refused at once: the length of a key is no secret worth
+    // hiding, its bytes are.)
+    !expected.is_empty() && bool::from(given.ct_eq(expected))
 }
 
 // ---------------------------------------------------------------------------
@@ -724,14 +721,26 @@ mod tests {
 
     #[test]
     fn every_code_has_a_status() {
-        assert_eq!(
-            status_of(ErrorCode::NoRoute),
-            StatusCode::UNPROCESSABLE_ENTITY
-        );
-        assert_eq!(
-            status_of(ErrorCode::QueueFull),
-            StatusCode::TOO_MANY_REQUESTS
-        );
-        assert_eq!(status_of(ErrorCode::BadSignature), StatusCode::BAD_REQUEST);
+        for code in ErrorCode::ALL {
+            let expected = match code {
+                ErrorCode::InvalidJson | ErrorCode::InvalidMessage | ErrorCode::BadSignature => {
+                    StatusCode::BAD_REQUEST
+                }
+                ErrorCode::NoRoute => StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+                ErrorCode::QueueFull | ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::StoreFull => StatusCode::INSUFFICIENT_STORAGE,
+                ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            assert_eq!(status_of(code), expected, "{code}");
+            // A retryable code is answered with a status that says retry.
+            let retry = matches!(
+                expected,
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::INSUFFICIENT_STORAGE
+            );
+            assert_eq!(code.is_retryable(), retry, "{code}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bachata_core::{Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError};
-use bachata_proto::{Channel, DeviceId, ErrorCode, Inbound, Limits, MessageId, parse_frame};
+use bachata_proto::{Channel, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -359,11 +359,7 @@ impl Connection {
             session,
         };
         let secret = conn.app.center.channel_secret(&channel);
-        let ready = bachata_proto::ready(
-            channel.as_str(),
-            device.as_ref().map(DeviceId::as_str),
-            secret.as_deref(),
-        );
+        let ready = bachata_proto::ready(&channel, device.as_ref(), secret.as_deref());
         let closing = match conn.send([Message::Text(ready.into())]).await {
             Ok(()) => conn.serve(&mut stream).await,
             Err(closing) => closing,
@@ -612,7 +608,7 @@ impl Connection {
 
     async fn on_reply(&mut self, reply: Result<Accepted, Rejection>) -> Result<(), Closing> {
         let frame = match reply {
-            Ok(Accepted::Stored { id, .. }) => bachata_proto::received(id.as_str()),
+            Ok(Accepted::Stored { id, .. }) => bachata_proto::received(&id),
             Ok(Accepted::Live { .. }) => return Ok(()),
             Err(rejection) => rejection.to_frame(),
         };
@@ -625,7 +621,7 @@ impl Connection {
             Background::Acked(id, Err(e)) => {
                 tracing::warn!(error = %e, "ack failed");
                 let reply = bachata_proto::rejected(
-                    Some(id.as_str()),
+                    Some(&id),
                     ErrorCode::Unavailable,
                     "storage is unavailable; ack again later",
                 );
@@ -674,7 +670,7 @@ impl Connection {
             Err(rejected) => {
                 self.invalid_frame()?;
                 Some(bachata_proto::rejected(
-                    rejected.id.as_ref().map(|id| id.as_str()),
+                    rejected.id.as_ref(),
                     rejected.error.code(),
                     &rejected.error.to_string(),
                 ))
@@ -709,7 +705,7 @@ impl Connection {
             }
             Ok(Inbound::Data(msg)) if self.rate.as_ref().is_some_and(|r| r.check().is_err()) => {
                 Some(bachata_proto::rejected(
-                    msg.id.as_ref().map(|id| id.as_str()),
+                    msg.id.as_ref(),
                     ErrorCode::RateLimited,
                     "too many messages; slow down and resend",
                 ))
