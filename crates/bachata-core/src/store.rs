@@ -166,16 +166,72 @@ pub enum AckState {
     Gone,
 }
 
+/// The cause of a [`StoreError`]: the backend's own error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store could not do what was asked. Every variant means "nothing was
 /// promised": the caller reports `unavailable` and the client retries.
+/// The message says what the store was doing; the source, when there is
+/// one, is the backend's error (printed after it, for logs).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store backend failed: {0}")]
-    Backend(String),
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// I/O, a lost connection, a timeout: may work when tried again.
+    #[error("store backend failed: {what}{}", cause(.source))]
+    Backend {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// What the backend holds cannot be read: it will not heal by itself.
+    #[error("stored data is corrupt: {what}{}", cause(.source))]
+    Corrupt {
+        what: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     #[error("store is shut down")]
     Closed,
+}
+
+fn cause(source: &Option<BoxError>) -> String {
+    source
+        .as_ref()
+        .map(|e| format!(": {e}"))
+        .unwrap_or_default()
+}
+
+impl StoreError {
+    /// A backend failure described by `what`.
+    pub fn backend(what: impl Into<String>) -> Self {
+        StoreError::Backend {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// A backend failure while doing `what`, caused by `source`.
+    pub fn backend_because(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StoreError::Backend {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Corrupt data described by `what`.
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    /// Corrupt data found while doing `what`, as `source` says.
+    pub fn corrupt_because(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        StoreError::Corrupt {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// An enqueue that has taken its place in the store's order and is now

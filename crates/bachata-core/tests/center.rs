@@ -106,7 +106,7 @@ struct DeadStore;
 #[async_trait]
 impl Store for DeadStore {
     async fn enqueue(&self, _: NewMessage) -> Result<Enqueued, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn read(
         &self,
@@ -116,13 +116,13 @@ impl Store for DeadStore {
         _: usize,
         _: Millis,
     ) -> Result<Vec<Entry>, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn ack(&self, _: AckRequest) -> Result<Acked, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn ack_seqs(&self, _: &Channel, _: &Device, _: &[Seq]) -> Result<(), StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn touch_device(
         &self,
@@ -131,28 +131,28 @@ impl Store for DeadStore {
         _: Millis,
         _: Millis,
     ) -> Result<(), StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn forget(&self, _: Millis, _: Millis) -> Result<Forgotten, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn pending_count(&self, _: &Channel, _: Millis) -> Result<u64, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn expire(&self, _: Millis) -> Result<u64, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn ack_state(&self, _: &Channel, _: Seq) -> Result<AckState, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn add_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn remove_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
     async fn members(&self, _: &GroupId) -> Result<Vec<Channel>, StoreError> {
-        Err(StoreError::Backend("disk on fire".into()))
+        Err(StoreError::backend("disk on fire"))
     }
 }
 

@@ -126,15 +126,15 @@ mod tag {
     pub(super) const PUT_ACK: u8 = 3;
     pub(super) const PUT_DEVICE: u8 = 4;
     pub(super) const PUT_DEDUPE: u8 = 5;
-    /// No longer written (see `decode_changes`).
-    pub(super) const DEL_DEDUPE: u8 = 6;
+    // 6 was a dedupe record's removal in development versions before
+    // format 1; never reuse it.
     pub(super) const PUT_MEMBER: u8 = 7;
     pub(super) const DEL_MEMBER: u8 = 8;
     pub(super) const DEL_DEVICE: u8 = 9;
     pub(super) const DEL_CHANNEL: u8 = 10;
 }
 
-/// Appends the encoding of `changes` (one `wal` row) to `out`.
+/// Appends the encoding of `changes` (one log record) to `out`.
 pub(crate) fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
     out.push(VERSION);
     for change in changes {
@@ -216,7 +216,7 @@ pub(crate) fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes one `wal` row, calling `f` with each change in order.
+/// Decodes one log record, calling `f` with each change in order.
 pub(crate) fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<(), String> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
@@ -274,13 +274,6 @@ pub(crate) fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<
                 id: id(r.str()?)?,
                 until: r.u64()?,
             },
-            tag::DEL_DEDUPE => {
-                // Written by earlier versions; records now expire with their
-                // segment, so the removal carries nothing to apply.
-                r.str()?;
-                r.str()?;
-                continue;
-            }
             tag::PUT_MEMBER => Change::PutMember {
                 group: group(r.str()?)?,
                 member: channel(r.str()?)?,
@@ -438,26 +431,6 @@ mod tests {
         }
         assert!(decode_changes(&[1, 99], |_| {}).is_err());
         assert!(decode_changes(&[2], |_| {}).is_err());
-    }
-
-    #[test]
-    fn dedupe_removals_of_earlier_versions_are_skipped() {
-        let put = Change::PutMember {
-            group: GroupId::new("g").expect("valid"),
-            member: Channel::new("bob").expect("valid"),
-        };
-        let mut bytes = Vec::new();
-        encode_changes(std::slice::from_ref(&put), &mut bytes);
-        // A removal as earlier versions wrote it, then the same change again.
-        bytes.push(tag::DEL_DEDUPE);
-        push_str(&mut bytes, "alice");
-        push_str(&mut bytes, "m1");
-        let mut again = Vec::new();
-        encode_changes(std::slice::from_ref(&put), &mut again);
-        bytes.extend_from_slice(&again[1..]);
-        let mut decoded = Vec::new();
-        decode_changes(&bytes, |c| decoded.push(c)).expect("decodes");
-        assert_eq!(decoded, vec![put.clone(), put]);
     }
 
     #[test]

@@ -27,9 +27,7 @@
 //! generation of that new file (`meta` table); the older files are then
 //! deleted. A crash between checkpoints loses nothing: on open, [`recover`]
 //! folds the records of the files the tables do not cover into an overlay
-//! the same way and checkpoints it before the tables are read. (Versions
-//! before the log file kept the log in a `wal` table; its rows are folded
-//! in the same way, once.)
+//! the same way and checkpoints it before the tables are read.
 
 use foldhash::HashMap;
 use std::path::Path;
@@ -38,29 +36,12 @@ use std::time::Duration;
 use bachata_core::memstate::{Change, StoredEntry};
 use bachata_core::{Millis, Seq};
 use bachata_proto::{Channel, GroupId, MessageId};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::{ACKS, CHANNELS, DEDUPE, DEVICES, ENTRIES, MEMBERS};
+use crate::tables::{
+    ACKS, CHANNELS, DEDUPE_SEGMENTS, DEVICES, ENTRIES, LOG_GENERATION, MEMBERS, META,
+};
 use crate::{codec, logfile};
-
-/// Batch number -> the encoded changes of that group commit: the log of
-/// earlier versions, read once on open.
-pub(crate) const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
-
-/// Store-wide values; [`LOG_GENERATION`] is the only one.
-pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// The first log file generation that the tables do not cover.
-const LOG_GENERATION: &str = "log_generation";
-
-/// `(latest deadline, n)` -> the dedupe records of one checkpoint, encoded
-/// ([`codec::encode_dedupe`]). A record per row made every message cost a
-/// B-tree insert at the checkpoint and another at its expiry a day later,
-/// in a table of a day's messages; a segment per checkpoint costs one
-/// insert, and expires whole once its latest deadline has passed (a record
-/// may so outlive its deadline on disk by the width of one checkpoint; the
-/// memory state still drops it on time).
-pub(crate) const DEDUPE_SEGMENTS: TableDefinition<(u64, u64), &[u8]> =
-    TableDefinition::new("dedupe_segments");
 
 /// Longest time between checkpoints while commits happen.
 pub(crate) const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
@@ -100,10 +81,6 @@ pub(crate) struct Overlay {
     devices: HashMap<(Channel, String), Option<Millis>>,
     /// Dedupe records created since the last checkpoint: the next segment.
     dedupe: Vec<(String, MessageId, Millis)>,
-    /// Move the rows of the `dedupe` table of older versions into a segment.
-    migrate_dedupe: bool,
-    /// Empty the `wal` table of older versions.
-    drop_legacy_log: bool,
     /// The latest `now` of an expiry sweep: segments whose every deadline is
     /// at or before it are removed. The store's clock is its callers' (the
     /// `now` of each request), never the wall clock.
@@ -120,8 +97,6 @@ impl Overlay {
             && self.acks.is_empty()
             && self.devices.is_empty()
             && self.dedupe.is_empty()
-            && !self.migrate_dedupe
-            && !self.drop_legacy_log
             && self.members.is_empty()
             && self.next_seqs.is_empty()
     }
@@ -260,10 +235,6 @@ impl Overlay {
             }
             // Segments whose every record is past its deadline.
             segments.retain_in((0, 0)..=(self.expired_at, u64::MAX), |_, _| false)?;
-            if self.migrate_dedupe {
-                txn.delete_table(DEDUPE)?;
-                txn.open_table(DEDUPE)?;
-            }
             let mut members = txn.open_table(MEMBERS)?;
             for ((group, member), put) in &self.members {
                 let key = (group.as_str(), member.as_str());
@@ -289,11 +260,6 @@ impl Overlay {
                 }
             }
         }
-        if self.drop_legacy_log {
-            // Dropping the whole table frees its pages at once.
-            txn.delete_table(WAL)?;
-            txn.open_table(WAL)?;
-        }
         txn.commit()?;
         Ok(())
     }
@@ -312,25 +278,6 @@ pub(crate) fn recover(db: &Database, dir: &Path) -> Result<u64, RecoverError> {
     let mut overlay = Overlay::default();
     let covered = {
         let txn = db.begin_read()?;
-        // Older versions kept one dedupe row per message.
-        for row in txn.open_table(DEDUPE)?.iter()? {
-            let (key, until) = row?;
-            let (sender, id) = key.value();
-            let id = MessageId::new(id).map_err(|e| RecoverError::CorruptDedupe(e.to_string()))?;
-            overlay.dedupe.push((sender.to_owned(), id, until.value()));
-            overlay.migrate_dedupe = true;
-        }
-        // Older versions kept the log in a table; it precedes any file.
-        for row in txn.open_table(WAL)?.iter()? {
-            let (batch, encoded) = row?;
-            overlay.drop_legacy_log = true;
-            codec::decode_changes(encoded.value(), |change| overlay.fold(change)).map_err(
-                |reason| RecoverError::Corrupt {
-                    log: format!("wal table row {}", batch.value()),
-                    reason,
-                },
-            )?;
-        }
         txn.open_table(META)?
             .get(LOG_GENERATION)?
             .map_or(0, |v| v.value())
@@ -378,8 +325,6 @@ pub(crate) enum RecoverError {
     Corrupt { log: String, reason: String },
     #[error("cannot list the log files: {0}")]
     Io(std::io::Error),
-    #[error("a dedupe record is corrupt: {0}")]
-    CorruptDedupe(String),
 }
 
 macro_rules! redb_errors {
@@ -494,20 +439,14 @@ mod tests {
         ];
         let mut encoded = Vec::new();
         codec::encode_changes(&changes, &mut encoded);
-        // Half of the changes in a legacy `wal` row, the rest in a file.
+        // Two records in the file of generation 0.
         let (older, newer) = changes.split_at(2);
-        let txn = db.begin_write().expect("txn");
-        {
-            let mut legacy = Vec::new();
-            codec::encode_changes(older, &mut legacy);
-            let mut wal = txn.open_table(WAL).expect("wal");
-            wal.insert(0, legacy.as_slice()).expect("insert");
-        }
-        txn.commit().expect("commit");
         let mut file = logfile::LogFile::create(dir.path(), 0).expect("log");
-        encoded.clear();
-        codec::encode_changes(newer, &mut encoded);
-        file.append(&encoded).expect("append");
+        for part in [older, newer] {
+            encoded.clear();
+            codec::encode_changes(part, &mut encoded);
+            file.append(&encoded).expect("append");
+        }
         drop(file);
         assert_eq!(recover(&db, dir.path()).expect("recover"), 1);
         assert!(
@@ -515,14 +454,6 @@ mod tests {
             "the checkpointed file is deleted"
         );
         let txn = db.begin_read().expect("read");
-        assert!(
-            txn.open_table(WAL)
-                .expect("wal")
-                .iter()
-                .expect("iter")
-                .next()
-                .is_none()
-        );
         assert_eq!(
             txn.open_table(META)
                 .expect("meta")
@@ -573,7 +504,7 @@ mod tests {
 
     fn open_with_tables(dir: &std::path::Path) -> Database {
         let db = Database::create(dir.join("t.redb")).expect("create");
-        crate::create_tables(&db).expect("tables");
+        crate::tables::create(&db).expect("tables");
         db
     }
 
@@ -585,26 +516,6 @@ mod tests {
             .expect("iter")
             .map(|row| row.expect("row").0.value())
             .collect()
-    }
-
-    #[test]
-    fn dedupe_rows_of_older_versions_become_a_segment() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let db = open_with_tables(dir.path());
-        let txn = db.begin_write().expect("txn");
-        {
-            let mut dedupe = txn.open_table(DEDUPE).expect("dedupe");
-            dedupe
-                .insert(("alice", "m1"), u64::MAX - 1)
-                .expect("insert");
-            dedupe.insert(("", "m2"), 7).expect("insert");
-        }
-        txn.commit().expect("commit");
-        recover(&db, dir.path()).expect("recover");
-        assert_eq!(segments(&db), vec![(u64::MAX - 1, 0)]);
-        let txn = db.begin_read().expect("read");
-        let legacy = txn.open_table(DEDUPE).expect("dedupe");
-        assert!(legacy.iter().expect("iter").next().is_none());
     }
 
     #[test]

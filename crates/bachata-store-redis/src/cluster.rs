@@ -66,7 +66,7 @@ fn record_live(record: &[u8], now: Millis) -> Result<bool, StoreError> {
         .and_then(|r| r.split(' ').next())
         .and_then(|u| u.parse::<Millis>().ok())
         .map(|until| until > now)
-        .ok_or_else(|| StoreError::Corrupt("redis enqueue: bad dedupe record".into()))
+        .ok_or_else(|| StoreError::corrupt("redis enqueue: bad dedupe record"))
 }
 
 /// How old the cluster mode's view of the retained bytes may be before an
@@ -232,7 +232,7 @@ impl RedisStore {
                 .iter()
                 .find(|r| !matches!(r.as_str(), "ok" | "have" | "full"))
             {
-                return Err(StoreError::Corrupt(format!(
+                return Err(StoreError::corrupt(format!(
                     "redis enqueue: bad reservation reply {bad:?}"
                 )));
             }
@@ -306,9 +306,7 @@ impl RedisStore {
                     return Ok(Enqueued::StoreFull);
                 }
                 _ => {
-                    return Err(StoreError::Corrupt(
-                        "redis enqueue: bad append reply".into(),
-                    ));
+                    return Err(StoreError::corrupt("redis enqueue: bad append reply"));
                 }
             }
         }
@@ -331,9 +329,7 @@ impl RedisStore {
             match reply.as_str() {
                 "ok" => Ok(true),
                 "dup" => Ok(false),
-                _ => Err(StoreError::Corrupt(
-                    "redis enqueue: bad commit reply".into(),
-                )),
+                _ => Err(StoreError::corrupt("redis enqueue: bad commit reply")),
             }
         };
         let (committed, indexed) = join(commit, self.index(&tags, msg.expires_at)).await;
@@ -422,7 +418,7 @@ impl RedisStore {
                 removed,
                 Some(codec::channel(sender.clone(), "ack sender")?),
             ),
-            _ => return Err(StoreError::Corrupt("redis ack: bad reply".into())),
+            _ => return Err(StoreError::corrupt("redis ack: bad reply")),
         };
         self.count_retained(&keys.tag, -codec::int(removed, "ack")?)
             .await;
@@ -490,7 +486,7 @@ impl RedisStore {
                 Ok(reply) => {
                     let reply = codec::array(reply, "ack receipt")?;
                     let [rseq, added] = reply.as_slice() else {
-                        return Err(StoreError::Corrupt("redis ack receipt: bad reply".into()));
+                        return Err(StoreError::corrupt("redis ack receipt: bad reply"));
                     };
                     self.count_retained(&keys.tag, codec::int(added, "ack receipt")?)
                         .await;
@@ -532,20 +528,16 @@ impl RedisStore {
                 .transpose()?
                 .unwrap_or_default();
             let (Some(host), Some(port)) = (master.first(), master.get(1)) else {
-                return Err(StoreError::Corrupt(
-                    "redis health: bad CLUSTER SLOTS".into(),
-                ));
+                return Err(StoreError::corrupt("redis health: bad CLUSTER SLOTS"));
             };
             let host = String::from_utf8(codec::bytes(host.clone(), "health")?)
-                .map_err(|_| StoreError::Corrupt("redis health: bad host".into()))?;
+                .map_err(|_| StoreError::corrupt("redis health: bad host"))?;
             let port = u16::try_from(codec::int(port, "health")?)
-                .map_err(|_| StoreError::Corrupt("redis health: bad port".into()))?;
+                .map_err(|_| StoreError::corrupt("redis health: bad port"))?;
             masters.insert((host, port));
         }
         if masters.is_empty() {
-            return Err(StoreError::Backend(
-                "redis health: no slot is served".into(),
-            ));
+            return Err(StoreError::backend("redis health: no slot is served"));
         }
         try_join_all(masters.into_iter().map(|(host, port)| {
             let mut c = conn.clone();
@@ -562,7 +554,7 @@ impl RedisStore {
                 if info.lines().any(|l| l.trim() == "cluster_state:ok") {
                     Ok(())
                 } else {
-                    Err(StoreError::Backend(format!(
+                    Err(StoreError::backend(format!(
                         "redis health: {addr} says the cluster is down"
                     )))
                 }
@@ -618,7 +610,7 @@ impl RedisStore {
             let mut reply = codec::array(reply, "expire")?.into_iter();
             let (Some(n), Some(removed), Some(more)) = (reply.next(), reply.next(), reply.next())
             else {
-                return Err(StoreError::Corrupt("redis expire: bad reply".into()));
+                return Err(StoreError::corrupt("redis expire: bad reply"));
             };
             dropped += u64::try_from(codec::int(&n, "expire")?).unwrap_or(0);
             self.count_retained(&keys.tag, -codec::int(&removed, "expire")?)
@@ -633,7 +625,7 @@ impl RedisStore {
                         codec::bytes(counter, "expire")?,
                     );
                 }
-                _ => return Err(StoreError::Corrupt("redis expire: bad reply".into())),
+                _ => return Err(StoreError::corrupt("redis expire: bad reply")),
             }
         };
 

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use redis::Value;
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("redis: {what}"))
+    StoreError::corrupt(format!("redis: {what}"))
 }
 
 /// The elements of an array reply.
@@ -172,7 +172,7 @@ mod tests {
             b"m 17 99999999999999999999999 0\n",
         ] {
             assert!(
-                matches!(entry(1, raw.to_vec()), Err(StoreError::Corrupt(_))),
+                matches!(entry(1, raw.to_vec()), Err(StoreError::Corrupt { .. })),
                 "{:?}",
                 String::from_utf8_lossy(raw)
             );

@@ -482,8 +482,8 @@ impl RedisStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.options.call_timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(map_error(what, &e)),
-            Err(_) => Err(StoreError::Backend(format!(
+            Ok(Err(e)) => Err(map_error(what, e)),
+            Err(_) => Err(StoreError::backend(format!(
                 "redis {what}: timed out after {:?}",
                 self.options.call_timeout
             ))),
@@ -541,7 +541,7 @@ impl RedisStore {
                 .await?;
             let reply = codec::array(reply, "expire")?;
             let [n, more] = reply.as_slice() else {
-                return Err(StoreError::Corrupt("redis expire: bad reply".into()));
+                return Err(StoreError::corrupt("redis expire: bad reply"));
             };
             dropped += u64::try_from(codec::int(n, "expire")?).unwrap_or(0);
             if codec::int(more, "expire")? == 0 {
@@ -628,7 +628,7 @@ fn due_tag(value: Value) -> Result<String, StoreError> {
     String::from_utf8(raw)
         .ok()
         .filter(|t| !t.is_empty() && hex::decode(t).is_ok())
-        .ok_or_else(|| StoreError::Corrupt("redis expire: bad channel tag".into()))
+        .ok_or_else(|| StoreError::corrupt("redis expire: bad channel tag"))
 }
 
 /// A short, single-line description of a Redis error.
@@ -640,14 +640,20 @@ fn short(e: &dyn std::fmt::Display) -> String {
     }
 }
 
-fn map_error(what: &str, e: &RedisError) -> StoreError {
-    let text = short(e);
-    if text.contains("BACHATA_CORRUPT") {
-        StoreError::Corrupt(format!("redis {what}: {text}"))
+/// A Redis error as a store error: a script's `BACHATA_CORRUPT` error
+/// (`corrupt` in `lua/common.lua`) is corrupt data, anything else a
+/// backend failure; the Redis error is the source either way.
+fn map_error(what: &str, e: RedisError) -> StoreError {
+    let what = format!("redis {what}");
+    if e.code() == Some(CORRUPT_CODE) {
+        StoreError::corrupt_because(what, e)
     } else {
-        StoreError::Backend(format!("redis {what}: {text}"))
+        StoreError::backend_because(what, e)
     }
 }
+
+/// The error code of the scripts' corrupt-data errors.
+const CORRUPT_CODE: &str = "BACHATA_CORRUPT";
 
 #[async_trait]
 impl Store for RedisStore {
@@ -694,9 +700,7 @@ impl Store for RedisStore {
                     .map(|v| codec::seq(&v, "enqueue"))
                     .collect::<Result<Vec<_>, _>>()?;
                 if seqs.len() != msg.destinations.len() {
-                    return Err(StoreError::Corrupt(
-                        "redis enqueue: wrong number of seqs".into(),
-                    ));
+                    return Err(StoreError::corrupt("redis enqueue: wrong number of seqs"));
                 }
                 Ok(Enqueued::Stored(
                     msg.destinations.into_iter().zip(seqs).collect(),
@@ -714,9 +718,9 @@ impl Store for RedisStore {
                     .and_then(|i| msg.destinations.get(i).cloned());
                 index
                     .map(Enqueued::QueueFull)
-                    .ok_or_else(|| StoreError::Corrupt("redis enqueue: bad full index".into()))
+                    .ok_or_else(|| StoreError::corrupt("redis enqueue: bad full index"))
             }
-            _ => Err(StoreError::Corrupt("redis enqueue: bad reply".into())),
+            _ => Err(StoreError::corrupt("redis enqueue: bad reply")),
         }
     }
 
@@ -743,7 +747,7 @@ impl Store for RedisStore {
             .await?;
         let items = codec::array(reply, "read")?;
         if items.len() % 2 != 0 || items.len() / 2 > limit {
-            return Err(StoreError::Corrupt("redis read: bad reply".into()));
+            return Err(StoreError::corrupt("redis read: bad reply"));
         }
         let mut entries = Vec::with_capacity(items.len() / 2);
         let mut items = items.into_iter();
@@ -790,7 +794,7 @@ impl Store for RedisStore {
                     codec::seq(rseq, "ack")?,
                 )),
             }),
-            _ => Err(StoreError::Corrupt("redis ack: bad reply".into())),
+            _ => Err(StoreError::corrupt("redis ack: bad reply")),
         }
     }
 
@@ -889,7 +893,7 @@ impl Store for RedisStore {
             )
             .await?;
         u64::try_from(codec::int(&n, "pending_count")?)
-            .map_err(|_| StoreError::Corrupt("redis pending_count: negative".into()))
+            .map_err(|_| StoreError::corrupt("redis pending_count: negative"))
     }
 
     async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {

@@ -489,11 +489,11 @@ async fn a_master_down_fails_calls_fast_and_they_recover() {
     let started = Instant::now();
     let failed = store.enqueue(send("m2")).await;
     assert!(
-        matches!(failed, Err(StoreError::Backend(_))),
+        matches!(failed, Err(StoreError::Backend { .. })),
         "enqueue to a dead master: {failed:?}"
     );
     let read = store.read(&ch(&bob), &None, 0, 10, T0).await;
-    assert!(matches!(read, Err(StoreError::Backend(_))), "{read:?}");
+    assert!(matches!(read, Err(StoreError::Backend { .. })), "{read:?}");
     assert!(store.health().await.is_err(), "health sees the dead master");
     assert!(
         started.elapsed() < Duration::from_secs(5),

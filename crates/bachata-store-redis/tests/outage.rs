@@ -79,7 +79,7 @@ async fn all_fail(store: &RedisStore) {
     ];
     for (what, result) in checks {
         assert!(
-            matches!(result, Err(StoreError::Backend(_))),
+            matches!(result, Err(StoreError::Backend { .. })),
             "{what} with Redis down: {result:?}"
         );
     }
@@ -123,7 +123,7 @@ async fn dead_redis_fails_fast_and_reconnects() {
                 break;
             }
             Ok(other) => panic!("unexpected {other:?}"),
-            Err(StoreError::Backend(_)) if Instant::now() < deadline => {
+            Err(StoreError::Backend { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("store did not recover after the restart: {e}"),

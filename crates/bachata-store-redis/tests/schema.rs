@@ -273,9 +273,12 @@ async fn malformed_data_is_corrupt_not_a_panic() {
         .await
         .expect("HSET");
     let read = store.read(&ch("bob"), &None, 0, 10, T0).await;
-    assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+    assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{read:?}");
     let acked = store.ack(ack("bob", None, "m1", T0)).await;
-    assert!(matches!(acked, Err(StoreError::Corrupt(_))), "{acked:?}");
+    assert!(
+        matches!(acked, Err(StoreError::Corrupt { .. })),
+        "{acked:?}"
+    );
 
     // A key of the wrong type is a backend error (WRONGTYPE), not a panic.
     let _: () = redis::cmd("DEL")
@@ -303,7 +306,7 @@ async fn malformed_data_is_corrupt_not_a_panic() {
         .members(&bachata_proto::GroupId::new("team").expect("group"))
         .await;
     assert!(
-        matches!(members, Err(StoreError::Corrupt(_))),
+        matches!(members, Err(StoreError::Corrupt { .. })),
         "{members:?}"
     );
 }
@@ -331,7 +334,7 @@ async fn at_maxmemory_enqueue_is_refused_whole_and_read_still_works() {
             Err(e) => break e,
         }
     };
-    assert!(matches!(refused, StoreError::Backend(_)), "{refused:?}");
+    assert!(matches!(refused, StoreError::Backend { .. }), "{refused:?}");
     assert!(refused.to_string().contains("OOM"), "{refused}");
     // Nothing of the refused message was written: both seq counters stop at
     // the last stored message, and its dedupe record is absent.
