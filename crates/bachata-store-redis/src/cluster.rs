@@ -10,9 +10,9 @@ use std::time::Duration;
 use bachata_core::{AckRequest, Acked, Enqueued, Millis, NewMessage, Seq, StoreError};
 use bachata_proto::Channel;
 use futures_util::future::{join, join_all, try_join, try_join_all};
+use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{Script, Value};
 
 use crate::keys::{self, ChannelKeys};
 use crate::{EXPIRE_BATCH, RedisStore, codec, dedupe_px};
@@ -25,30 +25,6 @@ pub(crate) const ATTEMPT_MS: u64 = 60_000;
 
 /// Tries at appending a receipt (step 2 of `ack`) before it is given up.
 const RECEIPT_TRIES: u32 = 3;
-
-/// The cluster mode's own scripts (see `lua/cluster_*.lua`).
-#[derive(Debug)]
-pub(crate) struct Scripts {
-    reserve: Script,
-    append: Script,
-    commit: Script,
-    ack: Script,
-    receipt: Script,
-    expire: Script,
-}
-
-impl Scripts {
-    pub(crate) fn new() -> Self {
-        Scripts {
-            reserve: script!("cluster_reserve.lua"),
-            append: script!("cluster_append.lua"),
-            commit: script!("cluster_commit.lua"),
-            ack: script!("cluster_ack.lua"),
-            receipt: script!("cluster_receipt.lua"),
-            expire: script!("cluster_expire.lua"),
-        }
-    }
-}
 
 /// A status string in a script's reply.
 fn status(value: &Value) -> Option<&[u8]> {
@@ -111,6 +87,46 @@ fn wall_clock_ms() -> Millis {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// One enqueue attempt on a cluster: the message, its keys, and the token
+/// that names the attempt in reservations and markers.
+struct Attempt<'m> {
+    msg: &'m NewMessage,
+    dests: Vec<ChannelKeys>,
+    /// The sender's dedupe record.
+    record: Vec<u8>,
+    /// The message's marker in each destination.
+    markers: Vec<Vec<u8>>,
+    token: String,
+    /// The dedupe record's `PX` (0: the message opens no window).
+    px: u64,
+}
+
+impl<'m> Attempt<'m> {
+    fn new(msg: &'m NewMessage, token: String) -> Self {
+        let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
+        Attempt {
+            record: keys::dedupe(msg.sender.as_ref(), &msg.id),
+            markers: dests
+                .iter()
+                .map(|d| keys::got(d, msg.sender.as_ref(), &msg.id))
+                .collect(),
+            px: dedupe_px(msg),
+            dests,
+            token,
+            msg,
+        }
+    }
+
+    fn tags(&self) -> Vec<&str> {
+        self.dests.iter().map(|d| d.tag.as_str()).collect()
+    }
+
+    /// With several destinations, room is reserved in each first.
+    fn reserved(&self) -> bool {
+        self.dests.len() > 1
+    }
+}
+
 impl RedisStore {
     /// Reads the retained bytes count again: the one key on standalone
     /// Redis, the sum of its shards on a cluster.
@@ -123,10 +139,7 @@ impl RedisStore {
         let counts = try_join_all(keys.into_iter().map(|key| {
             let mut cmd = redis::cmd("GET");
             cmd.arg(key);
-            let mut conn = self.conn.clone();
-            self.call("retained", async move {
-                cmd.query_async::<Option<i64>>(&mut conn).await
-            })
+            self.query::<Option<i64>>("retained", cmd)
         }))
         .await?;
         self.retained
@@ -145,12 +158,7 @@ impl RedisStore {
         self.retained.add(delta);
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(keys::retained_shard(tag)).arg(delta);
-        let mut conn = self.conn.clone();
-        let counted = self
-            .call("retained", async move {
-                cmd.query_async::<Value>(&mut conn).await
-            })
-            .await;
+        let counted = self.query::<Value>("retained", cmd).await;
         if let Err(e) = counted {
             tracing::warn!(error = %e, delta, "cannot count retained bytes");
         }
@@ -160,134 +168,162 @@ impl RedisStore {
     /// 3 once per destination, concurrently):
     ///
     /// 1. the dedupe record (sender's slot); meanwhile every destination goes
-    ///    into its expiry index shard;
+    ///    into its expiry index shard ([`RedisStore::is_duplicate`]);
     /// 2. with several destinations, a reservation of queue room in each (or
     ///    `have`: the message is there already); one refusal cancels them all
-    ///    and answers `QueueFull`;
+    ///    and answers `QueueFull` ([`RedisStore::reserve`]);
     /// 3. the append to each destination, unless its marker says that this
-    ///    message is there already (then its seq is returned again);
+    ///    message is there already (then its seq is returned again)
+    ///    ([`RedisStore::append_all`]);
     /// 4. the dedupe record (the commit point); meanwhile the destinations
     ///    go into their index shards again (see `expire_channel_cluster`);
-    ///    then the markers' lives are cut to [`ATTEMPT_MS`].
+    ///    then the markers' lives are cut to [`ATTEMPT_MS`]
+    ///    ([`RedisStore::commit`]).
+    ///
+    /// The retained bytes limit is checked after the queue limits, as on
+    /// standalone Redis: after the reservations, or in the append of a
+    /// single destination.
     pub(crate) async fn enqueue_cluster(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
-        let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
-        let tags: Vec<&str> = dests.iter().map(|d| d.tag.as_str()).collect();
-        let px = dedupe_px(&msg);
-        let token = self.attempt_token();
-        let record = keys::dedupe(msg.sender.as_ref(), &msg.id);
-        let markers: Vec<Vec<u8>> = dests
-            .iter()
-            .map(|d| keys::got(d, msg.sender.as_ref(), &msg.id))
-            .collect();
-
-        // 1. Dedupe (even a message that opens no window of its own is a
-        //    duplicate within an earlier one's); index first, so that a
-        //    crash after the append leaves no entry out of the index.
-        let check = async {
-            let mut cmd = redis::cmd("GET");
-            cmd.arg(&record);
-            let mut conn = self.conn.clone();
-            self.call("enqueue", async move {
-                cmd.query_async::<Option<Vec<u8>>>(&mut conn).await
-            })
-            .await
-        };
-        let (found, ()) = try_join(check, self.index(&tags, msg.expires_at)).await?;
-        if let Some(found) = found
-            && record_live(&found, msg.now)?
-        {
+        let attempt = Attempt::new(&msg, self.attempt_token());
+        if self.is_duplicate(&attempt).await? {
             return Ok(Enqueued::Duplicate);
         }
+        let over = self.over_retained(&attempt).await?;
+        if attempt.reserved()
+            && let Some(refused) = self.reserve(&attempt, over).await?
+        {
+            return Ok(refused);
+        }
+        let seqs = match self.append_all(&attempt, over).await? {
+            Ok(seqs) => seqs,
+            Err(refused) => return Ok(refused),
+        };
+        if !self.commit(&attempt).await? {
+            // A concurrent send of the same message committed first; the
+            // markers made this one reuse its entries.
+            return Ok(Enqueued::Duplicate);
+        }
+        Ok(Enqueued::Stored(
+            msg.destinations.into_iter().zip(seqs).collect(),
+        ))
+    }
 
-        // The retained bytes limit, by this node's view (at most a second
-        // old, plus its own appends since).
+    /// Step 1: whether a live dedupe record says the message was stored
+    /// (even a message that opens no window of its own is a duplicate
+    /// within an earlier one's); indexes the destinations first, so that a
+    /// crash after the append leaves no entry out of the index.
+    async fn is_duplicate(&self, attempt: &Attempt<'_>) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(&attempt.record);
+        let check = self.query::<Option<Vec<u8>>>("enqueue", cmd);
+        let (found, ()) =
+            try_join(check, self.index(&attempt.tags(), attempt.msg.expires_at)).await?;
+        match found {
+            Some(found) => record_live(&found, attempt.msg.now),
+            None => Ok(false),
+        }
+    }
+
+    /// Whether the message would take the retained bytes past the limit, by
+    /// this node's view (at most a second old, plus its own appends since).
+    async fn over_retained(&self, attempt: &Attempt<'_>) -> Result<bool, StoreError> {
         if self.retained.stale(wall_clock_ms()) {
             self.refresh_retained().await?;
         }
-        // Refused after the queue limits, as on standalone Redis: below
-        // after the reservations, or in the append of a single destination.
-        let adding = (msg.payload.len() as u64).saturating_mul(dests.len() as u64);
-        let over = self.retained.get().saturating_add(adding) > msg.retained_limit;
+        let msg = attempt.msg;
+        let adding = (msg.payload.len() as u64).saturating_mul(attempt.dests.len() as u64);
+        Ok(self.retained.get().saturating_add(adding) > msg.retained_limit)
+    }
 
-        // 2. Reserve room in every destination before appending to any.
-        let reserved = dests.len() > 1;
-        if reserved {
-            let deadline = msg.now.saturating_add(ATTEMPT_MS);
-            let replies = try_join_all(dests.iter().zip(&markers).map(|(dest, marker)| {
+    /// Step 2: reserves room in every destination before appending to any;
+    /// returns the refusal when a destination is full (or the message is
+    /// `over` the retained bytes limit), after releasing the reservations.
+    async fn reserve(
+        &self,
+        attempt: &Attempt<'_>,
+        over: bool,
+    ) -> Result<Option<Enqueued>, StoreError> {
+        let msg = attempt.msg;
+        let deadline = msg.now.saturating_add(ATTEMPT_MS);
+        let replies = try_join_all(attempt.dests.iter().zip(&attempt.markers).map(
+            |(dest, marker)| {
                 let mut inv = self.scripts.cluster.reserve.prepare_invoke();
                 inv.key(&dest.unacked)
                     .key(&dest.resv)
                     .key(marker.as_slice())
                     .arg(msg.now)
                     .arg(msg.queue_limit)
-                    .arg(&token)
+                    .arg(&attempt.token)
                     .arg(deadline);
-                let mut conn = self.conn.clone();
-                self.call("enqueue", async move {
-                    inv.invoke_async::<String>(&mut conn).await
-                })
-            }))
-            .await?;
-            if let Some(bad) = replies
-                .iter()
-                .find(|r| !matches!(r.as_str(), "ok" | "have" | "full"))
-            {
-                return Err(StoreError::corrupt(format!(
-                    "redis enqueue: bad reservation reply {bad:?}"
-                )));
-            }
-            let full = replies.iter().position(|r| r == "full");
-            if full.is_some() || over {
-                // Best effort: a reservation left behind lapses by itself.
-                let releases =
-                    dests
-                        .iter()
-                        .zip(&replies)
-                        .filter(|(_, r)| *r == "ok")
-                        .map(|(dest, _)| {
-                            let mut cmd = redis::cmd("ZREM");
-                            cmd.arg(&dest.resv).arg(&token);
-                            let mut conn = self.conn.clone();
-                            self.call("enqueue", async move {
-                                cmd.query_async::<Value>(&mut conn).await
-                            })
-                        });
-                join_all(releases).await;
-                return Ok(match full {
-                    Some(full) => Enqueued::QueueFull(msg.destinations[full].clone()),
-                    None => Enqueued::StoreFull,
-                });
-            }
+                self.invoke::<String>("enqueue", inv)
+            },
+        ))
+        .await?;
+        if let Some(bad) = replies
+            .iter()
+            .find(|r| !matches!(r.as_str(), "ok" | "have" | "full"))
+        {
+            return Err(StoreError::corrupt(format!(
+                "redis enqueue: bad reservation reply {bad:?}"
+            )));
         }
-
-        // 3. Append (idempotent: the marker names this attempt and, for the
-        //    dedupe window, the message).
-        let marker_px = px.max(ATTEMPT_MS);
-        let sender = msg.sender.as_ref().map_or("", |s| s.as_str());
-        let replies = try_join_all(dests.iter().zip(&markers).map(|(dest, marker)| {
-            let mut inv = self.scripts.cluster.append.prepare_invoke();
-            for key in dest.all() {
-                inv.key(key);
-            }
-            inv.key(&dest.resv)
-                .key(marker.as_slice())
-                .arg(msg.now)
-                .arg(msg.expires_at)
-                .arg(msg.dedupe_until)
-                .arg(marker_px)
-                .arg(if reserved { "1" } else { "0" })
-                .arg(msg.queue_limit)
-                .arg(&token)
-                .arg(sender)
-                .arg(msg.id.as_str())
-                .arg(msg.payload.as_ref())
-                .arg(crate::keep_for(msg.now, msg.expires_at, msg.forget_after))
-                .arg(if over && !reserved { "1" } else { "0" });
-            let mut conn = self.conn.clone();
-            self.call("enqueue", async move {
-                inv.invoke_async::<Value>(&mut conn).await
-            })
+        let full = replies.iter().position(|r| r == "full");
+        if full.is_none() && !over {
+            return Ok(None);
+        }
+        // Best effort: a reservation left behind lapses by itself.
+        let releases = attempt
+            .dests
+            .iter()
+            .zip(&replies)
+            .filter(|(_, r)| *r == "ok")
+            .map(|(dest, _)| {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(&dest.resv).arg(&attempt.token);
+                self.query::<Value>("enqueue", cmd)
+            });
+        join_all(releases).await;
+        Ok(Some(match full {
+            Some(full) => Enqueued::QueueFull(msg.destinations[full].clone()),
+            None => Enqueued::StoreFull,
         }))
+    }
+
+    /// Step 3: appends to every destination (idempotent: the marker names
+    /// this attempt and, for the dedupe window, the message); returns the
+    /// seqs, or the refusal of a single destination's append.
+    async fn append_all(
+        &self,
+        attempt: &Attempt<'_>,
+        over: bool,
+    ) -> Result<Result<Vec<Seq>, Enqueued>, StoreError> {
+        let msg = attempt.msg;
+        let reserved = attempt.reserved();
+        let marker_px = attempt.px.max(ATTEMPT_MS);
+        let sender = msg.sender.as_ref().map_or("", |s| s.as_str());
+        let replies = try_join_all(attempt.dests.iter().zip(&attempt.markers).map(
+            |(dest, marker)| {
+                let mut inv = self.scripts.cluster.append.prepare_invoke();
+                for key in dest.all() {
+                    inv.key(key);
+                }
+                inv.key(&dest.resv)
+                    .key(marker.as_slice())
+                    .arg(msg.now)
+                    .arg(msg.expires_at)
+                    .arg(msg.dedupe_until)
+                    .arg(marker_px)
+                    .arg(if reserved { "1" } else { "0" })
+                    .arg(msg.queue_limit)
+                    .arg(&attempt.token)
+                    .arg(sender)
+                    .arg(msg.id.as_str())
+                    .arg(msg.payload.as_ref())
+                    .arg(crate::keep_for(msg.now, msg.expires_at, msg.forget_after))
+                    .arg(if over && !reserved { "1" } else { "0" });
+                self.invoke::<Value>("enqueue", inv)
+            },
+        ))
         .await?;
         let mut seqs = Vec::with_capacity(replies.len());
         for (i, reply) in replies.into_iter().enumerate() {
@@ -295,74 +331,70 @@ impl RedisStore {
             match reply.as_slice() {
                 [ok, seq, added] if status(ok) == Some(b"ok") => {
                     seqs.push(codec::seq(seq, "enqueue")?);
-                    self.count_retained(&dests[i].tag, codec::int(added, "enqueue")?)
+                    self.count_retained(&attempt.dests[i].tag, codec::int(added, "enqueue")?)
                         .await;
                 }
                 // Only without a reservation: a single destination.
                 [full] if !reserved && status(full) == Some(b"full") => {
-                    return Ok(Enqueued::QueueFull(msg.destinations[i].clone()));
+                    return Ok(Err(Enqueued::QueueFull(msg.destinations[i].clone())));
                 }
                 [full] if !reserved && status(full) == Some(b"store_full") => {
-                    return Ok(Enqueued::StoreFull);
+                    return Ok(Err(Enqueued::StoreFull));
                 }
                 _ => {
                     return Err(StoreError::corrupt("redis enqueue: bad append reply"));
                 }
             }
         }
+        Ok(Ok(seqs))
+    }
 
-        // 4. Commit.
-        let commit = async {
-            if px == 0 {
+    /// Step 4: writes the dedupe record (the commit point; false when a
+    /// concurrent send of the same message committed first), indexes the
+    /// destinations again, and cuts the markers' lives short.
+    async fn commit(&self, attempt: &Attempt<'_>) -> Result<bool, StoreError> {
+        let msg = attempt.msg;
+        let record = async {
+            if attempt.px == 0 {
                 return Ok(true);
             }
             let mut inv = self.scripts.cluster.commit.prepare_invoke();
-            inv.key(&record)
+            inv.key(&attempt.record)
                 .arg(msg.now)
                 .arg(msg.dedupe_until)
-                .arg(px)
-                .arg(&token);
-            let mut conn = self.conn.clone();
-            let reply: String = self
-                .call("enqueue", async move { inv.invoke_async(&mut conn).await })
-                .await?;
+                .arg(attempt.px)
+                .arg(&attempt.token);
+            let reply: String = self.invoke("enqueue", inv).await?;
             match reply.as_str() {
                 "ok" => Ok(true),
                 "dup" => Ok(false),
                 _ => Err(StoreError::corrupt("redis enqueue: bad commit reply")),
             }
         };
-        let (committed, indexed) = join(commit, self.index(&tags, msg.expires_at)).await;
+        let (committed, indexed) = join(record, self.index(&attempt.tags(), msg.expires_at)).await;
         if let Err(e) = indexed {
             // The index already has the channels from step 1 (unless an
             // expire sweep raced with this enqueue and a crash follows).
             tracing::warn!(error = %e, "enqueue: cannot index the destinations again");
         }
         if !committed? {
-            // A concurrent send of the same message committed first; the
-            // markers made this one reuse its entries.
-            return Ok(Enqueued::Duplicate);
+            return Ok(false);
         }
-        if px > 0 {
+        if attempt.px > 0 {
             // From now on the dedupe record answers resends; the markers
             // only have to outlast sends of this message already in
             // progress. Best effort: a marker left as it is lapses with
             // the window.
-            let shorten = markers.iter().map(|marker| {
+            let shorten = attempt.markers.iter().map(|marker| {
                 let mut cmd = redis::cmd("PEXPIRE");
                 cmd.arg(marker.as_slice()).arg(ATTEMPT_MS);
-                let mut conn = self.conn.clone();
-                self.call("enqueue", async move {
-                    cmd.query_async::<Value>(&mut conn).await
-                })
+                self.query::<Value>("enqueue", cmd)
             });
             if let Err(e) = try_join_all(shorten).await {
                 tracing::warn!(error = %e, "enqueue: cannot shorten the markers' lives");
             }
         }
-        Ok(Enqueued::Stored(
-            msg.destinations.into_iter().zip(seqs).collect(),
-        ))
+        Ok(true)
     }
 
     /// Puts channels into their expiry index shards with score at most
@@ -382,11 +414,7 @@ impl RedisStore {
             for tag in tags {
                 cmd.arg(expires_at).arg(tag);
             }
-            let mut conn = self.conn.clone();
-            self.call(
-                "index",
-                async move { cmd.query_async::<Value>(&mut conn).await },
-            )
+            self.query::<Value>("index", cmd)
         }))
         .await?;
         Ok(())
@@ -405,10 +433,7 @@ impl RedisStore {
         inv.arg(keys::device(&ack.device))
             .arg(ack.id.as_str())
             .arg(ack.now);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("ack", async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("ack", inv).await?;
         let reply = codec::array(reply, "ack")?;
         let (seq, removed, sender) = match reply.as_slice() {
             [found] if codec::int(found, "ack")? == 0 => return Ok(Acked::default()),
@@ -476,12 +501,7 @@ impl RedisStore {
                     ack.receipt_expires_at,
                     ack.forget_after,
                 ));
-            let mut conn = self.conn.clone();
-            let reply = self
-                .call("ack receipt", async move {
-                    inv.invoke_async::<Value>(&mut conn).await
-                })
-                .await;
+            let reply = self.invoke::<Value>("ack receipt", inv).await;
             match reply {
                 Ok(reply) => {
                     let reply = codec::array(reply, "ack receipt")?;
@@ -603,10 +623,7 @@ impl RedisStore {
                 inv.key(key);
             }
             inv.arg(now).arg(EXPIRE_BATCH);
-            let mut conn = self.conn.clone();
-            let reply: Value = self
-                .call("expire", async move { inv.invoke_async(&mut conn).await })
-                .await?;
+            let reply: Value = self.invoke("expire", inv).await?;
             let mut reply = codec::array(reply, "expire")?.into_iter();
             let (Some(n), Some(removed), Some(more)) = (reply.next(), reply.next(), reply.next())
             else {
@@ -638,33 +655,19 @@ impl RedisStore {
             cmd.arg(shard).arg(&earliest).arg(&keys.tag);
             cmd
         };
-        let mut conn = self.conn.clone();
-        self.call("expire", async move {
-            cmd.query_async::<Value>(&mut conn).await
-        })
-        .await?;
+        self.query::<Value>("expire", cmd).await?;
 
         let mut cmd = redis::cmd("GET");
         cmd.arg(&keys.seq);
-        let mut conn = self.conn.clone();
-        let now_counter: Option<Vec<u8>> = self
-            .call("expire", async move { cmd.query_async(&mut conn).await })
-            .await?;
+        let now_counter: Option<Vec<u8>> = self.query("expire", cmd).await?;
         if now_counter.unwrap_or_else(|| b"0".to_vec()) != counter {
             let mut cmd = redis::cmd("ZRANGE");
             cmd.arg(&keys.exp).arg(0).arg(0).arg("WITHSCORES");
-            let mut conn = self.conn.clone();
-            let first: Vec<Vec<u8>> = self
-                .call("expire", async move { cmd.query_async(&mut conn).await })
-                .await?;
+            let first: Vec<Vec<u8>> = self.query("expire", cmd).await?;
             if let [_, score] = first.as_slice() {
                 let mut cmd = redis::cmd("ZADD");
                 cmd.arg(shard).arg("LT").arg(score).arg(&keys.tag);
-                let mut conn = self.conn.clone();
-                self.call("expire", async move {
-                    cmd.query_async::<Value>(&mut conn).await
-                })
-                .await?;
+                self.query::<Value>("expire", cmd).await?;
             }
         }
         Ok(dropped)

@@ -271,7 +271,7 @@ use bachata_core::{
 use bachata_proto::{Channel, GroupId};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::{RedisError, Script, Value};
+use redis::{FromRedisValue, RedisError, Value};
 
 use conn::Conn;
 use keys::{ChannelKeys, EXPIRING, PREFIX, RETAINED};
@@ -342,49 +342,10 @@ pub enum RedisStoreError {
     Unsupported(String),
 }
 
-/// A script: the shebang (Redis 7 script flags), the shared helpers, then
-/// the script's own file. A script without `no-writes` is refused whole when
-/// Redis is over `maxmemory`, before it writes anything.
-macro_rules! script {
-    ($file:literal) => {
-        script!("#!lua", $file)
-    };
-    ($shebang:literal, $file:literal) => {
-        Script::new(concat!(
-            $shebang,
-            "\n",
-            include_str!("lua/common.lua"),
-            include_str!(concat!("lua/", $file))
-        ))
-    };
-}
-
 mod cluster;
+mod scripts;
 
-#[derive(Debug)]
-struct Scripts {
-    enqueue: Script,
-    read: Script,
-    ack: Script,
-    ack_seqs: Script,
-    expire: Script,
-    touch: Script,
-    cluster: cluster::Scripts,
-}
-
-impl Scripts {
-    fn new() -> Self {
-        Scripts {
-            enqueue: script!("enqueue.lua"),
-            read: script!("#!lua flags=no-writes", "read.lua"),
-            ack: script!("ack.lua"),
-            ack_seqs: script!("ack_seqs.lua"),
-            expire: script!("expire.lua"),
-            touch: script!("touch.lua"),
-            cluster: cluster::Scripts::new(),
-        }
-    }
-}
+use scripts::Scripts;
 
 /// The [`Store`] on Redis 7, standalone or Redis Cluster. See the crate
 /// docs. Cheap to share behind an `Arc`; every call goes over one
@@ -437,15 +398,11 @@ impl RedisStore {
     }
 
     async fn check_version(&self) -> Result<(), RedisStoreError> {
-        let mut conn = self.conn.clone();
+        let mut cmd = redis::cmd("INFO");
+        cmd.arg("server");
         // On a cluster, INFO goes to every master: one reply per node.
         let info: Value = self
-            .call("INFO", async move {
-                redis::cmd("INFO")
-                    .arg("server")
-                    .query_async(&mut conn)
-                    .await
-            })
+            .query("INFO", cmd)
             .await
             .map_err(|e| RedisStoreError::Connect(e.to_string()))?;
         let texts = info_texts(info);
@@ -490,6 +447,36 @@ impl RedisStore {
         }
     }
 
+    /// Runs one command (see [`RedisStore::call`]).
+    pub(crate) async fn query<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        cmd: redis::Cmd,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(what, cmd.query_async(&mut conn)).await
+    }
+
+    /// Runs one pipeline (see [`RedisStore::call`]).
+    pub(crate) async fn query_pipe<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        pipe: redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(what, pipe.query_async(&mut conn)).await
+    }
+
+    /// Runs one script (see [`RedisStore::call`]).
+    pub(crate) async fn invoke<T: FromRedisValue>(
+        &self,
+        what: &'static str,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn.clone();
+        self.call(what, invocation.invoke_async(&mut conn)).await
+    }
+
     /// The next batch of channels due for expiry in the index `index` that
     /// this sweep has not visited yet (empty when none are left).
     async fn due_channels(
@@ -506,10 +493,7 @@ impl RedisStore {
             .arg("LIMIT")
             .arg(0)
             .arg(EXPIRE_CHANNELS);
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("expire", async move { cmd.query_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.query("expire", cmd).await?;
         let mut fresh = Vec::new();
         for tag in codec::array(reply, "expire")? {
             let tag = due_tag(tag)?;
@@ -535,10 +519,7 @@ impl RedisStore {
                 .arg(now)
                 .arg(&keys.tag)
                 .arg(EXPIRE_BATCH);
-            let mut conn = self.conn.clone();
-            let reply: Value = self
-                .call("expire", async move { inv.invoke_async(&mut conn).await })
-                .await?;
+            let reply: Value = self.invoke("expire", inv).await?;
             let reply = codec::array(reply, "expire")?;
             let [n, more] = reply.as_slice() else {
                 return Err(StoreError::corrupt("redis expire: bad reply"));
@@ -685,10 +666,7 @@ impl Store for RedisStore {
         for dest in &dests {
             inv.arg(&dest.tag);
         }
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("enqueue", async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("enqueue", inv).await?;
         let mut reply = codec::array(reply, "enqueue")?.into_iter();
         let status = reply
             .next()
@@ -741,10 +719,7 @@ impl Store for RedisStore {
             inv.key(key);
         }
         inv.arg(after).arg(limit).arg(now).arg(keys::device(device));
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("read", async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("read", inv).await?;
         let items = codec::array(reply, "read")?;
         if items.len() % 2 != 0 || items.len() / 2 > limit {
             return Err(StoreError::corrupt("redis read: bad reply"));
@@ -776,10 +751,7 @@ impl Store for RedisStore {
             .arg(ack.receipt_expires_at)
             .arg(PREFIX)
             .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("ack", async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.invoke("ack", inv).await?;
         let reply = codec::array(reply, "ack")?;
         match reply.as_slice() {
             [found] if codec::int(found, "ack")? == 0 => Ok(Acked::default()),
@@ -819,10 +791,7 @@ impl Store for RedisStore {
         for seq in seqs {
             inv.arg(*seq);
         }
-        let mut conn = self.conn.clone();
-        let removed: Value = self
-            .call("ack_seqs", async move { inv.invoke_async(&mut conn).await })
-            .await?;
+        let removed: Value = self.invoke("ack_seqs", inv).await?;
         if self.is_cluster() {
             let removed = codec::int(&removed, "ack_seqs")?;
             self.count_retained(&keys.tag, -removed).await;
@@ -846,13 +815,7 @@ impl Store for RedisStore {
             .arg(now)
             .arg(now.saturating_sub(forget_after))
             .arg(forget_after.max(1));
-        let mut conn = self.conn.clone();
-        let _: Value = self
-            .call(
-                "touch_device",
-                async move { inv.invoke_async(&mut conn).await },
-            )
-            .await?;
+        let _: Value = self.invoke("touch_device", inv).await?;
         Ok(())
     }
 
@@ -873,25 +836,16 @@ impl Store for RedisStore {
         if let Some(cluster) = self.conn.cluster() {
             return self.health_cluster(cluster).await;
         }
-        let mut conn = self.conn.clone();
-        self.call("ping", async move {
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await
-        .map(|_| ())
+        self.query::<String>("ping", redis::cmd("PING"))
+            .await
+            .map(|_| ())
     }
 
     async fn pending_count(&self, channel: &Channel, now: Millis) -> Result<u64, StoreError> {
         let key = ChannelKeys::new(channel).unacked;
         let mut cmd = redis::cmd("ZCOUNT");
         cmd.arg(key).arg(format!("({now}")).arg("+inf");
-        let mut conn = self.conn.clone();
-        let n: Value = self
-            .call(
-                "pending_count",
-                async move { cmd.query_async(&mut conn).await },
-            )
-            .await?;
+        let n: Value = self.query("pending_count", cmd).await?;
         u64::try_from(codec::int(&n, "pending_count")?)
             .map_err(|_| StoreError::corrupt("redis pending_count: negative"))
     }
@@ -906,13 +860,7 @@ impl Store for RedisStore {
             .cmd("HEXISTS")
             .arg(&keys.acks)
             .arg(seq);
-        let mut conn = self.conn.clone();
-        let (exists, acked): (bool, bool) = self
-            .call(
-                "ack_state",
-                async move { pipe.query_async(&mut conn).await },
-            )
-            .await?;
+        let (exists, acked): (bool, bool) = self.query_pipe("ack_state", pipe).await?;
         Ok(match (exists, acked) {
             (false, _) => AckState::Gone,
             (true, false) => AckState::Pending,
@@ -923,36 +871,21 @@ impl Store for RedisStore {
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("SADD");
         cmd.arg(keys::members(group)).arg(member.as_str());
-        let mut conn = self.conn.clone();
-        let n: i64 = self
-            .call(
-                "add_member",
-                async move { cmd.query_async(&mut conn).await },
-            )
-            .await?;
+        let n: i64 = self.query("add_member", cmd).await?;
         Ok(n > 0)
     }
 
     async fn remove_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {
         let mut cmd = redis::cmd("SREM");
         cmd.arg(keys::members(group)).arg(member.as_str());
-        let mut conn = self.conn.clone();
-        let n: i64 = self
-            .call(
-                "remove_member",
-                async move { cmd.query_async(&mut conn).await },
-            )
-            .await?;
+        let n: i64 = self.query("remove_member", cmd).await?;
         Ok(n > 0)
     }
 
     async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError> {
         let mut cmd = redis::cmd("SMEMBERS");
         cmd.arg(keys::members(group));
-        let mut conn = self.conn.clone();
-        let reply: Value = self
-            .call("members", async move { cmd.query_async(&mut conn).await })
-            .await?;
+        let reply: Value = self.query("members", cmd).await?;
         let mut members = codec::array(reply, "members")?
             .into_iter()
             .map(|v| codec::channel(v, "group member"))

@@ -1,0 +1,71 @@
+//! The Lua scripts, each loaded with the shared helpers of
+//! `lua/common.lua` (see the crate docs for what each does).
+
+use redis::Script;
+
+/// A script: the shebang (Redis 7 script flags), the shared helpers, then
+/// the script's own file. A script without `no-writes` is refused whole when
+/// Redis is over `maxmemory`, before it writes anything.
+macro_rules! script {
+    ($file:literal) => {
+        script!("#!lua", $file)
+    };
+    ($shebang:literal, $file:literal) => {
+        Script::new(concat!(
+            $shebang,
+            "\n",
+            include_str!("lua/common.lua"),
+            include_str!(concat!("lua/", $file))
+        ))
+    };
+}
+
+/// Every script of the store.
+#[derive(Debug)]
+pub(crate) struct Scripts {
+    pub(crate) enqueue: Script,
+    pub(crate) read: Script,
+    pub(crate) ack: Script,
+    pub(crate) ack_seqs: Script,
+    pub(crate) expire: Script,
+    pub(crate) touch: Script,
+    pub(crate) cluster: ClusterScripts,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Self {
+        Scripts {
+            enqueue: script!("enqueue.lua"),
+            read: script!("#!lua flags=no-writes", "read.lua"),
+            ack: script!("ack.lua"),
+            ack_seqs: script!("ack_seqs.lua"),
+            expire: script!("expire.lua"),
+            touch: script!("touch.lua"),
+            cluster: ClusterScripts::new(),
+        }
+    }
+}
+
+/// The cluster mode's own scripts (see `lua/cluster_*.lua`).
+#[derive(Debug)]
+pub(crate) struct ClusterScripts {
+    pub(crate) reserve: Script,
+    pub(crate) append: Script,
+    pub(crate) commit: Script,
+    pub(crate) ack: Script,
+    pub(crate) receipt: Script,
+    pub(crate) expire: Script,
+}
+
+impl ClusterScripts {
+    pub(crate) fn new() -> Self {
+        ClusterScripts {
+            reserve: script!("cluster_reserve.lua"),
+            append: script!("cluster_append.lua"),
+            commit: script!("cluster_commit.lua"),
+            ack: script!("cluster_ack.lua"),
+            receipt: script!("cluster_receipt.lua"),
+            expire: script!("cluster_expire.lua"),
+        }
+    }
+}
