@@ -12,7 +12,7 @@ close: the server under test does not echo, so `behavior` is expected to fail
        ends the case with 1001 (Going Away) instead of the 1000 the case
        expects, and a server that completes that handshake by answering
        1001 is doing exactly right (counted as "ended by wstest"). And bachata
-       reads a binary message as UTF-8 text (contract section 2, as the
+       reads a binary message as UTF-8 text (protocol.md section 2, as the
        original Bachata does): a binary message that is not UTF-8 closes
        with 1007. wstest grades that FAILED ("failed by the wrong
        endpoint") because its binary cases expect an echo; a clean closing

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # WebSocket conformance of bachata's socket handling against the Autobahn
-# TestSuite (contract section 9, docs/security.md):
+# TestSuite (protocol.md section 9, docs/security.md):
 #
 # 1. the echo mode of the same WebSocket layer (the `ws_echo` example:
 #    the server's accept loop, limits and close handling, with an echo

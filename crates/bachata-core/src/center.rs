@@ -23,7 +23,7 @@ use crate::store::{
     now_millis,
 };
 
-/// Delivery policy (`spec.md` section 5).
+/// Delivery policy (protocol.md section 5).
 #[derive(Debug, Clone)]
 pub struct DeliveryConfig {
     /// Pending messages expire after this long.
@@ -35,10 +35,10 @@ pub struct DeliveryConfig {
     /// Unacked messages outstanding on one connection.
     pub inflight: usize,
     /// Payload bytes of pending messages the store keeps at most, over all
-    /// channels (contract section 9).
+    /// channels (protocol.md section 9).
     pub max_retained_bytes: u64,
     /// Devices and channels unseen for this long, with nothing pending, are
-    /// forgotten (contract section 9).
+    /// forgotten (protocol.md section 9).
     pub forget_after: Duration,
 }
 
@@ -148,7 +148,7 @@ impl CenterBuilder {
         self
     }
 
-    /// Turns signatures on (`spec.md` section 6): every data message from a
+    /// Turns signatures on (protocol.md section 6): every data message from a
     /// client must carry a `sign` made with its channel's secret, derived
     /// from this key.
     pub fn sign_key(mut self, key: Option<&[u8]>) -> Self {
@@ -630,7 +630,7 @@ impl MessagesCenter {
     }
 
     /// Forgets devices and channels unseen for `forget_after` with nothing
-    /// pending (contract section 9); call it periodically.
+    /// pending (protocol.md section 9); call it periodically.
     pub async fn forget(&self) -> Result<Forgotten, StoreError> {
         self.store
             .forget(now_millis(), millis(self.config.forget_after))

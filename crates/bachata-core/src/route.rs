@@ -1,4 +1,4 @@
-//! The route chain (`spec.md` section 4), after the seed's `BaseRoute`.
+//! The route chain (protocol.md section 4), after the seed's `BaseRoute`.
 
 use std::sync::Arc;
 
@@ -66,7 +66,7 @@ impl Route for DirectRoute {
 
 /// The built-in group route: a message of type `"group"` goes to every
 /// member of group `dest` but the sender, who must be a member
-/// (`spec.md` section 4). Membership lives in the store, so every node of a
+/// (protocol.md section 4). Membership lives in the store, so every node of a
 /// cluster sees the same groups. Messages by system (HTTP API) need no
 /// membership.
 #[derive(Clone)]

@@ -1,5 +1,5 @@
 //! One connection's delivery: which entries of its channel to send, in log
-//! order, within the in-flight window (`spec.md` section 5).
+//! order, within the in-flight window (protocol.md section 5).
 //!
 //! The session starts by reading the store from the beginning of the log, so
 //! a (re)connecting device first gets everything it has not acked. After it

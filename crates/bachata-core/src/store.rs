@@ -21,7 +21,7 @@
 //! - An entry stays readable for a device until that device acks it or it
 //!   expires. It is removed once every known device of the channel acked it,
 //!   or once it expires.
-//! - State follows pending work (contract section 9): a device not seen for
+//! - State follows pending work (protocol.md section 9): a device not seen for
 //!   `forget_after` is forgotten (entries only it still needed go), and a
 //!   channel with no device left and an empty log is forgotten whole; its
 //!   seqs start again at 1, which is safe because no connection of it

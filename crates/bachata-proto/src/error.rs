@@ -1,6 +1,6 @@
 use std::fmt;
 
-/// The wire error codes of a 400 rejection (`spec.md` section 3).
+/// The wire error codes of a 400 rejection (protocol.md section 3).
 ///
 /// Grouped by what the client should do: fix the frame (`InvalidJson`,
 /// `InvalidMessage`, `NoRoute`, `Forbidden`, `BadSignature`) or retry later
@@ -14,7 +14,7 @@ pub enum ErrorCode {
     BadSignature,
     QueueFull,
     /// The server keeps `--max-retained-bytes` of pending payloads already
-    /// (contract section 9): retry once receivers caught up.
+    /// (protocol.md section 9): retry once receivers caught up.
     StoreFull,
     RateLimited,
     Unavailable,

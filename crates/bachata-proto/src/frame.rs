@@ -51,7 +51,7 @@ impl From<ProtoError> for Rejected {
     }
 }
 
-/// A data message (`spec.md` section 3).
+/// A data message (protocol.md section 3).
 ///
 /// `data` and unknown fields are kept as the exact JSON text the client sent.
 #[derive(Debug, Clone)]
@@ -163,7 +163,7 @@ impl DataMessage {
 /// Kept as one JSON text (`"k":v,"k2":v2`: each key as a JSON string, each
 /// value exactly as received) with the position of each field, so that a
 /// message of thousands of fields costs two allocations instead of two per
-/// field (contract section 9: a frame's cost is linear in its size).
+/// field (protocol.md section 9: a frame's cost is linear in its size).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extra {
     text: String,
@@ -466,7 +466,7 @@ pub fn parse_frame(text: &str, limits: &Limits) -> Result<Inbound, Rejected> {
 
 /// Objects with at most this many keys are checked for repeats pairwise
 /// (no allocation); larger ones are sorted, so a frame of thousands of keys
-/// costs `n log n` comparisons instead of `n^2` (contract section 9: a
+/// costs `n log n` comparisons instead of `n^2` (protocol.md section 9: a
 /// 64 KiB frame of ~9,000 two-character keys took ~120 ms pairwise).
 const PAIRWISE_KEYS: usize = 16;
 

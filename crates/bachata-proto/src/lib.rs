@@ -1,5 +1,5 @@
 //! The Bachata wire protocol: message types, a JSON codec with limits, and the
-//! error codes of the contract (`spec.md` section 3).
+//! error codes of the contract (protocol.md section 3).
 //!
 //! This crate does no I/O. The server, the client and the benchmark share it so
 //! that a frame means the same thing everywhere.

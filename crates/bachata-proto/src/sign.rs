@@ -1,4 +1,4 @@
-//! Message signatures (`spec.md` section 6), after the seed's `sign` field.
+//! Message signatures (protocol.md section 6), after the seed's `sign` field.
 //!
 //! - A channel's secret is `hex(HMAC-SHA256(key = server key, msg = channel))`,
 //!   so an application backend that knows the server key can hand each user

@@ -1,4 +1,4 @@
-//! Structure-aware property tests of `parse_frame` (contract section 9):
+//! Structure-aware property tests of `parse_frame` (protocol.md section 9):
 //! arbitrary JSON trees with many keys, repeated keys in any object (in two
 //! spellings), and deep nesting, checked against the model in `model/`.
 //! The fuzz target `parse_structured` runs the same model on fuzzer input.

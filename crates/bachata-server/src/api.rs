@@ -1,4 +1,4 @@
-//! The HTTP API for application backends (`spec.md` section 7), under `/api/`.
+//! The HTTP API for application backends (protocol.md section 7), under `/api/`.
 //!
 //! - `POST /api/publish`: a data message sent by system (no `from`), routed
 //!   like any other.
@@ -192,7 +192,7 @@ impl FromRequestParts<Arc<AppState>> for Authorized {
     }
 }
 
-/// The API's auth rules (`spec.md` section 7):
+/// The API's auth rules (protocol.md section 7):
 /// - with `--api-key`: `Authorization: Bearer <key>` must match it (the
 ///   scheme is case-insensitive), else 401;
 /// - without one: 403, except on a server in anonymous mode (no JWT
@@ -372,7 +372,7 @@ async fn publish(
 ) -> Result<Json<Published>, ApiError> {
     // The body, like the headers, within --header-timeout: a client that
     // trickles it would otherwise hold a connection slot for as long as it
-    // likes (contract section 9).
+    // likes (protocol.md section 9).
     let bytes = tokio::time::timeout(
         app.config.header_timeout,
         read_body(&headers, body, app.config.max_frame_bytes),

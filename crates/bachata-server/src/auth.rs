@@ -1,4 +1,4 @@
-//! Who is connecting (`spec.md` section 2): a JWT (`?token=` or
+//! Who is connecting (protocol.md section 2): a JWT (`?token=` or
 //! `Authorization: Bearer`) when JWT auth is configured, else `?channel=`
 //! where anonymous channels are allowed.
 //!
@@ -8,7 +8,7 @@
 //! expires is a liability), `nbf` (honoured when present), optional
 //! `device`. Clocks may differ by [`LEEWAY_SECS`].
 //!
-//! The query is read strictly (contract section 9): a parameter that is not
+//! The query is read strictly (protocol.md section 9): a parameter that is not
 //! UTF-8 once percent-decoded, or that comes twice, refuses the handshake
 //! instead of being guessed at; so does a token given both in the query
 //! and in a header, and a `?channel=` that differs from the token's.

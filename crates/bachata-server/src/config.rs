@@ -1,5 +1,5 @@
 //! Settings: flags > `BACHATA_*` environment > TOML file (`--config`) >
-//! defaults (`spec.md` section 1). Merged by figment, so every setting has
+//! defaults (protocol.md section 1). Merged by figment, so every setting has
 //! the same name everywhere: `--queue-limit`, `BACHATA_QUEUE_LIMIT`,
 //! `queue_limit = 5`.
 
@@ -37,7 +37,7 @@ pub struct Config {
     pub jwt_public_key: Option<PathBuf>,
     /// Key for the HTTP API (`Authorization: Bearer <key>`).
     pub api_key: Option<String>,
-    /// Key from which each channel's signing secret is derived (spec 6).
+    /// Key from which each channel's signing secret is derived (protocol.md section 6).
     pub sign_key: Option<String>,
     /// Data messages per second per connection; `None` is no limit.
     pub rate_limit: Option<u32>,
@@ -65,7 +65,7 @@ pub struct Config {
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub ping_interval: Duration,
     /// How long a client may take to send a request's headers; slower ones
-    /// are closed (slowloris, contract section 9).
+    /// are closed (slowloris, protocol.md section 9).
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub header_timeout: Duration,
     /// Open TCP connections (HTTP and WebSocket) at most; `None` is the
@@ -477,7 +477,7 @@ impl Config {
                 "--store redis needs --redis-url redis://HOST:PORT (or redis+cluster://H1:P1,H2:P2)",
             );
         }
-        // Safe default (spec 1): anonymous channels only on loopback.
+        // Safe default (protocol.md section 1): anonymous channels only on loopback.
         if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
                 "refusing to listen on {} without authentication: anyone could connect as any \

@@ -260,7 +260,7 @@ pub async fn start_echo(
 
 /// The store's housekeeping, until shutdown: sweeps expired messages every
 /// few seconds (reads already skip them; the sweep frees their space), and
-/// forgets what nobody used for `--forget-after` (contract section 9),
+/// forgets what nobody used for `--forget-after` (protocol.md section 9),
 /// after marking the devices of this node's live connections as seen.
 fn spawn_expiry(center: Arc<MessagesCenter>, shutdown: CancellationToken) {
     let config = center.config();

@@ -1,4 +1,4 @@
-//! Accepting TCP connections with bounds (contract section 9): how many may
+//! Accepting TCP connections with bounds (protocol.md section 9): how many may
 //! be open, how long a request's headers may take, and how shutdown ends
 //! them all within [`crate::DRAIN_TIMEOUT`] whatever state they are in.
 //!

@@ -1,4 +1,4 @@
-//! Browser origins and the `Host` header (contract section 9).
+//! Browser origins and the `Host` header (protocol.md section 9).
 //!
 //! A browser sends cookies and reaches `localhost` for any page that asks,
 //! so without these checks a page on any site could open a WebSocket to a

@@ -1,4 +1,4 @@
-//! The `/messages` WebSocket endpoint (`spec.md` section 2): one task per
+//! The `/messages` WebSocket endpoint (protocol.md section 2): one task per
 //! connection reads client frames, hands them to the center, and writes what
 //! the connection's delivery [`Session`] hands back.
 //!
@@ -35,7 +35,7 @@ pub(crate) mod close {
     pub(crate) const PROTOCOL: u16 = 1002;
     /// A binary frame that is not UTF-8.
     pub(crate) const INVALID_DATA: u16 = 1007;
-    /// Too many frames the server could not read (contract section 3: "for
+    /// Too many frames the server could not read (protocol.md section 3: "for
     /// abuse, a close with 1008").
     pub(crate) const POLICY: u16 = 1008;
     /// A frame larger than `--max-frame-bytes`.
@@ -57,7 +57,7 @@ const WRITE_BUFFER: usize = 128 * 1024;
 /// largest frame, and room for control frames. Pongs that tungstenite
 /// queues by itself grew it without bound when a client sent pings and
 /// never read (~1 GB in 10 s); now they stop at this, and the slow consumer
-/// timer closes the connection (contract section 9).
+/// timer closes the connection (protocol.md section 9).
 fn max_write_buffer(max_frame_bytes: usize) -> usize {
     WRITE_BUFFER + max_frame_bytes + 64 * 1024
 }
@@ -451,7 +451,7 @@ impl Connection {
     /// A ping from the client: tungstenite queued the pong, which goes out
     /// with the next flush. It counts as a buffered frame, so a client that
     /// pings and never reads is closed as a slow consumer like any other
-    /// (contract section 9).
+    /// (protocol.md section 9).
     fn pong_queued(&mut self) {
         if self.unflushed == 0 {
             self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;

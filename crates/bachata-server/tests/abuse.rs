@@ -1,5 +1,5 @@
 //! Hostile and careless clients against a real `bachata` process over real
-//! sockets (contract section 9): one test per attack, each trying to get
+//! sockets (protocol.md section 9): one test per attack, each trying to get
 //! past the limit that stops it. docs/security.md has the threat table
 //! that names these tests.
 
@@ -428,7 +428,7 @@ async fn a_flood_of_invalid_frames_is_closed_with_1008() {
     assert!((100..=110).contains(&invalid), "{invalid} answered first");
 }
 
-/// Token rules (contract section 9) on the command line: a short HS256
+/// Token rules (protocol.md section 9) on the command line: a short HS256
 /// secret does not start on its own, and a token that never expires is
 /// refused.
 #[tokio::test]

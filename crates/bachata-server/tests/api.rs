@@ -1,4 +1,4 @@
-//! Spec section 7, the HTTP API, through a real server on port 0 and a raw
+//! protocol.md section 7, the HTTP API, through a real server on port 0 and a raw
 //! HTTP/1.1 client over loopback (there is no HTTP client crate among the
 //! dev-dependencies): auth, publish, groups, channels, errors, OpenAPI.
 

@@ -1,4 +1,4 @@
-//! JWT auth through a real server (spec 2): valid, expired, not yet valid,
+//! JWT auth through a real server (protocol.md section 2): valid, expired, not yet valid,
 //! wrongly signed and missing tokens; `?token=` and `Authorization: Bearer`;
 //! HS256, RS256 and ES256.
 
@@ -81,7 +81,7 @@ async fn the_token_decides_the_channel_and_messages_flow() {
     assert_eq!(bob.recv().await["from"], "alice");
 }
 
-/// Contract section 9, tokens: a lifetime beyond `--max-token-lifetime`
+/// protocol.md section 9, tokens: a lifetime beyond `--max-token-lifetime`
 /// (2^64-1 included), a repeated token, a token in both the query and a
 /// header, and a `?channel=` other than the token's are all 401.
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Crash safety with a real `bachata` process: whatever got a 100 survives
-//! SIGKILL (spec 5: "a server crash after a 100 loses nothing").
+//! SIGKILL (protocol.md section 5: "a server crash after a 100 loses nothing").
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Spec section 5, reliable delivery, through a real server and real
+//! protocol.md section 5, reliable delivery, through a real server and real
 //! WebSocket clients over loopback.
 
 mod common;

@@ -1,4 +1,4 @@
-//! The group route through a real server (spec 4): fan-out to every member
+//! The group route through a real server (protocol.md section 4): fan-out to every member
 //! but the sender, per-member acks and 300s, forbidden non-members.
 
 mod common;

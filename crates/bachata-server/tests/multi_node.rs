@@ -1,4 +1,4 @@
-//! Several bachata nodes on one Redis behave as one server (spec 8), with
+//! Several bachata nodes on one Redis behave as one server (protocol.md section 8), with
 //! real `redis-server` and, where a node must die, real `bachata` processes.
 
 mod common;

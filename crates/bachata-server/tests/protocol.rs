@@ -1,4 +1,4 @@
-//! Spec sections 2 and 3 through a real server and a real WebSocket client
+//! protocol.md sections 2 and 3 through a real server and a real WebSocket client
 //! over loopback: connecting, ready, ping, parsing, 400s and closes.
 
 mod common;

@@ -92,7 +92,7 @@ async fn a_redis_outage_is_unavailable_and_recovers() {
     assert_eq!(status, 200, "healthy again");
 }
 
-/// Contract section 9 on Redis: a channel's keys expire by themselves once
+/// protocol.md section 9 on Redis: a channel's keys expire by themselves once
 /// it has nothing pending and was not seen for `--forget-after`, so
 /// connecting under ever new names leaves nothing behind; a channel that
 /// got a message keeps its keys for the message's lifetime and that margin.

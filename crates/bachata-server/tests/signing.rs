@@ -1,4 +1,4 @@
-//! Message signatures through a real server (spec 6).
+//! Message signatures through a real server (protocol.md section 6).
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Forgetting on disk (contract section 9): what `forget` removes stays
+//! Forgetting on disk (protocol.md section 9): what `forget` removes stays
 //! removed after a crash and after a clean close, a forgotten channel that
 //! comes back starts its seqs again whatever the tables held, and the file
 //! shrinks once most of it is free.

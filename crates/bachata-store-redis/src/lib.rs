@@ -68,7 +68,7 @@
 //! leaves only its `seq` key and its `devices` hash, until they expire.
 //!
 //! # Forgetting
-//! Contract section 9: state follows pending work. Nothing is swept
+//! protocol.md section 9: state follows pending work. Nothing is swept
 //! ([`Store::forget`] does nothing here); keys carry lifetimes instead,
 //! relative (`PEXPIRE`) so that no clock has to agree with Redis's:
 //! - every append (`append` in `lua/common.lua`) makes each existing key of

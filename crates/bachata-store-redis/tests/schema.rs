@@ -126,7 +126,7 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     assert_eq!(keys(&mut conn).await, expected);
 
     // Every key of a channel that got an entry expires after the entry and
-    // forget_after (contract section 9: state follows pending work): here
+    // forget_after (protocol.md section 9: state follows pending work): here
     // the hour of the entry's TTL plus the day of forget_after (at least
     // the store's margin), and bob's devices as long as his touch set.
     let ttl_conn = conn.clone();

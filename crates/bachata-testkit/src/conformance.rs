@@ -23,10 +23,14 @@
 //! struct Redb(tempfile::TempDir);
 //! impl Backend for Redb {
 //!     async fn fresh(&mut self) -> Arc<dyn Store> {
-//!         Arc::new(RedbStore::open(self.0.path().join("db")).expect("open"))
+//!         let store = RedbStore::open(self.0.path(), None).expect("open");
+//!         // Dropped, the store then stops as a crash would: without the
+//!         // checkpoint of a clean close.
+//!         store.close_as_if_crashed();
+//!         Arc::new(store)
 //!     }
 //!     async fn reopen(&mut self, old: Arc<dyn Store>) -> Option<Arc<dyn Store>> {
-//!         drop(old); // no graceful shutdown: a crash
+//!         drop(old);
 //!         Some(self.fresh().await)
 //!     }
 //! }

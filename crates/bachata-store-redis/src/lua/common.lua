@@ -41,7 +41,7 @@ end
 -- Makes each existing key of the channel live at least `ms` more
 -- milliseconds (a string; relative, so that the nodes' clocks and Redis's
 -- need not agree): a channel's keys expire together, after its last entry
--- and a margin of `--forget-after` (contract section 9: state follows
+-- and a margin of `--forget-after` (protocol.md section 9: state follows
 -- pending work). A key without expiry gets one.
 local function keep_for(keys, ms)
   local d = tonumber(ms)

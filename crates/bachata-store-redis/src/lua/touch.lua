@@ -1,5 +1,5 @@
 -- touch: registers a device of the channel as seen at `now`, forgets the
--- channel's devices not seen since `stale` (contract section 9:
+-- channel's devices not seen since `stale` (protocol.md section 9:
 -- `--forget-after`), and keeps the channel's `seq` and `devices` keys for
 -- at least `keep` more milliseconds, so that a channel in use never expires
 -- (live connections touch their device now and then).
