@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +38,28 @@ fn config(addr: SocketAddr, channel: &str) -> ClientConfig {
     c
 }
 
+/// The ids the senders saw stored and the receivers saw arrive, shared by
+/// every task of a run.
+#[derive(Default)]
+struct Ledger {
+    /// Ids that got their 100.
+    stored: Mutex<HashSet<String>>,
+    /// Ids a receiver got.
+    received: Mutex<HashSet<String>>,
+    /// Messages the senders handed to their client.
+    sent: AtomicU64,
+}
+
+impl Ledger {
+    /// Copies of the stored and the received ids (empty if a lock is
+    /// poisoned), so set arithmetic runs without holding either lock.
+    fn snapshot(&self) -> (HashSet<String>, HashSet<String>) {
+        let stored = self.stored.lock().map(|s| s.clone()).unwrap_or_default();
+        let received = self.received.lock().map(|r| r.clone()).unwrap_or_default();
+        (stored, received)
+    }
+}
+
 /// Runs `pairs` sender/receiver pairs against `addr` for `duration`, calling
 /// `kill_and_restart` `kills` times at even intervals meanwhile.
 pub(crate) async fn run<F, Fut>(
@@ -52,67 +75,28 @@ where
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let started = Instant::now();
-    let stored: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let received: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let ledger: Arc<Ledger> = Arc::default();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let mut client = Client::connect(config(addr, &format!("chaos-r{i}"))).await?;
-        let received = received.clone();
-        let mut stopped = stopped.clone();
-        receivers.push(tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    m = client.recv() => {
-                        let Some(m) = m else { break };
-                        if let (Some(id), Ok(mut r)) = (m.id(), received.lock()) {
-                            r.insert(id.to_owned());
-                        }
-                    }
-                    _ = stopped.wait_for(|s| *s) => break,
-                }
-            }
-            client.close().await;
-        }));
+        let client = Client::connect(config(addr, &format!("chaos-r{i}"))).await?;
+        receivers.push(tokio::spawn(receive_ids(
+            client,
+            ledger.clone(),
+            stopped.clone(),
+        )));
     }
     let deadline = started + duration;
     let mut senders = Vec::new();
-    let sent_total = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for i in 0..pairs {
         let client = Client::connect(config(addr, &format!("chaos-s{i}"))).await?;
-        let stored = stored.clone();
-        let sent_total = sent_total.clone();
-        senders.push(tokio::spawn(async move {
-            let mut waiting = FuturesUnordered::new();
-            let mut n = 0u64;
-            while Instant::now() < deadline || !waiting.is_empty() {
-                while Instant::now() < deadline && waiting.len() < window {
-                    let id = format!("s{i}-{n}");
-                    n += 1;
-                    let out = Outgoing::direct(&format!("chaos-r{i}"), serde_json::json!(n));
-                    let Ok(out) = out.id(&id) else { continue };
-                    match client.send(out).await {
-                        Ok(mut handle) => {
-                            sent_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            waiting.push(async move { (id, handle.stored().await) });
-                        }
-                        Err(_) => break,
-                    }
-                }
-                let next = tokio::time::timeout(Duration::from_secs(60), waiting.next()).await;
-                match next {
-                    Ok(Some((id, Ok(())))) => {
-                        if let Ok(mut s) = stored.lock() {
-                            s.insert(id);
-                        }
-                    }
-                    Ok(Some((_, Err(_)))) => {}
-                    Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
-                    Err(_) => break,
-                }
-            }
-            client.close().await;
-        }));
+        senders.push(tokio::spawn(send_until(
+            client,
+            i,
+            window,
+            deadline,
+            ledger.clone(),
+        )));
     }
     // The kills, evenly spread over the load.
     for k in 0..kills {
@@ -123,12 +107,91 @@ where
     for s in senders {
         let _ = s.await;
     }
-    // Drain: wait (bounded) until every stored message arrived.
+    wait_until_stored_arrived(&ledger).await;
+    let _ = stop.send(true);
+    for r in receivers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+    }
+    let (stored, received) = ledger.snapshot();
+    let lost = stored.difference(&received).count() as u64;
+    Ok(Report {
+        kills,
+        sent: ledger.sent.load(Ordering::Relaxed),
+        stored: stored.len() as u64,
+        received: stored.intersection(&received).count() as u64,
+        lost,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A receiver: records the id of every message until `stopped` turns true
+/// (or the client ends), then closes.
+async fn receive_ids(
+    mut client: Client,
+    ledger: Arc<Ledger>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            m = client.recv() => {
+                let Some(m) = m else { break };
+                if let (Some(id), Ok(mut r)) = (m.id(), ledger.received.lock()) {
+                    r.insert(id.to_owned());
+                }
+            }
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+    }
+    client.close().await;
+}
+
+/// Sender `i`: keeps `window` messages to receiver `i` waiting for their
+/// 100 until `deadline`, then waits for the rest. A message counts as
+/// stored only once its 100 came; 60 s without a single 100 ends the sender.
+async fn send_until(
+    client: Client,
+    i: usize,
+    window: usize,
+    deadline: Instant,
+    ledger: Arc<Ledger>,
+) {
+    let mut waiting = FuturesUnordered::new();
+    let mut n = 0u64;
+    while Instant::now() < deadline || !waiting.is_empty() {
+        while Instant::now() < deadline && waiting.len() < window {
+            let id = format!("s{i}-{n}");
+            n += 1;
+            let out = Outgoing::direct(&format!("chaos-r{i}"), serde_json::json!(n));
+            let Ok(out) = out.id(&id) else { continue };
+            match client.send(out).await {
+                Ok(mut handle) => {
+                    ledger.sent.fetch_add(1, Ordering::Relaxed);
+                    waiting.push(async move { (id, handle.stored().await) });
+                }
+                Err(_) => break,
+            }
+        }
+        let next = tokio::time::timeout(Duration::from_secs(60), waiting.next()).await;
+        match next {
+            Ok(Some((id, Ok(())))) => {
+                if let Ok(mut s) = ledger.stored.lock() {
+                    s.insert(id);
+                }
+            }
+            Ok(Some((_, Err(_)))) => {}
+            Ok(None) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(_) => break,
+        }
+    }
+    client.close().await;
+}
+
+/// The drain: waits (at most 60 s) until every stored message arrived.
+async fn wait_until_stored_arrived(ledger: &Ledger) {
     let drain_until = Instant::now() + Duration::from_secs(60);
     loop {
         let missing = {
-            let stored = stored.lock().map(|s| s.clone()).unwrap_or_default();
-            let received = received.lock().map(|r| r.clone()).unwrap_or_default();
+            let (stored, received) = ledger.snapshot();
             stored.difference(&received).count()
         };
         if missing == 0 || Instant::now() > drain_until {
@@ -136,19 +199,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = stop.send(true);
-    for r in receivers {
-        let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
-    }
-    let stored = stored.lock().map(|s| s.clone()).unwrap_or_default();
-    let received = received.lock().map(|r| r.clone()).unwrap_or_default();
-    let lost = stored.difference(&received).count() as u64;
-    Ok(Report {
-        kills,
-        sent: sent_total.load(std::sync::atomic::Ordering::Relaxed),
-        stored: stored.len() as u64,
-        received: stored.intersection(&received).count() as u64,
-        lost,
-        seconds: started.elapsed().as_secs_f64(),
-    })
 }

@@ -122,6 +122,22 @@ struct MemberResult {
     errors: Vec<String>,
 }
 
+/// How many messages each sender sent (`None` while it still sends), shared
+/// by every member: a member is done receiving once it has them all.
+type Totals = Vec<Option<u64>>;
+
+/// What every member of a run starts from.
+#[derive(Clone)]
+struct Shared {
+    opts: Options,
+    /// The time base of the `t` stamps in the messages.
+    origin: Instant,
+    /// When the senders stop sending.
+    deadline: Instant,
+    totals_tx: watch::Sender<Totals>,
+    totals_rx: watch::Receiver<Totals>,
+}
+
 /// Runs the scenario. The group must exist on a bachata server.
 pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(opts.members >= 2, "a group needs at least 2 members");
@@ -135,22 +151,19 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
         conns.push(connect(&opts.url, &opts.member(i)).await?);
     }
     let started = Instant::now();
-    let deadline = started + opts.duration;
-    // How many messages each sender sent, once it stopped sending.
     let (totals_tx, totals_rx) = watch::channel(vec![None::<u64>; opts.senders]);
+    let shared = Shared {
+        opts: opts.clone(),
+        origin,
+        deadline: started + opts.duration,
+        totals_tx,
+        totals_rx,
+    };
     let mut tasks = Vec::new();
     for (i, ws) in conns.into_iter().enumerate() {
-        tasks.push(tokio::spawn(member_loop(
-            ws,
-            i,
-            opts.clone(),
-            origin,
-            deadline,
-            totals_tx.clone(),
-            totals_rx.clone(),
-        )));
+        tasks.push(tokio::spawn(member_loop(ws, i, shared.clone())));
     }
-    drop(totals_tx);
+    drop(shared);
     let (mut to_100, mut to_300, mut to_receive) = (histogram(), histogram(), histogram());
     let (mut messages, mut deliveries) = (0, 0);
     let mut errors = Vec::new();
@@ -186,160 +199,236 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     })
 }
 
-/// One member connection: sends when it is one of the first `senders`
-/// members, and receives and acks every other sender's messages.
-async fn member_loop(
-    mut ws: Ws,
+/// The state of one member connection, shared by the steps of its loop.
+struct Member {
+    ws: Ws,
+    /// This member's index; the first `senders` members send.
     me: usize,
+    /// `<group>.m<me>`
+    name: String,
+    is_sender: bool,
+    /// Members that get each message: all but its sender.
+    receivers: u32,
+    pad: String,
     opts: Options,
     origin: Instant,
     deadline: Instant,
-    totals_tx: watch::Sender<Vec<Option<u64>>>,
-    mut totals_rx: watch::Receiver<Vec<Option<u64>>>,
-) -> anyhow::Result<MemberResult> {
-    let name = opts.member(me);
-    let is_sender = me < opts.senders;
-    let receivers = opts.members as u32 - 1;
-    let dest = &opts.group;
-    let pad = "x".repeat(opts.payload.saturating_sub(30));
-    // Own messages in flight: number -> (sent at, 300s so far).
-    let mut in_flight: HashMap<u64, (u64, u32)> = HashMap::new();
-    // Next expected number from each sender.
-    let mut expected = vec![0u64; opts.senders];
-    let mut r = MemberResult {
-        to_100: histogram(),
-        to_300: histogram(),
-        to_receive: histogram(),
-        completed: 0,
-        deliveries: 0,
-        errors: Vec::new(),
-    };
-    let mut next = 0u64;
-    let mut published = !is_sender;
-    let drain_until = deadline + Duration::from_secs(30);
-    // Frames fed but not flushed yet (acks, sends).
-    let mut unflushed = 0usize;
-    loop {
-        let sending = is_sender && Instant::now() < deadline && next < opts.max_per_sender;
-        if sending && in_flight.len() < opts.window {
-            while in_flight.len() < opts.window && next < opts.max_per_sender {
-                let now = micros(origin);
-                let frame = format!(
-                    r#"{{"id":"{name}/{next}","type":"group","dest":"{dest}","data":{{"t":{now},"p":"{pad}"}}}}"#
-                );
-                ws.feed(Message::Text(frame.into())).await?;
-                in_flight.insert(next, (now, 0));
-                next += 1;
-                unflushed += 1;
+    /// End of the drain after `deadline`.
+    drain_until: Instant,
+    totals_tx: watch::Sender<Totals>,
+    totals_rx: watch::Receiver<Totals>,
+    /// Own messages in flight: number -> (sent at, 300s so far).
+    in_flight: HashMap<u64, (u64, u32)>,
+    /// Next expected number from each sender.
+    expected: Vec<u64>,
+    /// Number of the next own message.
+    next: u64,
+    /// Whether the receivers know how many messages to expect from me.
+    published: bool,
+    /// Frames fed but not flushed yet (acks, sends).
+    unflushed: usize,
+    r: MemberResult,
+}
+
+/// What to do after waiting for the next frame.
+enum Wait {
+    Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    /// Something else changed (totals, the deadline): look again.
+    Again,
+    /// The drain timed out (recorded as an error).
+    Stop,
+}
+
+impl Member {
+    fn new(ws: Ws, me: usize, shared: Shared) -> Self {
+        let Shared {
+            opts,
+            origin,
+            deadline,
+            totals_tx,
+            totals_rx,
+        } = shared;
+        Member {
+            ws,
+            me,
+            name: opts.member(me),
+            is_sender: me < opts.senders,
+            receivers: opts.members as u32 - 1,
+            pad: "x".repeat(opts.payload.saturating_sub(30)),
+            origin,
+            deadline,
+            drain_until: deadline + Duration::from_secs(30),
+            totals_tx,
+            totals_rx,
+            in_flight: HashMap::new(),
+            expected: vec![0u64; opts.senders],
+            next: 0,
+            published: me >= opts.senders,
+            unflushed: 0,
+            r: MemberResult {
+                to_100: histogram(),
+                to_300: histogram(),
+                to_receive: histogram(),
+                completed: 0,
+                deliveries: 0,
+                errors: Vec::new(),
+            },
+            opts,
+        }
+    }
+
+    /// Whether this member still sends new messages.
+    fn sending(&self) -> bool {
+        self.is_sender && Instant::now() < self.deadline && self.next < self.opts.max_per_sender
+    }
+
+    /// Feeds own messages (unflushed) until `window` are in flight.
+    async fn fill_window(&mut self) -> anyhow::Result<()> {
+        let (name, dest, pad) = (&self.name, &self.opts.group, &self.pad);
+        while self.in_flight.len() < self.opts.window && self.next < self.opts.max_per_sender {
+            let now = micros(self.origin);
+            let next = self.next;
+            let frame = format!(
+                r#"{{"id":"{name}/{next}","type":"group","dest":"{dest}","data":{{"t":{now},"p":"{pad}"}}}}"#
+            );
+            self.ws.feed(Message::Text(frame.into())).await?;
+            self.in_flight.insert(next, (now, 0));
+            self.next += 1;
+            self.unflushed += 1;
+        }
+        Ok(())
+    }
+
+    /// Tells the receivers how many messages to expect from me.
+    fn publish_total(&mut self) {
+        let (me, next) = (self.me, self.next);
+        self.totals_tx.send_modify(|t| t[me] = Some(next));
+        self.published = true;
+    }
+
+    /// Whether every other sender published its total and I got them all.
+    /// Marks the totals seen.
+    fn done_receiving(&mut self) -> bool {
+        let totals = self.totals_rx.borrow_and_update();
+        (0..self.opts.senders)
+            .filter(|&j| j != self.me)
+            .all(|j| totals[j].is_some_and(|t| self.expected[j] >= t))
+    }
+
+    /// The next frame. Flushes first unless another frame is already
+    /// waiting to be read (and fewer than 64 are unflushed), so acks and
+    /// messages go out in few writes; then waits for a frame, a new total
+    /// or the deadline (while sending) or the drain's end.
+    async fn next_frame(&mut self, sending: bool) -> anyhow::Result<Wait> {
+        if self.unflushed > 0 {
+            if self.unflushed < 64
+                && let Some(frame) = self.ws.next().now_or_never()
+            {
+                return Ok(Wait::Frame(frame));
             }
+            self.ws.flush().await?;
+            self.unflushed = 0;
         }
-        if !sending && !published {
-            // Receivers now know how many messages to expect from me.
-            totals_tx.send_modify(|t| t[me] = Some(next));
-            published = true;
-        }
-        let done_receiving = {
-            let totals = totals_rx.borrow_and_update();
-            (0..opts.senders)
-                .filter(|&j| j != me)
-                .all(|j| totals[j].is_some_and(|t| expected[j] >= t))
-        };
-        if published && in_flight.is_empty() && done_receiving {
-            break;
-        }
-        // Flush when nothing more is waiting to be read (or after 64
-        // frames), so acks and messages go out in few writes.
-        let ready = if unflushed == 0 {
-            None
-        } else if let Some(frame) = (unflushed < 64).then(|| ws.next().now_or_never()).flatten() {
-            Some(frame)
+        let wait_until = if sending {
+            self.deadline
         } else {
-            ws.flush().await?;
-            unflushed = 0;
-            None
+            self.drain_until
         };
-        let frame = match ready {
-            Some(frame) => frame,
-            None => {
-                let wait_until = if sending { deadline } else { drain_until };
-                tokio::select! {
-                    frame = ws.next() => frame,
-                    _ = totals_rx.changed() => continue,
-                    () = tokio::time::sleep_until(wait_until) => {
-                        if sending {
-                            continue;
-                        }
-                        r.errors.push(format!(
-                            "{name}: drain timed out: {} own messages without every 300; expected from senders {expected:?}",
-                            in_flight.len()
-                        ));
-                        break;
-                    }
+        Ok(tokio::select! {
+            frame = self.ws.next() => Wait::Frame(frame),
+            _ = self.totals_rx.changed() => Wait::Again,
+            () = tokio::time::sleep_until(wait_until) => {
+                if sending {
+                    return Ok(Wait::Again);
                 }
+                self.r.errors.push(format!(
+                    "{}: drain timed out: {} own messages without every 300; expected from senders {:?}",
+                    self.name,
+                    self.in_flight.len(),
+                    self.expected
+                ));
+                Wait::Stop
             }
-        };
-        let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => anyhow::bail!("{name}: {e}"),
-            None => anyhow::bail!("{name}: connection closed"),
-        };
-        let frame: Frame<'_> = serde_json::from_str(text.as_str())?;
-        let now = micros(origin);
+        })
+    }
+
+    /// Handles a text frame: another member's message or a reply to mine.
+    async fn on_text(&mut self, text: &str) -> anyhow::Result<()> {
+        let frame: Frame<'_> = serde_json::from_str(text)?;
+        let now = micros(self.origin);
         let kind = frame.kind.get();
         if kind.starts_with('"') {
-            // A data message from another member.
-            let Some(id) = frame.id else {
-                r.errors.push(format!("{name}: data message without id"));
-                continue;
-            };
-            if let Some(data) = frame.data
-                && let Ok(stamp) = serde_json::from_str::<Stamp>(data.get())
-            {
-                let _ = r.to_receive.record(now.saturating_sub(stamp.t).max(1));
+            return self.on_message(&frame, now).await;
+        }
+        self.on_reply(kind, &frame, now, text);
+        Ok(())
+    }
+
+    /// A data message from another member: checks it is the next one from
+    /// its sender and feeds its ack.
+    async fn on_message(&mut self, frame: &Frame<'_>, now: u64) -> anyhow::Result<()> {
+        let name = &self.name;
+        let Some(id) = frame.id else {
+            self.r
+                .errors
+                .push(format!("{name}: data message without id"));
+            return Ok(());
+        };
+        if let Some(data) = frame.data
+            && let Ok(stamp) = serde_json::from_str::<Stamp>(data.get())
+        {
+            let _ = self.r.to_receive.record(now.saturating_sub(stamp.t).max(1));
+        }
+        self.r.deliveries += 1;
+        match split_id(id) {
+            Some((j, _)) if j == self.me => {
+                self.r.errors.push(format!("{name}: got own message {id}"));
             }
-            r.deliveries += 1;
-            match split_id(id) {
-                Some((j, _)) if j == me => r.errors.push(format!("{name}: got own message {id}")),
-                Some((j, n)) if j < opts.senders => {
-                    let want = &mut expected[j];
-                    if n == *want {
-                        *want += 1;
-                    } else if n < *want {
-                        r.errors.push(format!("{name}: duplicate {id}"));
-                    } else {
-                        r.errors.push(format!(
-                            "{name}: {id} arrived while {want} was expected (loss or reorder)"
-                        ));
-                        *want = n + 1;
-                    }
+            Some((j, n)) if j < self.opts.senders => {
+                let want = &mut self.expected[j];
+                if n == *want {
+                    *want += 1;
+                } else if n < *want {
+                    self.r.errors.push(format!("{name}: duplicate {id}"));
+                } else {
+                    self.r.errors.push(format!(
+                        "{name}: {id} arrived while {want} was expected (loss or reorder)"
+                    ));
+                    *want = n + 1;
                 }
-                _ => r.errors.push(format!("{name}: unexpected id {id}")),
             }
-            ws.feed(Message::Text(
+            _ => self.r.errors.push(format!("{name}: unexpected id {id}")),
+        }
+        self.ws
+            .feed(Message::Text(
                 format!(r#"{{"type":200,"data":"{id}"}}"#).into(),
             ))
             .await?;
-            unflushed += 1;
-            continue;
-        }
+        self.unflushed += 1;
+        Ok(())
+    }
+
+    /// A 100, 300 or 400 for one of my messages, or a ready or pong.
+    fn on_reply(&mut self, kind: &str, frame: &Frame<'_>, now: u64, text: &str) {
+        let name = &self.name;
         let id = frame.data.map(|d| d.get().trim_matches('"'));
         let n = id
             .and_then(split_id)
-            .filter(|(j, _)| *j == me)
+            .filter(|(j, _)| *j == self.me)
             .map(|(_, n)| n);
+        let r = &mut self.r;
         match (kind, n) {
             ("100", Some(n)) => {
-                if let Some((t, _)) = in_flight.get(&n) {
+                if let Some((t, _)) = self.in_flight.get(&n) {
                     let _ = r.to_100.record(now.saturating_sub(*t).max(1));
                 }
             }
-            ("300", Some(n)) => match in_flight.get_mut(&n) {
+            ("300", Some(n)) => match self.in_flight.get_mut(&n) {
                 Some((t, count)) => {
                     let _ = r.to_300.record(now.saturating_sub(*t).max(1));
                     *count += 1;
-                    if *count == receivers {
-                        in_flight.remove(&n);
+                    if *count == self.receivers {
+                        self.in_flight.remove(&n);
                         r.completed += 1;
                     }
                 }
@@ -348,21 +437,51 @@ async fn member_loop(
                     .push(format!("{name}: a 300 for {n} after one from every member")),
             },
             ("400", _) => {
-                r.errors
-                    .push(format!("{name}: rejected: {}", text.as_str()));
+                r.errors.push(format!("{name}: rejected: {text}"));
                 if let Some(n) = n {
-                    in_flight.remove(&n);
+                    self.in_flight.remove(&n);
                 }
             }
             ("1000" | "1002", _) => {}
-            _ => r
-                .errors
-                .push(format!("{name}: unexpected frame {}", text.as_str())),
+            _ => r.errors.push(format!("{name}: unexpected frame {text}")),
         }
     }
-    barrier(&mut ws, &name, &mut r.errors).await?;
-    let _ = ws.close(None).await;
-    Ok(r)
+}
+
+/// One member connection: sends when it is one of the first `senders`
+/// members, and receives and acks every other sender's messages.
+async fn member_loop(ws: Ws, me: usize, shared: Shared) -> anyhow::Result<MemberResult> {
+    let mut m = Member::new(ws, me, shared);
+    loop {
+        let sending = m.sending();
+        if sending && m.in_flight.len() < m.opts.window {
+            m.fill_window().await?;
+        }
+        if !sending && !m.published {
+            m.publish_total();
+        }
+        // Every turn, also when it cannot end the loop yet: reading the
+        // totals marks them seen, so `totals_rx.changed()` waits for news.
+        let done_receiving = m.done_receiving();
+        if m.published && m.in_flight.is_empty() && done_receiving {
+            break;
+        }
+        let frame = match m.next_frame(sending).await? {
+            Wait::Frame(frame) => frame,
+            Wait::Again => continue,
+            Wait::Stop => break,
+        };
+        let text = match frame {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => anyhow::bail!("{}: {e}", m.name),
+            None => anyhow::bail!("{}: connection closed", m.name),
+        };
+        m.on_text(text.as_str()).await?;
+    }
+    barrier(&mut m.ws, &m.name, &mut m.r.errors).await?;
+    let _ = m.ws.close(None).await;
+    Ok(m.r)
 }
 
 /// Sends a ping and reads until its pong. A ping is a barrier: the pong

@@ -609,7 +609,18 @@ fn us(l: &pairs::Latency) -> String {
 }
 
 async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
-    let options = |url: String, group: String| fanout::Options {
+    let results = measure_fanout_targets(&args).await?;
+    let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
+    if args.target.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+        return Ok(ok);
+    }
+    print_fanout(&args, &results, ok);
+    Ok(ok)
+}
+
+fn fanout_options(args: &FanoutArgs, url: String, group: String) -> fanout::Options {
+    fanout::Options {
         url,
         group,
         members: args.members,
@@ -618,13 +629,19 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
         payload: args.payload,
         duration: args.duration,
         max_per_sender: args.max_per_sender,
-    };
+    }
+}
+
+/// The server at `--url` alone (in a fresh group), or else the null relay
+/// then a spawned server, one after the other.
+async fn measure_fanout_targets(args: &FanoutArgs) -> anyhow::Result<Vec<FanoutMeasured>> {
     let t = &args.target;
     let mut results = Vec::new();
     if let Some(url) = &t.url {
         let group = format!("{}g", fresh_prefix("fanout"));
         fanout::create_group(host_port(url), t.api_key.as_deref(), &group, args.members).await?;
-        results.push(measure_fanout("server", options(url.clone(), group), None).await?);
+        let opts = fanout_options(args, url.clone(), group);
+        results.push(measure_fanout("server", opts, None).await?);
     } else {
         let bachata = t.spawn.clone().context("give --url or --spawn")?;
         // The null relay takes the members of group `g` to be the
@@ -632,22 +649,22 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
         let mut relay_cmd = Command::new(std::env::current_exe()?);
         relay_cmd.arg("null-relay");
         let (relay, relay_addr) = spawn(relay_cmd, "listening ", false).await?;
-        let opts = options(format!("ws://{relay_addr}"), "null-g".into());
+        let opts = fanout_options(args, format!("ws://{relay_addr}"), "null-g".into());
         results.push(measure_fanout("null", opts, relay.id()).await?);
         drop(relay);
         let server = spawn_server(&bachata, &t.store).await?;
         let group = "bachata-g";
         fanout::create_group(&server.addr, Some(&server.api_key), group, args.members).await?;
-        let opts = options(format!("ws://{}", server.addr), group.into());
+        let opts = fanout_options(args, format!("ws://{}", server.addr), group.into());
         let target = format!("bachata-{}", t.store);
         results.push(measure_fanout(&target, opts, server.child.id()).await?);
         drop(server);
     }
-    let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
-    if t.json {
-        println!("{}", serde_json::to_string_pretty(&results)?);
-        return Ok(ok);
-    }
+    Ok(results)
+}
+
+/// The text report of `fanout`.
+fn print_fanout(args: &FanoutArgs, results: &[FanoutMeasured], ok: bool) {
     println!(
         "fanout: a group of {} members, {} sending with {} in flight each; every message goes to {} members",
         args.members,
@@ -655,7 +672,7 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
         args.window,
         args.members.saturating_sub(1)
     );
-    for m in &results {
+    for m in results {
         let r = &m.report;
         println!(
             "{:<16} {:>9.0} deliveries/s {:>8.0} msg/s  deliveries {:>9}  cpu/100k deliveries {}  rss {}",
@@ -678,7 +695,7 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
             println!("  EXACTNESS: {e}");
         }
     }
-    let ratio = match results.as_slice() {
+    let ratio = match results {
         [null, server] => {
             Some(server.report.deliveries_per_sec / null.report.deliveries_per_sec.max(1.0))
         }
@@ -690,7 +707,6 @@ async fn fanout_cmd(args: FanoutArgs) -> anyhow::Result<bool> {
         ok,
         "every member got every message once, in order; one 300 per member",
     );
-    Ok(ok)
 }
 
 #[derive(Debug, Serialize)]
@@ -704,24 +720,44 @@ struct ReconnectMeasured {
 }
 
 async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
+    let m = measure_reconnect(&args).await?;
+    let ok = m.report.exactness_errors.is_empty() && m.report.reconnects > 0;
+    if args.target.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(ok);
+    }
+    print_reconnect(&m, ok);
+    Ok(ok)
+}
+
+fn reconnect_options(
+    args: &ReconnectArgs,
+    url: String,
+    api: Option<(String, Option<String>)>,
+    prefix: String,
+) -> reconnect::Options {
+    reconnect::Options {
+        url,
+        api,
+        receivers: args.receivers,
+        senders: args.senders,
+        messages: args.messages,
+        rounds: args.rounds,
+        duration: args.duration,
+        concurrency: args.concurrency,
+        window: args.window,
+        payload: args.payload,
+        prefix,
+    }
+}
+
+/// The server at `--url` (with fresh channel names), or else a spawned
+/// server, whose storm CPU and RSS are measured too.
+async fn measure_reconnect(args: &ReconnectArgs) -> anyhow::Result<ReconnectMeasured> {
     let t = &args.target;
-    let options =
-        |url: String, api: Option<(String, Option<String>)>, prefix: String| reconnect::Options {
-            url,
-            api,
-            receivers: args.receivers,
-            senders: args.senders,
-            messages: args.messages,
-            rounds: args.rounds,
-            duration: args.duration,
-            concurrency: args.concurrency,
-            window: args.window,
-            payload: args.payload,
-            prefix,
-        };
     let (target, report, rss) = if let Some(url) = &t.url {
         let api = Some((host_port(url).to_owned(), t.api_key.clone()));
-        let opts = options(url.clone(), api, fresh_prefix("rc"));
+        let opts = reconnect_options(args, url.clone(), api, fresh_prefix("rc"));
         (
             "server".to_owned(),
             reconnect::run(&opts, || None).await?,
@@ -731,14 +767,14 @@ async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
         let bachata = t.spawn.clone().context("give --url or --spawn")?;
         let server = spawn_server(&bachata, &t.store).await?;
         let api = Some((server.addr.clone(), Some(server.api_key.clone())));
-        let opts = options(format!("ws://{}", server.addr), api, "rc-".into());
+        let opts = reconnect_options(args, format!("ws://{}", server.addr), api, "rc-".into());
         let pid = server.child.id();
         let report = reconnect::run(&opts, || pid.and_then(cpu_seconds)).await?;
         let rss = pid.and_then(rss_kb);
         drop(server);
         (format!("bachata-{}", t.store), report, rss)
     };
-    let m = ReconnectMeasured {
+    Ok(ReconnectMeasured {
         target,
         null_baseline: "none: the null relay stores nothing, so it has no pending messages to drain",
         storm_cpu_seconds_per_1k_reconnects: report
@@ -746,12 +782,11 @@ async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
             .map(|c| c / (report.reconnects.max(1) as f64) * 1000.0),
         rss_kb: rss,
         report,
-    };
-    let ok = m.report.exactness_errors.is_empty() && m.report.reconnects > 0;
-    if t.json {
-        println!("{}", serde_json::to_string_pretty(&m)?);
-        return Ok(ok);
-    }
+    })
+}
+
+/// The text report of `reconnect`.
+fn print_reconnect(m: &ReconnectMeasured, ok: bool) {
     let r = &m.report;
     println!(
         "reconnect ({}): {} rounds of {} receivers x {} pending messages (no null baseline: the relay stores nothing)",
@@ -787,5 +822,4 @@ async fn reconnect_cmd(args: ReconnectArgs) -> anyhow::Result<bool> {
         ok,
         "each receiver got exactly its pending messages, in order; every 300; nothing left pending",
     );
-    Ok(ok)
 }

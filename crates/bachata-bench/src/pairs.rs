@@ -106,6 +106,44 @@ struct SenderResult {
     errors: Vec<String>,
 }
 
+impl SenderResult {
+    /// Counts a reply to one of the messages in `sent_at` (number -> sent
+    /// at): a 100 stores it, a 300 completes it, a 400 rejects it.
+    fn on_reply(
+        &mut self,
+        text: &str,
+        sent_at: &mut HashMap<u64, u64>,
+        origin: Instant,
+    ) -> anyhow::Result<()> {
+        let v: Value = serde_json::from_str(text)?;
+        let n = v["data"]
+            .as_str()
+            .and_then(|id| id.rsplit_once('/'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        let now = micros(origin);
+        match (v["type"].as_i64(), n) {
+            (Some(100), Some(n)) => {
+                if let Some(t) = sent_at.get(&n) {
+                    let _ = self.to_100.record(now.saturating_sub(*t).max(1));
+                }
+                self.stored += 1;
+            }
+            (Some(300), Some(n)) => {
+                if let Some(t) = sent_at.remove(&n) {
+                    let _ = self.to_300.record(now.saturating_sub(t).max(1));
+                    self.delivered += 1;
+                }
+            }
+            (Some(400), Some(n)) => {
+                sent_at.remove(&n);
+                self.rejected += 1;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 struct ReceiverResult {
     to_receive: Histogram<u64>,
     errors: Vec<String>,
@@ -171,6 +209,9 @@ pub(crate) fn micros(origin: Instant) -> u64 {
     origin.elapsed().as_micros() as u64
 }
 
+/// The sender of pair `pair`: keeps `window` messages waiting for their 300
+/// until `deadline`, then drains (at most 30 s) and tells the receiver how
+/// many it sent.
 async fn send_loop(
     mut ws: Ws,
     pair: usize,
@@ -224,31 +265,7 @@ async fn send_loop(
                 break;
             }
         };
-        let v: Value = serde_json::from_str(frame.as_str())?;
-        let n = v["data"]
-            .as_str()
-            .and_then(|id| id.rsplit_once('/'))
-            .and_then(|(_, n)| n.parse::<u64>().ok());
-        let now = micros(origin);
-        match (v["type"].as_i64(), n) {
-            (Some(100), Some(n)) => {
-                if let Some(t) = sent_at.get(&n) {
-                    let _ = result.to_100.record(now.saturating_sub(*t).max(1));
-                }
-                result.stored += 1;
-            }
-            (Some(300), Some(n)) => {
-                if let Some(t) = sent_at.remove(&n) {
-                    let _ = result.to_300.record(now.saturating_sub(t).max(1));
-                    result.delivered += 1;
-                }
-            }
-            (Some(400), Some(n)) => {
-                sent_at.remove(&n);
-                result.rejected += 1;
-            }
-            _ => {}
-        }
+        result.on_reply(frame.as_str(), &mut sent_at, origin)?;
     }
     let _ = done.send(next);
     let _ = ws.close(None).await;

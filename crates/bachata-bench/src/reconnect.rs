@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
@@ -101,6 +102,35 @@ struct SenderResult {
     errors: Vec<String>,
 }
 
+/// What the rounds add up to.
+struct Tally {
+    to_drain: Histogram<u64>,
+    to_ready: Histogram<u64>,
+    errors: Vec<String>,
+    /// Rounds that ran their storm.
+    rounds: usize,
+    reconnects: u64,
+    storm_seconds: f64,
+    queue_seconds: f64,
+    /// `None` once a CPU reading failed.
+    storm_cpu: Option<f64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            to_drain: histogram(),
+            to_ready: histogram(),
+            errors: Vec::new(),
+            rounds: 0,
+            reconnects: 0,
+            storm_seconds: 0.0,
+            queue_seconds: 0.0,
+            storm_cpu: Some(0.0),
+        }
+    }
+}
+
 /// Runs the scenario. `server_cpu` reads the server's CPU seconds.
 pub(crate) async fn run(
     opts: &Options,
@@ -120,61 +150,25 @@ pub(crate) async fn run(
         senders.push(tokio::spawn(sender_loop(ws, j, opts.clone(), rx)));
     }
     let started = Instant::now();
-    let (mut to_drain, mut to_ready) = (histogram(), histogram());
-    let mut errors = Vec::new();
-    let (mut rounds, mut reconnects) = (0, 0u64);
-    let (mut storm_seconds, mut queue_seconds) = (0.0, 0.0);
-    let mut storm_cpu = Some(0.0);
+    let mut t = Tally::new();
     let limit = Arc::new(Semaphore::new(opts.concurrency.max(1)));
-    while rounds < opts.rounds && (rounds == 0 || started.elapsed() < opts.duration) {
-        let round = rounds;
-        // Queue: every receiver is offline.
+    while t.rounds < opts.rounds && (t.rounds == 0 || started.elapsed() < opts.duration) {
+        let round = t.rounds;
         let queue_start = Instant::now();
-        let mut waits = Vec::new();
-        for q in &queues {
-            let (done, wait) = oneshot::channel();
-            q.send(Queue { round, done })
-                .await
-                .map_err(|_| anyhow::anyhow!("a sender ended early"))?;
-            waits.push(wait);
-        }
-        for wait in waits {
-            if wait.await.is_err() {
-                // The sender ended: its result says why.
-                errors.push(format!("round {round}: a sender failed while queueing"));
-            }
-        }
-        queue_seconds += queue_start.elapsed().as_secs_f64();
-        if !errors.is_empty() {
+        queue_round(&queues, round, &mut t.errors).await?;
+        t.queue_seconds += queue_start.elapsed().as_secs_f64();
+        if !t.errors.is_empty() {
             break;
         }
-        // The storm: every receiver connects at once.
         let cpu_before = server_cpu();
         let storm_start = Instant::now();
-        let mut tasks = Vec::with_capacity(opts.receivers);
-        for i in 0..opts.receivers {
-            let (opts, limit) = (opts.clone(), limit.clone());
-            tasks.push(tokio::spawn(async move {
-                let _permit = limit.acquire_owned().await?;
-                receive_once(&opts, round, i).await
-            }));
-        }
-        for task in tasks {
-            match task.await? {
-                Ok(r) => {
-                    let _ = to_drain.record(r.drain_us.max(1));
-                    let _ = to_ready.record(r.ready_us.max(1));
-                    errors.extend(r.errors);
-                    reconnects += 1;
-                }
-                Err(e) => errors.push(format!("round {round}: {e:#}")),
-            }
-        }
-        storm_seconds += storm_start.elapsed().as_secs_f64();
-        storm_cpu = storm_cpu
+        storm(&opts, &limit, round, &mut t).await?;
+        t.storm_seconds += storm_start.elapsed().as_secs_f64();
+        t.storm_cpu = t
+            .storm_cpu
             .zip(cpu_before.zip(server_cpu()))
             .map(|(sum, (b, a))| sum + a - b);
-        rounds += 1;
+        t.rounds += 1;
     }
     drop(queues);
     let (mut queued, mut receipts) = (0, 0);
@@ -183,161 +177,282 @@ pub(crate) async fn run(
             Ok(r) => {
                 queued += r.stored;
                 receipts += r.receipts;
-                errors.extend(r.errors);
+                t.errors.extend(r.errors);
             }
-            Err(e) => errors.push(format!("sender: {e:#}")),
+            Err(e) => t.errors.push(format!("sender: {e:#}")),
         }
     }
-    let expected = (rounds * opts.receivers * opts.messages) as u64;
+    let expected = (t.rounds * opts.receivers * opts.messages) as u64;
     if queued != expected || receipts != expected {
-        errors.push(format!(
+        t.errors.push(format!(
             "{queued} messages stored and {receipts} 300s for {expected} sent"
         ));
     }
-    if let Some((addr, key)) = &opts.api {
-        for i in 0..opts.receivers {
-            let path = format!("/api/channels/{}r{i}", opts.prefix);
-            let (status, body) = crate::http::request(addr, "GET", &path, key.as_deref()).await?;
-            let pending = serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v["pending"].as_u64());
-            if status != 200 || pending != Some(0) {
-                errors.push(format!("GET {path}: {status} {body} (pending must be 0)"));
-            }
-        }
-    }
+    check_nothing_pending(&opts, &mut t.errors).await?;
     Ok(Report {
         receivers: opts.receivers,
         messages_per_receiver: opts.messages,
-        rounds,
-        reconnects,
-        storm_seconds,
-        reconnects_per_sec: reconnects as f64 / storm_seconds.max(1e-9),
-        time_to_drain: Latency::of(&to_drain),
-        time_to_ready: Latency::of(&to_ready),
+        rounds: t.rounds,
+        reconnects: t.reconnects,
+        storm_seconds: t.storm_seconds,
+        reconnects_per_sec: t.reconnects as f64 / t.storm_seconds.max(1e-9),
+        time_to_drain: Latency::of(&t.to_drain),
+        time_to_ready: Latency::of(&t.to_ready),
         queued,
-        queue_seconds,
-        queued_per_sec: queued as f64 / queue_seconds.max(1e-9),
+        queue_seconds: t.queue_seconds,
+        queued_per_sec: queued as f64 / t.queue_seconds.max(1e-9),
         receipts,
-        storm_cpu_seconds: storm_cpu,
-        exactness_errors: errors,
+        storm_cpu_seconds: t.storm_cpu,
+        exactness_errors: t.errors,
     })
+}
+
+/// Queues `round`'s messages while every receiver is offline: asks every
+/// sender at once, then waits until each has every 100. A sender that
+/// ended meanwhile is an error here (its result says why).
+async fn queue_round(
+    queues: &[mpsc::Sender<Queue>],
+    round: usize,
+    errors: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let mut waits = Vec::new();
+    for q in queues {
+        let (done, wait) = oneshot::channel();
+        q.send(Queue { round, done })
+            .await
+            .map_err(|_| anyhow::anyhow!("a sender ended early"))?;
+        waits.push(wait);
+    }
+    for wait in waits {
+        if wait.await.is_err() {
+            errors.push(format!("round {round}: a sender failed while queueing"));
+        }
+    }
+    Ok(())
+}
+
+/// The storm: every receiver connects at once (at most `limit` at a time)
+/// and drains `round`'s messages; their timings and errors go to `t`.
+async fn storm(
+    opts: &Arc<Options>,
+    limit: &Arc<Semaphore>,
+    round: usize,
+    t: &mut Tally,
+) -> anyhow::Result<()> {
+    let mut tasks = Vec::with_capacity(opts.receivers);
+    for i in 0..opts.receivers {
+        let (opts, limit) = (opts.clone(), limit.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            receive_once(&opts, round, i).await
+        }));
+    }
+    for task in tasks {
+        match task.await? {
+            Ok(r) => {
+                let _ = t.to_drain.record(r.drain_us.max(1));
+                let _ = t.to_ready.record(r.ready_us.max(1));
+                t.errors.extend(r.errors);
+                t.reconnects += 1;
+            }
+            Err(e) => t.errors.push(format!("round {round}: {e:#}")),
+        }
+    }
+    Ok(())
+}
+
+/// Asks the HTTP API (when there is one) that no receiver has anything
+/// pending.
+async fn check_nothing_pending(opts: &Options, errors: &mut Vec<String>) -> anyhow::Result<()> {
+    let Some((addr, key)) = &opts.api else {
+        return Ok(());
+    };
+    for i in 0..opts.receivers {
+        let path = format!("/api/channels/{}r{i}", opts.prefix);
+        let (status, body) = crate::http::request(addr, "GET", &path, key.as_deref()).await?;
+        let pending = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["pending"].as_u64());
+        if status != 200 || pending != Some(0) {
+            errors.push(format!("GET {path}: {status} {body} (pending must be 0)"));
+        }
+    }
+    Ok(())
+}
+
+/// Nothing useful for this long ends a sender (a WebSocket ping is not
+/// useful).
+const STALL: Duration = Duration::from_secs(30);
+
+/// The state of one sender connection, shared by the steps of its loop.
+struct Sender {
+    ws: Ws,
+    /// This sender's index: it queues for receivers `i % senders == j`.
+    j: usize,
+    /// `<prefix>s<j>`
+    me: String,
+    pad: String,
+    opts: Arc<Options>,
+    queue_rx: mpsc::Receiver<Queue>,
+    /// Messages not fed yet: (id, receiver).
+    to_send: VecDeque<(String, usize)>,
+    /// The answer to the round being queued.
+    current: Option<oneshot::Sender<()>>,
+    awaiting_100: usize,
+    awaiting_300: HashSet<String>,
+    /// No more rounds will come.
+    closed: bool,
+    stall_at: Instant,
+    r: SenderResult,
+}
+
+impl Sender {
+    /// Feeds queued messages until `window` wait for their 100, then
+    /// flushes once.
+    async fn feed_window(&mut self) -> anyhow::Result<()> {
+        let mut fed = false;
+        while self.awaiting_100 < self.opts.window
+            && let Some((id, i)) = self.to_send.pop_front()
+        {
+            let frame = format!(
+                r#"{{"id":"{id}","type":"direct","dest":"{}r{i}","data":{{"p":"{}"}}}}"#,
+                self.opts.prefix, self.pad
+            );
+            self.ws.feed(Message::Text(frame.into())).await?;
+            self.awaiting_300.insert(id);
+            self.awaiting_100 += 1;
+            fed = true;
+        }
+        if fed {
+            self.ws.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Answers the round's request once every message has its 100.
+    fn answer_when_queued(&mut self) {
+        if self.to_send.is_empty()
+            && self.awaiting_100 == 0
+            && let Some(done) = self.current.take()
+        {
+            let _ = done.send(());
+        }
+    }
+
+    /// Takes a round's request (its messages, k-major, so every receiver's
+    /// log fills at once) or, with `None`, the end of the rounds.
+    fn on_request(&mut self, q: Option<Queue>) {
+        match q {
+            Some(Queue { round, done }) => {
+                let (me, opts) = (&self.me, &self.opts);
+                for k in 0..opts.messages {
+                    for i in (self.j..opts.receivers).step_by(opts.senders) {
+                        self.to_send.push_back((format!("{me}/{round}.{i}.{k}"), i));
+                    }
+                }
+                self.current = Some(done);
+            }
+            None => self.closed = true,
+        }
+        self.stall_at = Instant::now() + STALL;
+    }
+
+    /// Counts a 100, a 300 or a 400; anything else unexpected is an error.
+    fn on_text(&mut self, text: &str) -> anyhow::Result<()> {
+        let me = &self.me;
+        let frame: Frame<'_> = serde_json::from_str(text)?;
+        let id = frame.data.map(|d| d.get().trim_matches('"'));
+        self.stall_at = Instant::now() + STALL;
+        match (frame.kind.get(), id) {
+            ("100", Some(_)) => {
+                self.awaiting_100 = self.awaiting_100.saturating_sub(1);
+                self.r.stored += 1;
+            }
+            ("300", Some(id)) => {
+                if self.awaiting_300.remove(id) {
+                    self.r.receipts += 1;
+                } else {
+                    self.r
+                        .errors
+                        .push(format!("{me}: unexpected or second 300 for {id}"));
+                }
+            }
+            ("400", _) => {
+                self.r.errors.push(format!("{me}: rejected: {text}"));
+                self.awaiting_100 = self.awaiting_100.saturating_sub(1);
+            }
+            ("1000" | "1002", _) => {}
+            _ => self.r.errors.push(format!("{me}: unexpected frame {text}")),
+        }
+        Ok(())
+    }
+
+    fn report_stall(&mut self) {
+        self.r.errors.push(format!(
+            "{}: nothing for 30 s with {} messages unsent, {} without a 100, {} without a 300",
+            self.me,
+            self.to_send.len(),
+            self.awaiting_100,
+            self.awaiting_300.len()
+        ));
+    }
 }
 
 /// One sender connection, online for the whole run: queues each round's
 /// messages for its receivers (`i % senders == j`) with up to `window`
 /// awaiting their 100, and counts the 300s as receivers ack.
 async fn sender_loop(
-    mut ws: Ws,
+    ws: Ws,
     j: usize,
     opts: Arc<Options>,
-    mut queue_rx: mpsc::Receiver<Queue>,
+    queue_rx: mpsc::Receiver<Queue>,
 ) -> anyhow::Result<SenderResult> {
-    let me = format!("{}s{j}", opts.prefix);
-    let pad = "x".repeat(opts.payload.saturating_sub(30));
-    let mut r = SenderResult {
-        stored: 0,
-        receipts: 0,
-        errors: Vec::new(),
+    let mut s = Sender {
+        ws,
+        j,
+        me: format!("{}s{j}", opts.prefix),
+        pad: "x".repeat(opts.payload.saturating_sub(30)),
+        opts,
+        queue_rx,
+        to_send: VecDeque::new(),
+        current: None,
+        awaiting_100: 0,
+        awaiting_300: HashSet::new(),
+        closed: false,
+        stall_at: Instant::now() + STALL,
+        r: SenderResult {
+            stored: 0,
+            receipts: 0,
+            errors: Vec::new(),
+        },
     };
-    let mut to_send: VecDeque<(String, usize)> = VecDeque::new();
-    let mut current: Option<oneshot::Sender<()>> = None;
-    let mut awaiting_100 = 0usize;
-    let mut awaiting_300: HashSet<String> = HashSet::new();
-    let mut closed = false;
-    // Nothing useful for 30 s ends the run (a WebSocket ping is not useful).
-    const STALL: Duration = Duration::from_secs(30);
-    let mut stall_at = Instant::now() + STALL;
     loop {
-        let mut fed = false;
-        while awaiting_100 < opts.window
-            && let Some((id, i)) = to_send.pop_front()
-        {
-            let frame = format!(
-                r#"{{"id":"{id}","type":"direct","dest":"{}r{i}","data":{{"p":"{pad}"}}}}"#,
-                opts.prefix
-            );
-            ws.feed(Message::Text(frame.into())).await?;
-            awaiting_300.insert(id);
-            awaiting_100 += 1;
-            fed = true;
-        }
-        if fed {
-            ws.flush().await?;
-        }
-        if to_send.is_empty()
-            && awaiting_100 == 0
-            && let Some(done) = current.take()
-        {
-            let _ = done.send(());
-        }
-        if closed && current.is_none() && awaiting_300.is_empty() {
+        s.feed_window().await?;
+        s.answer_when_queued();
+        if s.closed && s.current.is_none() && s.awaiting_300.is_empty() {
             break;
         }
-        let idle = current.is_none() && !closed;
+        let idle = s.current.is_none() && !s.closed;
         tokio::select! {
-            q = queue_rx.recv(), if idle => match q {
-                Some(Queue { round, done }) => {
-                    // k-major, so every receiver's log fills at once.
-                    for k in 0..opts.messages {
-                        for i in (j..opts.receivers).step_by(opts.senders) {
-                            to_send.push_back((format!("{me}/{round}.{i}.{k}"), i));
-                        }
-                    }
-                    current = Some(done);
-                    stall_at = Instant::now() + STALL;
-                }
-                None => {
-                    closed = true;
-                    stall_at = Instant::now() + STALL;
-                }
+            q = s.queue_rx.recv(), if idle => s.on_request(q),
+            frame = s.ws.next() => match frame {
+                Some(Ok(Message::Text(t))) => s.on_text(t.as_str())?,
+                Some(Ok(_)) => {}
+                Some(Err(e)) => anyhow::bail!("{}: {e}", s.me),
+                None => anyhow::bail!("{}: connection closed", s.me),
             },
-            frame = ws.next() => {
-                let text = match frame {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => anyhow::bail!("{me}: {e}"),
-                    None => anyhow::bail!("{me}: connection closed"),
-                };
-                let frame: Frame<'_> = serde_json::from_str(text.as_str())?;
-                let id = frame.data.map(|d| d.get().trim_matches('"'));
-                stall_at = Instant::now() + STALL;
-                match (frame.kind.get(), id) {
-                    ("100", Some(_)) => {
-                        awaiting_100 = awaiting_100.saturating_sub(1);
-                        r.stored += 1;
-                    }
-                    ("300", Some(id)) => {
-                        if awaiting_300.remove(id) {
-                            r.receipts += 1;
-                        } else {
-                            r.errors.push(format!("{me}: unexpected or second 300 for {id}"));
-                        }
-                    }
-                    ("400", _) => {
-                        r.errors.push(format!("{me}: rejected: {}", text.as_str()));
-                        awaiting_100 = awaiting_100.saturating_sub(1);
-                    }
-                    ("1000" | "1002", _) => {}
-                    _ => r.errors.push(format!("{me}: unexpected frame {}", text.as_str())),
-                }
-            }
-            () = tokio::time::sleep_until(stall_at) => {
+            () = tokio::time::sleep_until(s.stall_at) => {
                 if idle {
-                    stall_at = Instant::now() + STALL;
+                    s.stall_at = Instant::now() + STALL;
                     continue;
                 }
-                r.errors.push(format!(
-                    "{me}: nothing for 30 s with {} messages unsent, {awaiting_100} without a 100, {} without a 300",
-                    to_send.len(),
-                    awaiting_300.len()
-                ));
+                s.report_stall();
                 break;
             }
         }
     }
-    let _ = ws.close(None).await;
-    Ok(r)
+    let _ = s.ws.close(None).await;
+    Ok(s.r)
 }
 
 struct ReceiverOutcome {

@@ -25,184 +25,22 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
+mod error;
+mod message;
+mod state;
 mod task;
+
+pub use config::{ClientConfig, Credentials};
+pub use error::{ClientError, Rejected};
+pub use message::{Outgoing, Received};
+pub use state::State;
 
 use std::time::Duration;
 
-use bachata_proto::{DataMessage, ErrorCode, MessageId};
+use bachata_proto::MessageId;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
-
-/// How the client proves who it is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// `?channel=` (servers in anonymous mode).
-    Channel(String),
-    /// A JWT, sent as `?token=`.
-    Token(String),
-}
-
-/// Client settings. Build with [`ClientConfig::channel`] or
-/// [`ClientConfig::token`] and adjust fields.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// The server's base URL, `ws://host:port` (`/messages` is appended).
-    pub url: String,
-    pub credentials: Credentials,
-    pub device: Option<String>,
-    /// Answer 200 when a message is handed over by [`Client::recv`].
-    pub auto_ack: bool,
-    /// How often to ping; a missing pong for `timeout` means a reconnect.
-    pub ping_interval: Duration,
-    /// Bound on connecting, on a pong, and the default for receipts.
-    pub timeout: Duration,
-    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
-    pub min_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Give up after this many failed reconnects in a row (`None`: never).
-    pub max_reconnects: Option<u32>,
-}
-
-impl ClientConfig {
-    fn new(url: &str, credentials: Credentials) -> Self {
-        ClientConfig {
-            url: url.trim_end_matches('/').to_owned(),
-            credentials,
-            device: None,
-            auto_ack: true,
-            ping_interval: Duration::from_secs(15),
-            timeout: Duration::from_secs(10),
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
-            max_reconnects: None,
-        }
-    }
-
-    /// Connect as `channel` (anonymous mode).
-    pub fn channel(url: &str, channel: &str) -> Self {
-        Self::new(url, Credentials::Channel(channel.to_owned()))
-    }
-
-    /// Connect with a JWT.
-    pub fn token(url: &str, token: &str) -> Self {
-        Self::new(url, Credentials::Token(token.to_owned()))
-    }
-
-    pub fn device(mut self, device: &str) -> Self {
-        self.device = Some(device.to_owned());
-        self
-    }
-
-    /// The full `/messages` URL with the query.
-    pub fn endpoint(&self) -> String {
-        let (key, value) = match &self.credentials {
-            Credentials::Channel(c) => ("channel", c),
-            Credentials::Token(t) => ("token", t),
-        };
-        let mut url = format!("{}/messages?{key}={}", self.url, encode(value));
-        if let Some(device) = &self.device {
-            url.push_str(&format!("&device={}", encode(device)));
-        }
-        url
-    }
-}
-
-/// Percent-encodes a query value (every byte but letters and digits).
-fn encode(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-}
-
-/// A data message to send.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub message: DataMessage,
-}
-
-impl Outgoing {
-    /// A `"direct"` message to channel `to`.
-    pub fn direct(to: &str, data: Value) -> Self {
-        Self::new("direct", to, data)
-    }
-
-    /// A `"group"` message to group `group`.
-    pub fn group(group: &str, data: Value) -> Self {
-        Self::new("group", group, data)
-    }
-
-    /// A message of any `type` with this `dest` and `data`.
-    pub fn new(kind: &str, dest: &str, data: Value) -> Self {
-        let mut message = DataMessage::new(kind);
-        message.dest = Some(dest.to_owned());
-        message.data = RawValue::from_string(data.to_string()).ok();
-        Outgoing { message }
-    }
-
-    /// Sets the id (one is generated when absent).
-    pub fn id(mut self, id: &str) -> Result<Self, ClientError> {
-        self.message.id =
-            Some(MessageId::new(id).map_err(|e| ClientError::Invalid(format!("id: {e}")))?);
-        Ok(self)
-    }
-}
-
-/// The server refused a message (its 400).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("rejected ({code}): {reason}")]
-pub struct Rejected {
-    /// The wire code (`queue_full`, `no_route`, ...).
-    pub code: String,
-    pub reason: String,
-}
-
-impl Rejected {
-    /// The code as a typed [`ErrorCode`], when it is one the client knows.
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        ErrorCode::from_wire(&self.code)
-    }
-
-    /// True when sending the same message again later may succeed
-    /// (`queue_full`, `store_full`, `rate_limited`, `unavailable`).
-    pub fn is_retryable(&self) -> bool {
-        self.error_code().is_some_and(ErrorCode::is_retryable)
-    }
-}
-
-/// What went wrong.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ClientError {
-    #[error("cannot connect: {0}")]
-    Connect(String),
-    #[error("the server refused the connection: HTTP {status}: {reason}")]
-    Refused { status: u16, reason: String },
-    #[error(transparent)]
-    Rejected(#[from] Rejected),
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-    #[error("the client is closed")]
-    Closed,
-    #[error("invalid input: {0}")]
-    Invalid(String),
-}
-
-/// A received data message.
-#[derive(Debug, Clone)]
-pub struct Received {
-    /// The message as JSON.
-    pub message: Value,
-    /// The exact text the server sent.
-    pub raw: String,
-}
-
-impl Received {
-    pub fn id(&self) -> Option<&str> {
-        self.message["id"].as_str()
-    }
-
-    pub fn from(&self) -> Option<&str> {
-        self.message["from"].as_str()
-    }
-}
 
 /// Receipts of one sent message.
 #[derive(Debug)]
@@ -251,15 +89,6 @@ impl SendHandle {
             }
         }
     }
-}
-
-/// The connection's state, as seen by [`Client::state`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Connecting,
-    Open,
-    /// Gave up reconnecting, or closed by the application.
-    Closed,
 }
 
 /// A connected client. See the crate docs.
@@ -372,26 +201,5 @@ impl Client {
         let _ = self.commands.send(task::Command::Close(answer)).await;
         let _ = tokio::time::timeout(self.timeout, self.task).await;
         code.await.ok().flatten()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rejections_read_every_wire_code() {
-        let rejected = |code: &str| Rejected {
-            code: code.into(),
-            reason: String::new(),
-        };
-        let full = rejected("store_full");
-        assert_eq!(full.error_code(), Some(ErrorCode::StoreFull));
-        assert!(full.is_retryable());
-        for code in ErrorCode::ALL {
-            assert_eq!(rejected(code.as_str()).error_code(), Some(code));
-        }
-        assert_eq!(rejected("app_muted").error_code(), None);
-        assert!(!rejected("no_route").is_retryable());
     }
 }

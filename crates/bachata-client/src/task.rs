@@ -14,7 +14,10 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
-use crate::{ClientConfig, ClientError, Received, Rejected, State};
+use crate::config::ClientConfig;
+use crate::error::{ClientError, Rejected};
+use crate::message::Received;
+use crate::state::State;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 

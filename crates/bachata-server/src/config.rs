@@ -70,10 +70,10 @@ pub struct Config {
     pub header_timeout: Duration,
     /// Open TCP connections (HTTP and WebSocket) at most; `None` is the
     /// default: 10000, less a reserve, and never above the open-file limit
-    /// ([`crate::listener`]).
+    /// (`listener.rs`).
     pub max_connections: Option<usize>,
     /// Browser origins allowed besides the server's own: a comma list of
-    /// `scheme://host[:port]`, or `*` for all ([`crate::origin`]).
+    /// `scheme://host[:port]`, or `*` for all (`origin.rs`).
     pub allowed_origins: Option<String>,
     /// Payload bytes of pending messages the store keeps at most, over all
     /// channels; past it a send gets `store_full`. `None` is the default:
@@ -286,7 +286,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
-    /// Browser origins allowed besides the server's own: comma list of scheme://host[:port], or * [default: none].
+    /// Browser origins allowed besides the server's own: comma list like https://a.example,http://b.example:8080, or * [default: none].
     #[arg(long, value_name = "ORIGINS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allowed_origins: Option<String>,

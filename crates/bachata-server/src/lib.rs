@@ -29,13 +29,10 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::KeyError;
 pub use config::{Config, ConfigError, ServeArgs, StoreKind};
-pub use listener::raise_open_file_limit;
+pub use listener::{DRAIN_TIMEOUT, raise_open_file_limit};
 
 use crate::metrics::Metrics;
 use crate::state::AppState;
-
-/// How long shutdown waits for connections to close before giving up.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,6 +1,6 @@
 //! Accepting TCP connections with bounds (protocol.md section 9): how many may
 //! be open, how long a request's headers may take, and how shutdown ends
-//! them all within [`crate::DRAIN_TIMEOUT`] whatever state they are in.
+//! them all within [`DRAIN_TIMEOUT`] whatever state they are in.
 //!
 //! `axum::serve` has no header timer and no connection limit: idle and
 //! half-sent requests stayed open forever, two clients exhausted the
@@ -53,6 +53,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// How long shutdown waits for connections to close before giving up.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Connections beyond `--max-connections` that may wait for a health check
 /// at once.
@@ -225,7 +228,7 @@ fn http1(header_timeout: Duration, keep_alive: bool) -> hyper::server::conn::htt
 }
 
 /// Serves one connection until it closes, is upgraded, or shutdown has
-/// waited [`crate::DRAIN_TIMEOUT`] for it.
+/// waited [`DRAIN_TIMEOUT`] for it.
 async fn serve<S>(
     socket: S,
     remote: SocketAddr,
@@ -249,7 +252,7 @@ async fn serve<S>(
             // Finish the request in hand, then close; a request that never
             // completes is dropped with the connection.
             conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(crate::DRAIN_TIMEOUT, conn).await {
+            match tokio::time::timeout(DRAIN_TIMEOUT, conn).await {
                 Ok(done) => done,
                 Err(_) => return,
             }

@@ -5,7 +5,7 @@
 //! machine as the memory store), and on disk in redb. One OS thread, the
 //! writer, owns all mutations: callers send requests over a channel; the
 //! writer takes every request that is waiting (up to [`MAX_BATCH`]), applies
-//! them to the state in order, appends the [`Change`]s they report as **one**
+//! them to the state in order, appends the [`Change`](bachata_core::memstate::Change)s they report as **one**
 //! checksummed record to the log file, syncs it (`fdatasync`), and only then
 //! answers each caller. That is group commit: under load many enqueues
 //! share one disk sync, and an answer still means "on disk".
@@ -53,7 +53,6 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bachata_core::memstate::MemState;
@@ -68,7 +67,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::logfile::LogFile;
 use crate::writer::{Files, Reply, Request, Writer};
 
-pub use crate::writer::MAX_BATCH;
+pub use crate::writer::{CommitObserver, MAX_BATCH};
 
 /// Requests that may wait for the writer before callers wait to send.
 const QUEUE: usize = 16 * 1024;
@@ -98,10 +97,6 @@ pub enum OpenError {
     #[error("cannot start the writer thread: {0}")]
     Thread(std::io::Error),
 }
-
-/// Called after each commit with its duration and the number of requests it
-/// carried (for metrics).
-pub type CommitObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
 
 /// A request's result, once the writer has answered.
 type Answered<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;

@@ -78,21 +78,28 @@ pub(crate) enum TablesError {
     Legacy(String),
 }
 
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for TablesError {
+/// `From` each of redb's error types for an error enum with a
+/// `Redb(redb::Error)` variant, so that `?` works on every redb call.
+macro_rules! from_redb_errors {
+    ($target:ident) => {
+        $crate::tables::from_redb_errors!(
+            $target: redb::TransactionError,
+            redb::TableError,
+            redb::StorageError,
+            redb::CommitError
+        );
+    };
+    ($target:ident: $($t:ty),*) => {$(
+        impl From<$t> for $target {
             fn from(e: $t) -> Self {
-                TablesError::Redb(e.into())
+                $target::Redb(e.into())
             }
         }
     )*};
 }
-redb_errors!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+pub(crate) use from_redb_errors;
+
+from_redb_errors!(TablesError);
 
 /// Opens (or creates) the database file in `dir`.
 pub(crate) fn open(dir: &Path) -> Result<Database, redb::DatabaseError> {

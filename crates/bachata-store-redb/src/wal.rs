@@ -327,21 +327,7 @@ pub(crate) enum RecoverError {
     Io(std::io::Error),
 }
 
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for RecoverError {
-            fn from(e: $t) -> Self {
-                RecoverError::Redb(e.into())
-            }
-        }
-    )*};
-}
-redb_errors!(
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+crate::tables::from_redb_errors!(RecoverError);
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::logfile::LogFile;
 use crate::tables::{self, DB_FILE, TablesError};
-use crate::{CommitObserver, codec, wal};
+use crate::{codec, wal};
+
+/// Called after each commit with its duration and the number of requests it
+/// carried (for metrics).
+pub type CommitObserver = Box<dyn Fn(Duration, usize) + Send + Sync>;
 
 /// Most requests folded into one commit.
 pub const MAX_BATCH: usize = 4096;

@@ -34,7 +34,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::conn::{Conn, cluster_seeds};
-use crate::{RedisStoreError, RedisStoreOptions, connect_conn, node_id};
+use crate::conn::{RedisStoreError, RedisStoreOptions, connect_conn, node_id};
 
 /// The pub/sub channel all nodes share.
 pub const BUS_CHANNEL: &str = "bachata:bus";

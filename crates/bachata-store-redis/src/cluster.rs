@@ -14,8 +14,10 @@ use redis::Value;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
+use crate::RedisStore;
+use crate::codec;
 use crate::keys::{self, ChannelKeys};
-use crate::{EXPIRE_BATCH, RedisStore, codec, dedupe_px};
+use crate::lifetimes::{EXPIRE_BATCH, dedupe_px, keep_for};
 
 /// How long a reservation of queue room lasts (from the request's `now`),
 /// and the least time the marker of an appended message or receipt lives:
@@ -43,42 +45,6 @@ fn record_live(record: &[u8], now: Millis) -> Result<bool, StoreError> {
         .and_then(|u| u.parse::<Millis>().ok())
         .map(|until| until > now)
         .ok_or_else(|| StoreError::corrupt("redis enqueue: bad dedupe record"))
-}
-
-/// How old the cluster mode's view of the retained bytes may be before an
-/// enqueue reads it again.
-const RETAINED_VIEW_MS: u64 = 1000;
-
-/// This node's view of the retained bytes count: as last read from Redis,
-/// plus what this node added or removed since (cluster mode). Read for the
-/// `bachata_retained_bytes` gauge in both modes.
-#[derive(Debug, Default)]
-pub(crate) struct RetainedView {
-    total: std::sync::atomic::AtomicI64,
-    /// When it was last read (ms since the Unix epoch); 0: never.
-    read_at: std::sync::atomic::AtomicU64,
-}
-
-impl RetainedView {
-    pub(crate) fn get(&self) -> u64 {
-        u64::try_from(self.total.load(std::sync::atomic::Ordering::Relaxed)).unwrap_or(0)
-    }
-
-    fn set(&self, total: i64, now: Millis) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.total.store(total, Relaxed);
-        self.read_at.store(now.max(1), Relaxed);
-    }
-
-    fn add(&self, delta: i64) {
-        self.total
-            .fetch_add(delta, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    fn stale(&self, now: Millis) -> bool {
-        let read_at = self.read_at.load(std::sync::atomic::Ordering::Relaxed);
-        read_at == 0 || now.saturating_sub(read_at) >= RETAINED_VIEW_MS
-    }
 }
 
 fn wall_clock_ms() -> Millis {
@@ -319,7 +285,7 @@ impl RedisStore {
                     .arg(sender)
                     .arg(msg.id.as_str())
                     .arg(msg.payload.as_ref())
-                    .arg(crate::keep_for(msg.now, msg.expires_at, msg.forget_after))
+                    .arg(keep_for(msg.now, msg.expires_at, msg.forget_after))
                     .arg(if over && !reserved { "1" } else { "0" });
                 self.invoke::<Value>("enqueue", inv)
             },
@@ -496,11 +462,7 @@ impl RedisStore {
                 .arg(ack.receipt.as_ref())
                 .arg(ack.receipt_expires_at)
                 .arg(ATTEMPT_MS)
-                .arg(crate::keep_for(
-                    ack.now,
-                    ack.receipt_expires_at,
-                    ack.forget_after,
-                ));
+                .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
             let reply = self.invoke::<Value>("ack receipt", inv).await;
             match reply {
                 Ok(reply) => {

@@ -1,11 +1,13 @@
-//! The connection to Redis: one standalone server or a Redis Cluster, and
-//! the `redis+cluster://` URL that selects the latter.
+//! The connection to Redis: one standalone server or a Redis Cluster, the
+//! `redis+cluster://` URL that selects the latter, the settings of the
+//! connection and why opening it failed.
 
-use redis::aio::{ConnectionLike, ConnectionManager};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
-
-use crate::RedisStoreError;
 
 /// The scheme of a Redis Cluster URL: `redis+cluster://host:port[,host:port...]`.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -68,6 +70,109 @@ impl ConnectionLike for Conn {
             Conn::Standalone(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// Connection settings. On a cluster they apply to each node's connection;
+/// `reconnect_retries` and `max_reconnect_delay` bound the cluster
+/// connection's retries of a command (after `MOVED`, a lost connection, a
+/// cluster that is down).
+#[derive(Debug, Clone)]
+pub struct RedisStoreOptions {
+    /// Bound on one TCP connect (and handshake) attempt.
+    pub connection_timeout: Duration,
+    /// Bound on waiting for one reply.
+    pub response_timeout: Duration,
+    /// Reconnect attempts (exponential backoff from 100 ms, at most
+    /// `max_reconnect_delay` apart) before a reconnect gives up; the next call
+    /// starts a new one.
+    pub reconnect_retries: usize,
+    pub max_reconnect_delay: Duration,
+    /// Bound on a whole store call, reconnecting included.
+    pub call_timeout: Duration,
+}
+
+impl Default for RedisStoreOptions {
+    fn default() -> Self {
+        RedisStoreOptions {
+            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            reconnect_retries: 3,
+            max_reconnect_delay: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(8),
+        }
+    }
+}
+
+/// Why [`RedisStore::connect`](crate::RedisStore::connect) failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisStoreError {
+    #[error("invalid redis url: {0}")]
+    Url(String),
+    #[error("cannot connect to redis: {0}")]
+    Connect(String),
+    #[error("unsupported redis server: {0}")]
+    Unsupported(String),
+}
+
+/// Opens the connection `url` asks for: a Redis Cluster for
+/// `redis+cluster://`, else standalone Redis.
+pub(crate) async fn connect_conn(
+    url: &str,
+    options: &RedisStoreOptions,
+) -> Result<Conn, RedisStoreError> {
+    let connect = async {
+        if let Some(seeds) = cluster_seeds(url)? {
+            let client = ClusterClientBuilder::new(seeds)
+                .connection_timeout(options.connection_timeout)
+                .response_timeout(options.response_timeout)
+                .retries(u32::try_from(options.reconnect_retries).unwrap_or(u32::MAX))
+                .max_retry_wait(
+                    u64::try_from(options.max_reconnect_delay.as_millis()).unwrap_or(u64::MAX),
+                )
+                .build()
+                .map_err(|e| RedisStoreError::Url(short(&e)))?;
+            let conn = client
+                .get_async_connection()
+                .await
+                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
+            Ok(Conn::Cluster(conn))
+        } else {
+            let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(short(&e)))?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(options.connection_timeout))
+                .set_response_timeout(Some(options.response_timeout))
+                .set_number_of_retries(options.reconnect_retries)
+                .set_max_delay(options.max_reconnect_delay);
+            let conn = ConnectionManager::new_with_config(client, config)
+                .await
+                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
+            Ok(Conn::Standalone(conn))
+        }
+    };
+    match tokio::time::timeout(options.call_timeout, connect).await {
+        Ok(result) => result,
+        Err(_) => Err(RedisStoreError::Connect(format!(
+            "timed out after {:?}",
+            options.call_timeout
+        ))),
+    }
+}
+
+/// Names this process's store or bus among bachata nodes.
+pub(crate) fn node_id() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:08x}", nanos, std::process::id())
+}
+
+/// A short, single-line description of a Redis error.
+fn short(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string().replace(['\r', '\n'], " ");
+    match text.char_indices().nth(200) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text,
     }
 }
 

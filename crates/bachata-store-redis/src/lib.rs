@@ -94,7 +94,7 @@
 //! reach a global key: the scripts report the bytes they appended or
 //! removed, the node adds them to the channel's shard `bachata:retained:{n}`
 //! and to its own view of the sum, which it reads again at most a second
-//! old before an enqueue (see `cluster::RetainedView`). A node that dies
+//! old before an enqueue (see `retained.rs`). A node that dies
 //! between a script and its count leaves the count off by that much.
 //!
 //! The dedupe record's value is compared with the request's `now`; the `PX`
@@ -242,7 +242,7 @@
 //! enabled yet.
 //!
 //! # Errors and outages
-//! The connection is a [`ConnectionManager`] (standalone) or the redis
+//! The connection is a [`ConnectionManager`](redis::aio::ConnectionManager) (standalone) or the redis
 //! crate's cluster connection, both of which reconnect by themselves. Each
 //! call is bounded by [`RedisStoreOptions::call_timeout`] and by the
 //! connection and response timeouts: with Redis (or the master of a slot)
@@ -254,14 +254,16 @@ pub mod bus;
 mod codec;
 mod conn;
 mod keys;
+mod lifetimes;
+mod retained;
 
 pub use bus::RedisBus;
-pub use conn::CLUSTER_SCHEME;
+pub use conn::{CLUSTER_SCHEME, RedisStoreError, RedisStoreOptions};
+pub use lifetimes::{DEDUPE_GRACE_MS, KEEP_MARGIN_MS};
 
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bachata_core::{
@@ -269,78 +271,12 @@ use bachata_core::{
     Store, StoreError,
 };
 use bachata_proto::{Channel, GroupId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
 use redis::{FromRedisValue, RedisError, Value};
 
-use conn::Conn;
+use conn::{Conn, connect_conn, node_id};
 use keys::{ChannelKeys, EXPIRING, PREFIX, RETAINED};
-
-/// Added to the dedupe record's `PX` expiry, so that nodes whose clocks run
-/// a little behind Redis's still find the record for the whole window.
-pub const DEDUPE_GRACE_MS: u64 = 10_000;
-
-/// How long a channel's keys outlive its last entry at least, whatever
-/// `--forget-after` says: long enough for an `expire` sweep (every minute
-/// at most) to remove expired entries one by one, which keeps the retained
-/// bytes count exact, before the keys expire as a whole.
-pub const KEEP_MARGIN_MS: u64 = 10 * 60 * 1000;
-
-/// How long (ms from now) the keys of a channel that got an entry at `now`
-/// expiring at `expires_at` must live at least. Relative, because the
-/// nodes' clocks (or a test's) and Redis's need not agree.
-fn keep_for(now: Millis, expires_at: Millis, forget_after: Millis) -> Millis {
-    expires_at
-        .saturating_sub(now)
-        .saturating_add(forget_after.max(KEEP_MARGIN_MS))
-}
-
-/// Channels `expire` fetches from the global index at a time.
-const EXPIRE_CHANNELS: usize = 256;
-/// Entries one `expire` script drops at most, so no script runs long.
-const EXPIRE_BATCH: usize = 1000;
-
-/// Connection settings. On a cluster they apply to each node's connection;
-/// `reconnect_retries` and `max_reconnect_delay` bound the cluster
-/// connection's retries of a command (after `MOVED`, a lost connection, a
-/// cluster that is down).
-#[derive(Debug, Clone)]
-pub struct RedisStoreOptions {
-    /// Bound on one TCP connect (and handshake) attempt.
-    pub connection_timeout: Duration,
-    /// Bound on waiting for one reply.
-    pub response_timeout: Duration,
-    /// Reconnect attempts (exponential backoff from 100 ms, at most
-    /// `max_reconnect_delay` apart) before a reconnect gives up; the next call
-    /// starts a new one.
-    pub reconnect_retries: usize,
-    pub max_reconnect_delay: Duration,
-    /// Bound on a whole store call, reconnecting included.
-    pub call_timeout: Duration,
-}
-
-impl Default for RedisStoreOptions {
-    fn default() -> Self {
-        RedisStoreOptions {
-            connection_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(5),
-            reconnect_retries: 3,
-            max_reconnect_delay: Duration::from_secs(1),
-            call_timeout: Duration::from_secs(8),
-        }
-    }
-}
-
-/// Why [`RedisStore::connect`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RedisStoreError {
-    #[error("invalid redis url: {0}")]
-    Url(String),
-    #[error("cannot connect to redis: {0}")]
-    Connect(String),
-    #[error("unsupported redis server: {0}")]
-    Unsupported(String),
-}
+use lifetimes::{EXPIRE_BATCH, EXPIRE_CHANNELS, dedupe_px, keep_for};
+use retained::RetainedView;
 
 mod cluster;
 mod scripts;
@@ -359,8 +295,8 @@ pub struct RedisStore {
     node: String,
     attempts: AtomicU64,
     /// The retained bytes count as last read (for metrics; in cluster mode
-    /// also for the limit, see `cluster::RetainedView`).
-    retained: cluster::RetainedView,
+    /// also for the limit, see [`RetainedView`]).
+    retained: RetainedView,
 }
 
 impl RedisStore {
@@ -386,7 +322,7 @@ impl RedisStore {
             options,
             node: node_id(),
             attempts: AtomicU64::new(0),
-            retained: cluster::RetainedView::default(),
+            retained: RetainedView::default(),
         };
         store.check_version().await?;
         Ok(store)
@@ -532,50 +468,6 @@ impl RedisStore {
     }
 }
 
-/// Opens the connection `url` asks for: a Redis Cluster for
-/// `redis+cluster://`, else standalone Redis.
-pub(crate) async fn connect_conn(
-    url: &str,
-    options: &RedisStoreOptions,
-) -> Result<Conn, RedisStoreError> {
-    let connect = async {
-        if let Some(seeds) = conn::cluster_seeds(url)? {
-            let client = ClusterClientBuilder::new(seeds)
-                .connection_timeout(options.connection_timeout)
-                .response_timeout(options.response_timeout)
-                .retries(u32::try_from(options.reconnect_retries).unwrap_or(u32::MAX))
-                .max_retry_wait(
-                    u64::try_from(options.max_reconnect_delay.as_millis()).unwrap_or(u64::MAX),
-                )
-                .build()
-                .map_err(|e| RedisStoreError::Url(short(&e)))?;
-            let conn = client
-                .get_async_connection()
-                .await
-                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
-            Ok(Conn::Cluster(conn))
-        } else {
-            let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(short(&e)))?;
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(options.connection_timeout))
-                .set_response_timeout(Some(options.response_timeout))
-                .set_number_of_retries(options.reconnect_retries)
-                .set_max_delay(options.max_reconnect_delay);
-            let conn = ConnectionManager::new_with_config(client, config)
-                .await
-                .map_err(|e| RedisStoreError::Connect(short(&e)))?;
-            Ok(Conn::Standalone(conn))
-        }
-    };
-    match tokio::time::timeout(options.call_timeout, connect).await {
-        Ok(result) => result,
-        Err(_) => Err(RedisStoreError::Connect(format!(
-            "timed out after {:?}",
-            options.call_timeout
-        ))),
-    }
-}
-
 /// The text of an `INFO` reply: one per node on a cluster.
 fn info_texts(value: Value) -> Vec<String> {
     match value {
@@ -586,23 +478,6 @@ fn info_texts(value: Value) -> Vec<String> {
     }
 }
 
-/// Names this process's store or bus among bachata nodes.
-pub(crate) fn node_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}{:08x}", nanos, std::process::id())
-}
-
-/// The `PX` of a dedupe record: the window plus [`DEDUPE_GRACE_MS`], or 0
-/// when the message opens no window (no record is written).
-fn dedupe_px(msg: &NewMessage) -> u64 {
-    match msg.dedupe_until.saturating_sub(msg.now) {
-        0 => 0,
-        window => window.saturating_add(DEDUPE_GRACE_MS),
-    }
-}
-
 /// A channel tag read from the expiry index.
 fn due_tag(value: Value) -> Result<String, StoreError> {
     let raw = codec::bytes(value, "expire")?;
@@ -610,15 +485,6 @@ fn due_tag(value: Value) -> Result<String, StoreError> {
         .ok()
         .filter(|t| !t.is_empty() && hex::decode(t).is_ok())
         .ok_or_else(|| StoreError::corrupt("redis expire: bad channel tag"))
-}
-
-/// A short, single-line description of a Redis error.
-fn short(e: &dyn std::fmt::Display) -> String {
-    let text = e.to_string().replace(['\r', '\n'], " ");
-    match text.char_indices().nth(200) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text,
-    }
 }
 
 /// A Redis error as a store error: a script's `BACHATA_CORRUPT` error

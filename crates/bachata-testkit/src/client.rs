@@ -105,18 +105,10 @@ impl TestClient {
 
     /// Connects to `url` and waits for the ready message.
     pub async fn connect_url(url: &str) -> TestClient {
-        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        let mut client = TestClient {
-            ws,
-            ready: Value::Null,
-        };
-        let ready = client.recv().await;
-        assert_eq!(ready["type"], 1000, "first message must be ready: {ready}");
-        client.ready = ready["data"].clone();
-        client
+        match Self::try_connect_url(url).await {
+            Ok(client) => client,
+            Err(closed) => panic!("expected the ready message, connection closed: {closed:?}"),
+        }
     }
 
     /// Sends a JSON value as a text frame.

@@ -1,0 +1,82 @@
+//! Client settings and credentials.
+
+use std::time::Duration;
+
+/// How the client proves who it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// `?channel=` (servers in anonymous mode).
+    Channel(String),
+    /// A JWT, sent as `?token=`.
+    Token(String),
+}
+
+/// Client settings. Build with [`ClientConfig::channel`] or
+/// [`ClientConfig::token`] and adjust fields.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The server's base URL, `ws://host:port` (`/messages` is appended).
+    pub url: String,
+    pub credentials: Credentials,
+    pub device: Option<String>,
+    /// Answer 200 when a message is handed over by [`Client::recv`](crate::Client::recv).
+    pub auto_ack: bool,
+    /// How often to ping; a missing pong for `timeout` means a reconnect.
+    pub ping_interval: Duration,
+    /// Bound on connecting, on a pong, and the default for receipts.
+    pub timeout: Duration,
+    /// First reconnect delay; doubles up to `max_backoff`, with jitter.
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Give up after this many failed reconnects in a row (`None`: never).
+    pub max_reconnects: Option<u32>,
+}
+
+impl ClientConfig {
+    fn new(url: &str, credentials: Credentials) -> Self {
+        ClientConfig {
+            url: url.trim_end_matches('/').to_owned(),
+            credentials,
+            device: None,
+            auto_ack: true,
+            ping_interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(10),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(10),
+            max_reconnects: None,
+        }
+    }
+
+    /// Connect as `channel` (anonymous mode).
+    pub fn channel(url: &str, channel: &str) -> Self {
+        Self::new(url, Credentials::Channel(channel.to_owned()))
+    }
+
+    /// Connect with a JWT.
+    pub fn token(url: &str, token: &str) -> Self {
+        Self::new(url, Credentials::Token(token.to_owned()))
+    }
+
+    pub fn device(mut self, device: &str) -> Self {
+        self.device = Some(device.to_owned());
+        self
+    }
+
+    /// The full `/messages` URL with the query.
+    pub fn endpoint(&self) -> String {
+        let (key, value) = match &self.credentials {
+            Credentials::Channel(c) => ("channel", c),
+            Credentials::Token(t) => ("token", t),
+        };
+        let mut url = format!("{}/messages?{key}={}", self.url, encode(value));
+        if let Some(device) = &self.device {
+            url.push_str(&format!("&device={}", encode(device)));
+        }
+        url
+    }
+}
+
+/// Percent-encodes a query value (every byte but letters and digits).
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
