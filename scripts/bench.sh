@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The standard benchmark set: builds release binaries, then runs the `pairs`
-# scenario against the null relay and bachata (embedded and memory stores),
+# scenario against the null relay and bachata (embedded, memory and Redis
+# stores; Redis also with two nodes: senders on one, receivers on the
+# other; each run spawns its own redis-server with AOF `everysec`),
 # `idle`, `chaos`, `fanout` (null relay and bachata) and `reconnect`.
 # Loopback only; each run is bounded by --duration (or rounds). Prints the
 # tables that docs/performance.md quotes. `scripts/bench.sh --micro` also
@@ -16,6 +18,12 @@ echo "## pairs P=50 W=64, 100-byte payloads, embedded store"
 $bench pairs --spawn $server --store embedded --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## pairs P=50 W=64, memory store"
 $bench pairs --spawn $server --store memory --pairs 50 --window 64 --payload 100 --duration 10s
+echo "## pairs P=50 W=64, embedded and Redis stores in one invocation (Redis CPU reported)"
+$bench pairs --spawn $server --store embedded,redis --pairs 50 --window 64 --payload 100 --duration 10s
+echo "## pairs P=50 W=64, two nodes on one Redis: senders on node A, receivers on node B"
+$bench pairs --spawn $server --store redis --nodes 2 --pairs 50 --window 64 --payload 100 --duration 10s
+echo "## pairs P=10 W=1 (latency), Redis store"
+$bench pairs --spawn $server --store redis --pairs 10 --window 1 --payload 100 --duration 10s
 echo "## fsync: the disk's floor under every durable commit (the data directory's file system)"
 $bench fsync --dir "${TMPDIR:-/tmp}"
 echo "## pairs P=10 W=1 (latency), embedded store"

@@ -24,18 +24,17 @@ mod idle;
 mod pairs;
 mod reconnect;
 mod relay;
+mod servers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 #[derive(Debug, Parser)]
 #[command(name = "bachata-bench", about)]
@@ -134,9 +133,18 @@ struct Target {
     /// Spawn this `bachata` binary on a fresh data directory.
     #[arg(long)]
     spawn: Option<PathBuf>,
-    /// Store for the spawned server.
+    /// Store for the spawned server: `embedded`, `memory` or `redis` (a
+    /// `redis-server` of its own, AOF with `appendfsync everysec`). `pairs`
+    /// takes a comma list and measures each in turn.
     #[arg(long, default_value = "embedded")]
     store: String,
+    /// Spawned bachata nodes (more than one need `--store redis`): senders
+    /// connect to the first, receivers to the last.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// The `redis-server` binary for `--store redis`.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -199,9 +207,15 @@ struct ReconnectArgs {
 #[derive(Debug, Serialize)]
 struct Measured {
     target: String,
+    /// bachata nodes (1 unless `--nodes`).
+    nodes: usize,
     report: pairs::Report,
+    /// Of every bachata node together (of the relay, for `null`).
     cpu_seconds: Option<f64>,
     cpu_seconds_per_100k: Option<f64>,
+    /// Of the `redis-server`, with `--store redis`.
+    redis_cpu_seconds: Option<f64>,
+    redis_cpu_seconds_per_100k: Option<f64>,
     rss_kb: Option<u64>,
 }
 
@@ -293,73 +307,23 @@ fn print_verdict(ratio: Option<f64>, unit: &str, ok: bool, what: &str) {
     }
 }
 
-/// Utime + stime of a process, in seconds (Linux, clock ticks of 100 Hz).
-fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = stat.rsplit_once(')')?.1;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
+/// Where one `pairs` run goes and what it measures besides the load.
+struct PairsTarget<'a> {
+    name: String,
+    /// Senders connect here.
+    url: String,
+    /// Receivers connect here (another node, or the same).
+    receiver_url: String,
+    nodes: usize,
+    /// CPU so far of the processes serving the run.
+    cpu: Box<dyn Fn() -> servers::Cpu + 'a>,
+    rss_kb: Box<dyn Fn() -> Option<u64> + 'a>,
 }
 
-fn rss_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Spawns a process and waits for the line that carries its address.
-async fn spawn(
-    mut cmd: Command,
-    marker: &str,
-    from_stderr: bool,
-) -> anyhow::Result<(Child, String)> {
-    cmd.kill_on_drop(true).stdin(Stdio::null());
-    if from_stderr {
-        cmd.stderr(Stdio::piped()).stdout(Stdio::null());
-    } else {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
-    }
-    let mut child = cmd.spawn().context("spawn")?;
-    let lines: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if from_stderr {
-        Box::new(child.stderr.take().context("stderr")?)
-    } else {
-        Box::new(child.stdout.take().context("stdout")?)
-    };
-    let mut lines = BufReader::new(lines).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(pos) = line.find(marker) {
-                let rest = &line[pos + marker.len()..];
-                return Ok(rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned());
-            }
-        }
-        anyhow::bail!("exited before printing its address")
-    })
-    .await
-    .context("start timed out")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok((child, addr))
-}
-
-async fn measure(
-    target: &str,
-    url: &str,
-    pid: Option<u32>,
-    args: &PairsArgs,
-) -> anyhow::Result<Measured> {
+async fn measure(target: PairsTarget<'_>, args: &PairsArgs) -> anyhow::Result<Measured> {
     let opts = pairs::Options {
-        url: url.to_owned(),
+        url: target.url.clone(),
+        receiver_url: target.receiver_url.clone(),
         pairs: args.pairs,
         window: args.window,
         payload: args.payload,
@@ -368,22 +332,33 @@ async fn measure(
         // A server at --url may have seen this bench before: ids it still
         // remembers (dedupe window) would get a 100 and no delivery.
         prefix: if args.target.url.is_some() {
-            fresh_prefix(target)
+            fresh_prefix(&target.name)
         } else {
-            format!("{target}-")
+            format!("{}-", target.name)
         },
     };
-    let before = pid.and_then(cpu_seconds);
+    let before = (target.cpu)();
     let report = pairs::run(&opts).await?;
-    let after = pid.and_then(cpu_seconds);
-    let cpu = before.zip(after).map(|(b, a)| a - b);
+    let used = before.until((target.cpu)());
+    let per_100k = |c: f64| c / (report.delivered.max(1) as f64) * 100_000.0;
     Ok(Measured {
-        target: target.to_owned(),
-        cpu_seconds_per_100k: cpu.map(|c| c / (report.delivered.max(1) as f64) * 100_000.0),
-        cpu_seconds: cpu,
-        rss_kb: pid.and_then(rss_kb),
+        target: target.name,
+        nodes: target.nodes,
+        cpu_seconds_per_100k: used.nodes.map(per_100k),
+        cpu_seconds: used.nodes,
+        redis_cpu_seconds_per_100k: used.redis.map(per_100k),
+        redis_cpu_seconds: used.redis,
+        rss_kb: (target.rss_kb)(),
         report,
     })
+}
+
+/// A process's CPU as a [`servers::Cpu`] (no Redis).
+fn process_cpu(pid: Option<u32>) -> servers::Cpu {
+    servers::Cpu {
+        nodes: pid.and_then(servers::cpu_seconds),
+        redis: None,
+    }
 }
 
 fn print(m: &Measured) {
@@ -403,6 +378,9 @@ fn print(m: &Measured) {
             .map_or("-".into(), |c| format!("{c:.2}s")),
         m.rss_kb.map_or("-".into(), |k| format!("{k} KB")),
     );
+    if let Some(c) = m.redis_cpu_seconds_per_100k {
+        println!("{:<10} redis-server cpu/100k {c:.2}s", "");
+    }
     for e in r.exactness_errors.iter().take(20) {
         println!("  EXACTNESS: {e}");
     }
@@ -412,32 +390,20 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
     let mut results = Vec::new();
     let target = &args.target;
     if let Some(url) = &target.url {
-        results.push(measure("server", url, None, &args).await?);
+        let server = PairsTarget {
+            name: "server".into(),
+            url: url.clone(),
+            receiver_url: url.clone(),
+            nodes: 1,
+            cpu: Box::new(|| process_cpu(None)),
+            rss_kb: Box::new(|| None),
+        };
+        results.push(measure(server, &args).await?);
     } else {
-        let bachata = target.spawn.clone().context("give --url or --spawn")?;
-        let mut relay_cmd = Command::new(std::env::current_exe()?);
-        relay_cmd.arg("null-relay");
-        let (relay, relay_addr) = spawn(relay_cmd, "listening ", false).await?;
-        results.push(measure("null", &format!("ws://{relay_addr}"), relay.id(), &args).await?);
-        drop(relay);
-        let dir = tempfile::tempdir()?;
-        let mut server_cmd = Command::new(bachata);
-        server_cmd
-            .args(["serve", "--listen", "127.0.0.1:0", "--store", &target.store])
-            .arg("--data-dir")
-            .arg(dir.path())
-            .env("BACHATA_LOG", "warn,bachata_server=info");
-        let (server, addr) = spawn(server_cmd, "addr=", true).await?;
-        results.push(
-            measure(
-                &format!("bachata-{}", target.store),
-                &format!("ws://{addr}"),
-                server.id(),
-                &args,
-            )
-            .await?,
-        );
-        drop(server);
+        results.push(measure_null(&args).await?);
+        for store in target.store.split(',') {
+            results.push(measure_nodes(&args, store).await?);
+        }
     }
     let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
     if target.json {
@@ -447,12 +413,55 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
             print(m);
         }
         let ratio = match results.as_slice() {
-            [null, server] => Some(server.report.msgs_per_sec / null.report.msgs_per_sec.max(1.0)),
+            [null, server, ..] => {
+                Some(server.report.msgs_per_sec / null.report.msgs_per_sec.max(1.0))
+            }
             _ => None,
         };
         print_verdict(ratio, "msgs/s", ok, "no loss, duplicate or reorder");
     }
     Ok(ok)
+}
+
+/// `pairs` against the null relay, the machine's limit.
+async fn measure_null(args: &PairsArgs) -> anyhow::Result<Measured> {
+    let mut relay_cmd = Command::new(std::env::current_exe()?);
+    relay_cmd.arg("null-relay");
+    let (relay, relay_addr) = servers::spawn(relay_cmd, "listening ", false).await?;
+    let url = format!("ws://{relay_addr}");
+    let null = PairsTarget {
+        name: "null".into(),
+        url: url.clone(),
+        receiver_url: url,
+        nodes: 1,
+        cpu: Box::new(|| process_cpu(relay.id())),
+        rss_kb: Box::new(|| relay.id().and_then(servers::rss_kb)),
+    };
+    measure(null, args).await
+}
+
+/// `pairs` against `--nodes` spawned bachata nodes on `store`.
+async fn measure_nodes(args: &PairsArgs, store: &str) -> anyhow::Result<Measured> {
+    let t = &args.target;
+    let spawn = servers::Spawn {
+        bachata: t.spawn.clone().context("give --url or --spawn")?,
+        store: store.to_owned(),
+        redis_server: t.redis_server.clone(),
+    };
+    let nodes = servers::Nodes::start(&spawn, t.nodes).await?;
+    let name = match t.nodes {
+        1 => format!("bachata-{store}"),
+        n => format!("bachata-{store}-x{n}"),
+    };
+    let target = PairsTarget {
+        name,
+        url: format!("ws://{}", nodes.first().addr),
+        receiver_url: format!("ws://{}", nodes.last().addr),
+        nodes: t.nodes,
+        cpu: Box::new(|| nodes.cpu()),
+        rss_kb: Box::new(|| nodes.rss_kb()),
+    };
+    measure(target, args).await
 }
 
 async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow::Result<()> {
@@ -462,9 +471,9 @@ async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow
         .arg("--data-dir")
         .arg(dir.path())
         .env("BACHATA_LOG", "warn,bachata_server=info");
-    let (server, addr) = spawn(cmd, "addr=", true).await?;
+    let (server, addr) = servers::spawn(cmd, "addr=", true).await?;
     let pid = server.id().context("server pid")?;
-    let report = idle::run(addr.parse()?, n, sources, || rss_kb(pid)).await?;
+    let report = idle::run(addr.parse()?, n, sources, || servers::rss_kb(pid)).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -497,7 +506,7 @@ async fn chaos_cmd(
             .arg("--data-dir")
             .arg(dir.path())
             .env("BACHATA_LOG", "warn,bachata_server=info");
-        spawn(cmd, "addr=", true)
+        servers::spawn(cmd, "addr=", true)
     };
     let (server, addr) = start().await?;
     let server = Arc::new(tokio::sync::Mutex::new(server));
@@ -535,37 +544,19 @@ async fn chaos_cmd(
     Ok(ok)
 }
 
-/// A `bachata serve` on a fresh data directory and port, with an API key.
-struct Server {
-    child: Child,
-    /// `host:port`
-    addr: String,
-    api_key: String,
-    _dir: tempfile::TempDir,
-}
-
-async fn spawn_server(bachata: &std::path::Path, store: &str) -> anyhow::Result<Server> {
-    let dir = tempfile::tempdir()?;
-    let api_key = format!("bench-{}", std::process::id());
-    let mut cmd = Command::new(bachata);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", store])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .env("BACHATA_API_KEY", &api_key)
-        .env("BACHATA_LOG", "warn,bachata_server=info");
-    let (child, addr) = spawn(cmd, "addr=", true).await?;
-    Ok(Server {
-        child,
-        addr,
-        api_key,
-        _dir: dir,
-    })
-}
-
 /// `host:port` of a `ws://host:port[/...]` URL.
 fn host_port(url: &str) -> &str {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.split('/').next().unwrap_or(rest)
+}
+
+/// What `--spawn`, `--store` and `--redis-server` ask to start.
+fn spawn_of(t: &Target, bachata: PathBuf) -> servers::Spawn {
+    servers::Spawn {
+        bachata,
+        store: t.store.clone(),
+        redis_server: t.redis_server.clone(),
+    }
 }
 
 /// A prefix no earlier run against the same server used.
@@ -590,16 +581,16 @@ async fn measure_fanout(
     opts: fanout::Options,
     pid: Option<u32>,
 ) -> anyhow::Result<FanoutMeasured> {
-    let before = pid.and_then(cpu_seconds);
+    let before = pid.and_then(servers::cpu_seconds);
     let report = fanout::run(&opts).await?;
-    let after = pid.and_then(cpu_seconds);
+    let after = pid.and_then(servers::cpu_seconds);
     let cpu = before.zip(after).map(|(b, a)| a - b);
     Ok(FanoutMeasured {
         target: target.to_owned(),
         cpu_seconds_per_100k_deliveries: cpu
             .map(|c| c / (report.deliveries.max(1) as f64) * 100_000.0),
         cpu_seconds: cpu,
-        rss_kb: pid.and_then(rss_kb),
+        rss_kb: pid.and_then(servers::rss_kb),
         report,
     })
 }
@@ -648,11 +639,11 @@ async fn measure_fanout_targets(args: &FanoutArgs) -> anyhow::Result<Vec<FanoutM
         // connected channels `g.*`.
         let mut relay_cmd = Command::new(std::env::current_exe()?);
         relay_cmd.arg("null-relay");
-        let (relay, relay_addr) = spawn(relay_cmd, "listening ", false).await?;
+        let (relay, relay_addr) = servers::spawn(relay_cmd, "listening ", false).await?;
         let opts = fanout_options(args, format!("ws://{relay_addr}"), "null-g".into());
         results.push(measure_fanout("null", opts, relay.id()).await?);
         drop(relay);
-        let server = spawn_server(&bachata, &t.store).await?;
+        let (server, _redis) = servers::spawn_server(&spawn_of(t, bachata)).await?;
         let group = "bachata-g";
         fanout::create_group(&server.addr, Some(&server.api_key), group, args.members).await?;
         let opts = fanout_options(args, format!("ws://{}", server.addr), group.into());
@@ -765,12 +756,12 @@ async fn measure_reconnect(args: &ReconnectArgs) -> anyhow::Result<ReconnectMeas
         )
     } else {
         let bachata = t.spawn.clone().context("give --url or --spawn")?;
-        let server = spawn_server(&bachata, &t.store).await?;
+        let (server, _redis) = servers::spawn_server(&spawn_of(t, bachata)).await?;
         let api = Some((server.addr.clone(), Some(server.api_key.clone())));
         let opts = reconnect_options(args, format!("ws://{}", server.addr), api, "rc-".into());
         let pid = server.child.id();
-        let report = reconnect::run(&opts, || pid.and_then(cpu_seconds)).await?;
-        let rss = pid.and_then(rss_kb);
+        let report = reconnect::run(&opts, || pid.and_then(servers::cpu_seconds)).await?;
+        let rss = pid.and_then(servers::rss_kb);
         drop(server);
         (format!("bachata-{}", t.store), report, rss)
     };

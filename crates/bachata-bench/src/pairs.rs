@@ -27,8 +27,11 @@ const STALL: Duration = Duration::from_secs(30);
 /// What to run.
 #[derive(Debug, Clone)]
 pub(crate) struct Options {
-    /// `ws://host:port`
+    /// `ws://host:port` of the senders' node.
     pub url: String,
+    /// `ws://host:port` of the receivers' node (another node of the same
+    /// Redis, or `url`).
+    pub receiver_url: String,
     pub pairs: usize,
     pub window: usize,
     pub payload: usize,
@@ -155,7 +158,7 @@ pub(crate) async fn run(opts: &Options) -> anyhow::Result<Report> {
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for i in 0..opts.pairs {
-        receivers.push(connect(&opts.url, &format!("{}r{i}", opts.prefix)).await?);
+        receivers.push(connect(&opts.receiver_url, &format!("{}r{i}", opts.prefix)).await?);
     }
     for i in 0..opts.pairs {
         senders.push(connect(&opts.url, &format!("{}s{i}", opts.prefix)).await?);

@@ -35,6 +35,14 @@ pub enum BusEvent {
     Live { channel: Channel, payload: Bytes },
     /// Events may have been lost: re-read everything from the store.
     Resync,
+    /// The bus lost its connection to the store's server: what happens
+    /// until it is back may include a restart (see [`BusEvent::Reset`]).
+    Lost,
+    /// The store's server restarted and may have lost writes: every session
+    /// that existed when the bus lost its connection starts over from the
+    /// head of its log (protocol.md section 8). Sessions opened since read
+    /// the store as it is now.
+    Reset,
 }
 
 /// A broadcast to the other nodes. Implementations: `RedisBus` (pub/sub).

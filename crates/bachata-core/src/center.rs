@@ -160,20 +160,20 @@ impl CenterBuilder {
         self.routes
             .push(Arc::new(GroupRoute::new(self.store.clone())));
         self.routes.push(Arc::new(DirectRoute));
-        let hub = Hub::new();
-        if let Some(bus) = &self.bus {
-            tokio::spawn(listen_to_bus(bus.subscribe(), Arc::downgrade(&hub)));
-        }
-        Arc::new(MessagesCenter {
+        let center = Arc::new(MessagesCenter {
             store: self.store,
             routes: self.routes,
             hooks: self.hooks,
-            hub,
+            hub: Hub::new(),
             bus: self.bus,
             config: self.config,
             stats: Arc::new(Stats::default()),
             sign_key: self.sign_key,
-        })
+        });
+        if let Some(bus) = &center.bus {
+            tokio::spawn(listen_to_bus(bus.subscribe(), Arc::downgrade(&center)));
+        }
+        center
     }
 }
 
@@ -190,11 +190,17 @@ pub struct MessagesCenter {
 }
 
 /// Feeds other nodes' events to the local hub until the bus closes or the
-/// hub is gone; resyncs every session every [`RESYNC_EVERY`] too.
-async fn listen_to_bus(mut events: tokio::sync::mpsc::Receiver<BusEvent>, hub: Weak<Hub>) {
+/// center is gone; resyncs every session every [`RESYNC_EVERY`] too.
+async fn listen_to_bus(
+    mut events: tokio::sync::mpsc::Receiver<BusEvent>,
+    center: Weak<MessagesCenter>,
+) {
     let mut resync = tokio::time::interval(RESYNC_EVERY);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
+    // The hub's mark when the bus lost its connection: the sessions a
+    // restart of the store may have left behind are older.
+    let mut lost_at: Option<u64> = None;
     loop {
         let event = tokio::select! {
             event = events.recv() => match event {
@@ -203,9 +209,10 @@ async fn listen_to_bus(mut events: tokio::sync::mpsc::Receiver<BusEvent>, hub: W
             },
             _ = resync.tick() => BusEvent::Resync,
         };
-        let Some(hub) = hub.upgrade() else {
+        let Some(center) = center.upgrade() else {
             return;
         };
+        let hub = &center.hub;
         match event {
             BusEvent::Entry { channel, seq } => hub.wake(&channel, seq),
             BusEvent::Acked {
@@ -217,6 +224,17 @@ async fn listen_to_bus(mut events: tokio::sync::mpsc::Receiver<BusEvent>, hub: W
                 hub.live(&channel, &payload);
             }
             BusEvent::Resync => hub.resync_all(),
+            BusEvent::Lost => {
+                lost_at.get_or_insert_with(|| hub.mark());
+            }
+            BusEvent::Reset => {
+                // The store may have lost its devices too: register the
+                // live ones again, so that their acks remove entries.
+                if let Err(e) = center.refresh_live_devices().await {
+                    tracing::warn!(error = %e, "cannot register the live devices again");
+                }
+                hub.reset_older(lost_at.take().unwrap_or(u64::MAX));
+            }
         }
     }
 }
@@ -588,14 +606,12 @@ impl MessagesCenter {
         channel: Channel,
         device: Device,
     ) -> Result<Session, StoreError> {
-        self.store
-            .touch_device(
-                &channel,
-                &device,
-                now_millis(),
-                millis(self.config.forget_after),
-            )
-            .await?;
+        let forget_after = millis(self.config.forget_after);
+        let touched = self
+            .store
+            .touch_device(&channel, &device, now_millis(), forget_after);
+        // Both at once: one round trip on a networked store.
+        let ((), epoch) = tokio::try_join!(touched, self.store.epoch(&channel))?;
         let sub = self.hub.subscribe(&channel, &device);
         Ok(Session::new(
             self.store.clone(),
@@ -604,6 +620,7 @@ impl MessagesCenter {
             channel,
             device,
             sub,
+            epoch,
         ))
     }
 

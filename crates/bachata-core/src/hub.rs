@@ -42,6 +42,9 @@ pub(crate) struct Inbox {
     ready: Notify,
     /// Set when an event found the queue full and was dropped.
     pub(crate) lagged: AtomicBool,
+    /// Set by [`Hub::reset_older`]: the store may have lost writes, the
+    /// session starts over from the log's head.
+    pub(crate) reset: AtomicBool,
 }
 
 impl Inbox {
@@ -188,6 +191,23 @@ impl Hub {
         for sub in channels.values().flatten() {
             sub.inbox.lagged.store(true, Ordering::Release);
             // An empty wake-up gets an idle session to look at the flag.
+            let _ = sub.inbox.push(Event::Wake(0));
+        }
+    }
+
+    /// Marks this moment: the connections subscribed so far are older than
+    /// the mark (see [`Hub::reset_older`]).
+    pub fn mark(&self) -> u64 {
+        self.next_id.load(Ordering::Relaxed)
+    }
+
+    /// Makes every connection subscribed before `mark` start over from the
+    /// head of its log: the store may have lost writes since, and its seqs
+    /// gone back (protocol.md section 8).
+    pub fn reset_older(&self, mark: u64) {
+        let channels = self.channels.read();
+        for sub in channels.values().flatten().filter(|s| s.id < mark) {
+            sub.inbox.reset.store(true, Ordering::Release);
             let _ = sub.inbox.push(Event::Wake(0));
         }
     }

@@ -34,6 +34,6 @@ pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, 
 pub use session::Session;
 pub use stats::Stats;
 pub use store::{
-    AckRequest, AckState, Acked, BoxError, Device, Enqueued, Entry, EntryKind, Forgotten, Millis,
-    NewMessage, PendingAck, PendingEnqueue, Seq, Store, StoreError, now_millis,
+    AckRequest, AckState, Acked, BoxError, Device, Enqueued, Entry, EntryKind, Epoch, Forgotten,
+    Millis, NewMessage, PendingAck, PendingEnqueue, Seq, Store, StoreError, now_millis,
 };

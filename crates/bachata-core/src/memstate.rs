@@ -299,6 +299,27 @@ impl MemState {
         Self::default()
     }
 
+    /// Each channel's next seq. A persistent backend that rebuilds its state
+    /// from disk after a failed write keeps them ([`MemState::raise_next_seqs`]).
+    pub fn next_seqs(&self) -> Vec<(Channel, Seq)> {
+        self.channels
+            .iter()
+            .map(|(channel, ch)| (channel.clone(), ch.next_seq))
+            .collect()
+    }
+
+    /// Raises each channel's next seq to at least the given one: after a
+    /// rebuild from disk, the seqs that the state handed out before (and a
+    /// reader may have seen, the state running ahead of the disk) are never
+    /// handed out again to other entries. The gap is harmless: a reader
+    /// told of a later seq reads the store from its cursor.
+    pub fn raise_next_seqs(&mut self, seqs: Vec<(Channel, Seq)>) {
+        for (channel, next_seq) in seqs {
+            let ch = self.channels.entry(channel).or_default();
+            ch.next_seq = ch.next_seq.max(next_seq);
+        }
+    }
+
     /// Rebuilds the state from what a backend persisted. The acks of each
     /// entry are in `StoredEntry::acked_by`.
     pub fn restore(snapshot: Snapshot) -> Self {

@@ -29,7 +29,7 @@ use bytes::Bytes;
 
 use crate::hub::{Event, Subscription};
 use crate::stats::Stats;
-use crate::store::{Device, Entry, Seq, Store, StoreError, now_millis};
+use crate::store::{Device, Entry, Epoch, Seq, Store, StoreError, now_millis};
 
 /// See the module docs.
 pub struct Session {
@@ -51,6 +51,12 @@ pub struct Session {
     /// Receipts sent since the last `written()`; acked for this device once
     /// the frames are flushed.
     receipts: Vec<Seq>,
+    /// The epoch of the log this session reads (protocol.md section 8);
+    /// `None` until the store names one.
+    epoch: Option<Epoch>,
+    /// The log may have started a new life (an entry with seq 1 came while
+    /// the cursor is past it): compare the epoch before the next read.
+    verify: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -73,6 +79,7 @@ impl Session {
         channel: Channel,
         device: Device,
         sub: Subscription,
+        epoch: Option<Epoch>,
     ) -> Self {
         Session {
             store,
@@ -85,6 +92,8 @@ impl Session {
             caught_up: false,
             inflight: BTreeSet::new(),
             receipts: Vec::new(),
+            epoch,
+            verify: false,
         }
     }
 
@@ -104,15 +113,25 @@ impl Session {
     /// room for them, or when the event queue overflowed and the session
     /// must catch up with the store.
     pub fn wants_read(&self) -> bool {
-        self.sub.inbox.lagged.load(Ordering::Acquire) || (!self.caught_up && self.room() > 0)
+        self.sub.inbox.lagged.load(Ordering::Acquire)
+            || self.sub.inbox.reset.load(Ordering::Acquire)
+            || self.verify
+            || (!self.caught_up && self.room() > 0)
     }
 
     /// Reads the next entries this device has not acked, up to the window,
     /// and returns the frames to send.
     pub async fn read(&mut self) -> Result<Vec<Bytes>, StoreError> {
+        if self.sub.inbox.reset.swap(false, Ordering::AcqRel) {
+            self.start_over(None);
+        }
         // Clear first: an event that lags the queue after this point sets it
         // again and is read by the next call.
-        if self.sub.inbox.lagged.swap(false, Ordering::AcqRel) {
+        let lagged = self.sub.inbox.lagged.swap(false, Ordering::AcqRel);
+        if lagged || std::mem::take(&mut self.verify) {
+            self.check_epoch().await?;
+        }
+        if lagged {
             // Dropped events may have been entries or acks.
             self.caught_up = false;
             if !self.inflight.is_empty() {
@@ -135,6 +154,32 @@ impl Session {
             .await?;
         self.caught_up = entries.len() < limit;
         Ok(entries.into_iter().map(|e| self.take(e)).collect())
+    }
+
+    /// Starts over from the head of the log (a new epoch, or a store that
+    /// may have lost writes): everything the device has not acked is sent
+    /// again, in log order (delivery is at least once).
+    fn start_over(&mut self, epoch: Option<Epoch>) {
+        self.cursor = 0;
+        self.caught_up = false;
+        self.inflight.clear();
+        // Receipts written under the old seqs must not ack the new ones.
+        self.receipts.clear();
+        if epoch.is_some() {
+            self.epoch = epoch;
+        }
+        self.stats.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Starts over if the log's epoch is not the one this session read.
+    async fn check_epoch(&mut self) -> Result<(), StoreError> {
+        let now = self.store.epoch(&self.channel).await?;
+        match (self.epoch, now) {
+            (Some(old), Some(new)) if old != new => self.start_over(Some(new)),
+            (None, Some(new)) => self.epoch = Some(new),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// A lagged queue may have dropped `Acked` events: keep in flight only
@@ -178,6 +223,10 @@ impl Session {
         match event {
             Event::Entry(entry) => {
                 if entry.seq <= self.cursor {
+                    // The first entry of a log this session is past: a
+                    // new life of the counter, or a late event. The next
+                    // read compares epochs.
+                    self.verify |= entry.seq == 1;
                     None
                 } else if self.caught_up && entry.seq == self.cursor + 1 && self.room() > 0 {
                     Some(self.take(entry))
@@ -195,6 +244,7 @@ impl Session {
                 if seq > self.cursor {
                     self.caught_up = false;
                 }
+                self.verify |= seq == 1 && self.cursor >= 1;
                 None
             }
         }

@@ -14,4 +14,7 @@ pub struct Stats {
     pub delivered: AtomicU64,
     /// 200s that acked a pending message.
     pub acked: AtomicU64,
+    /// Sessions that started over from the head of their log: a new epoch,
+    /// or a store that may have lost writes (protocol.md section 8).
+    pub restarts: AtomicU64,
 }

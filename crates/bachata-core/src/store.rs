@@ -44,6 +44,12 @@ pub type Device = Option<DeviceId>;
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
+/// A name for one life of a channel's seq counter (protocol.md section 8):
+/// a store whose seqs can go back (Redis losing writes) gives the counter a
+/// new epoch whenever it creates it, so a connection that read an earlier
+/// life knows to start over from the log's head.
+pub type Epoch = u64;
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_millis() -> Millis {
     std::time::SystemTime::now()
@@ -359,6 +365,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The members of `group`, sorted; empty for an unknown group.
     async fn members(&self, group: &GroupId) -> Result<Vec<Channel>, StoreError>;
+
+    /// The current epoch of `channel`'s log; `None` where seqs never go
+    /// back (the memory and embedded stores: their counters are never lost
+    /// while a connection can hold a cursor) or the channel has no counter
+    /// yet.
+    async fn epoch(&self, _channel: &Channel) -> Result<Option<Epoch>, StoreError> {
+        Ok(None)
+    }
 
     /// Whether the backend answers now, for `/healthz`. Stores inside the
     /// process are always healthy; a networked store pings its server.

@@ -89,6 +89,13 @@ impl Collector for CenterCollector {
         )?;
         counter(
             &mut encoder,
+            "bachata_session_restarts",
+            "Connections that started over from the head of their log: a new epoch, or a \
+             Redis that restarted and may have lost writes",
+            load(&stats.restarts),
+        )?;
+        counter(
+            &mut encoder,
             "bachata_live_messages_dropped",
             "Messages without id dropped because a connection's queue was full",
             load(&center.hub().live_dropped),

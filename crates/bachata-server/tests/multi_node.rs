@@ -163,3 +163,113 @@ async fn a_redis_restart_with_aof_loses_nothing_confirmed() {
     }
     assert!(bob.sync().await.is_empty());
 }
+
+/// Sends `id` until the server stores it (100), riding out `unavailable`
+/// while the node reconnects to Redis (bounded: 100 tries, 100 ms apart).
+async fn send_until_stored(client: &mut TestClient, id: &str, dest: &str) {
+    for _ in 0..100 {
+        client.send_direct(id, dest, json!(id)).await;
+        let reply = client.recv().await;
+        match reply["type"].as_i64() {
+            Some(100) => return,
+            Some(400) => {
+                assert_eq!(reply["error"], "unavailable", "{reply}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            _ => panic!("unexpected {reply}"),
+        }
+    }
+    panic!("{id} was never stored");
+}
+
+/// protocol.md section 8: Redis restarts empty (no persistence) while the
+/// receivers stay connected, one on the sender's node and one on another;
+/// the seqs start over, and both get what is sent after the restart.
+#[tokio::test]
+async fn receivers_connected_across_a_redis_restart_without_persistence_get_new_messages() {
+    let mut redis = RedisServer::start();
+    let (a, b) = (start_on_redis(&redis).await, start_on_redis(&redis).await);
+    let mut alice = TestClient::connect(a.addr(), "alice").await;
+    let mut bob = TestClient::connect(a.addr(), "bob").await;
+    let mut carol = TestClient::connect(b.addr(), "carol").await;
+    for i in 0..5 {
+        for (to, receiver) in [("bob", &mut bob), ("carol", &mut carol)] {
+            let id = format!("{to}{i}");
+            alice.send_direct(&id, to, json!(i)).await;
+            alice.expect(100, &id).await;
+            assert_eq!(receiver.recv().await["id"], id);
+            receiver.ack(&id).await;
+            alice.expect(300, &id).await;
+        }
+    }
+    redis.restart();
+    send_until_stored(&mut alice, "bob5", "bob").await;
+    send_until_stored(&mut alice, "carol5", "carol").await;
+    // Delivery is at least once: a session that starts over (the bus saw
+    // Redis restart) may send the new message twice, never an old one.
+    assert_eq!(only(&mut bob, "bob5").await["id"], "bob5", "same node");
+    assert_eq!(
+        only(&mut carol, "carol5").await["id"],
+        "carol5",
+        "other node"
+    );
+    bob.ack("bob5").await;
+    carol.ack("carol5").await;
+    let mut receipts = std::collections::BTreeSet::new();
+    while receipts.len() < 2 {
+        let m = alice.recv().await;
+        assert_eq!(m["type"], 300, "{m}");
+        receipts.insert(m["data"].as_str().expect("id").to_owned());
+    }
+    assert_eq!(receipts, ["bob5".to_owned(), "carol5".to_owned()].into());
+}
+
+/// The next message, and any that follow until a ping's pong, checked to
+/// be the data message `id` (copies of it are allowed).
+async fn only(client: &mut TestClient, id: &str) -> serde_json::Value {
+    let first = client.recv().await;
+    assert_eq!(first["id"], id, "{first}");
+    for m in client.sync().await {
+        assert_eq!(m["id"], id, "only {id} again: {m}");
+    }
+    first
+}
+
+/// protocol.md section 8, epochs: a channel's counter is lost while Redis
+/// keeps running (its keys deleted, as an operator or an eviction would);
+/// the next message starts a new epoch at seq 1, and the connected
+/// receivers (on both nodes) start over from the head of the log.
+#[tokio::test]
+async fn a_channel_whose_counter_is_lost_starts_a_new_epoch_for_connected_receivers() {
+    let redis = RedisServer::start();
+    let (a, b) = (start_on_redis(&redis).await, start_on_redis(&redis).await);
+    let mut alice = TestClient::connect(a.addr(), "alice").await;
+    let mut here = TestClient::connect_device(a.addr(), "bob", "here").await;
+    let mut there = TestClient::connect_device(b.addr(), "bob", "there").await;
+    for i in 0..3 {
+        let id = format!("m{i}");
+        alice.send_direct(&id, "bob", json!(i)).await;
+        alice.expect(100, &id).await;
+        for device in [&mut here, &mut there] {
+            assert_eq!(device.recv().await["id"], id);
+            device.ack(&id).await;
+        }
+        alice.expect(300, &id).await;
+    }
+    let client = ::redis::Client::open(redis.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let tag: String = "bob".bytes().map(|b| format!("{b:02x}")).collect();
+    let _: () = ::redis::cmd("DEL")
+        .arg(format!("bachata:{{{tag}}}:seq"))
+        .arg(format!("bachata:{{{tag}}}:epoch"))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    alice.send_direct("m3", "bob", json!(3)).await;
+    alice.expect(100, "m3").await;
+    assert_eq!(here.recv().await["id"], "m3", "same node");
+    assert_eq!(there.recv().await["id"], "m3", "other node");
+}

@@ -505,7 +505,11 @@ impl Writer {
     /// Rebuilds the memory state (and empties the overlay) from disk, after
     /// an append failed and the state ran ahead of what is stored.
     fn reload_state(&mut self) -> Result<(), FilesError> {
-        let reloaded = self.files.reload()?;
+        // The seqs handed out before stay handed out: a reader may have
+        // seen an entry that was never stored.
+        let handed_out = self.state.lock().next_seqs();
+        let mut reloaded = self.files.reload()?;
+        reloaded.raise_next_seqs(handed_out);
         *self.state.lock() = reloaded;
         self.overlay = wal::Overlay::default();
         Ok(())

@@ -16,6 +16,14 @@
 //! every (re)subscribe the bus emits [`BusEvent::Resync`], which makes every
 //! local session re-read the store, and the center resyncs periodically too.
 //!
+//! On standalone Redis the bus also notices that Redis restarted: before
+//! each subscribe it reads the server's `run_id`, and when that changed it
+//! emits [`BusEvent::Reset`] first, so every local session starts over from
+//! the head of its log (protocol.md section 8). A restart may have lost the
+//! last writes (no persistence, or `appendfsync everysec`), so seqs may have
+//! gone back without the channel's epoch changing; starting over sends the
+//! unacked messages again rather than leave new ones behind a cursor.
+//!
 //! Wire format of one pub/sub message (space separated, names hex-encoded so
 //! they never contain a space; the payload of `L` is the raw rest):
 //! ```text
@@ -123,8 +131,8 @@ fn encode(node: &str, event: &BusEvent) -> Option<Vec<u8>> {
             out.extend_from_slice(payload);
             return Some(out);
         }
-        // A resync is local to each node.
-        BusEvent::Resync => return None,
+        // Resync, loss and reset are local to each node.
+        BusEvent::Resync | BusEvent::Lost | BusEvent::Reset => return None,
     };
     Some(text.into_bytes())
 }
@@ -182,37 +190,76 @@ async fn publish_loop(mut conn: Conn, node: String, mut events: mpsc::Receiver<B
                 pipe.cmd("PUBLISH").arg(BUS_CHANNEL).arg(message).ignore();
             }
         }
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => failing = false,
-            Err(e) if !failing => {
-                failing = true;
-                tracing::warn!(error = %e, "cannot publish wake-ups to other nodes");
+        // A publish on a connection that just broke fails while it
+        // reconnects (Redis restarted, say): try again a few times, so that
+        // the other nodes do not wait for their periodic resync.
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=PUBLISH_TRIES {
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => {
+                    failing = false;
+                    break;
+                }
+                Err(e) if attempt == PUBLISH_TRIES => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "cannot publish wake-ups to other nodes");
+                    }
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
             }
-            Err(_) => {}
         }
     }
 }
+
+/// Attempts of one publish (50 ms, then twice as long each time: about
+/// 1.5 s in all) before its events are dropped.
+const PUBLISH_TRIES: u32 = 5;
 
 /// Subscribes through `clients[0]`; after a failure or a lost connection,
 /// through the next one (round robin), with a backoff.
 async fn subscribe_loop(clients: Vec<redis::Client>, node: String, events: mpsc::Sender<BusEvent>) {
     let mut backoff = Duration::from_millis(100);
     let mut next = 0;
+    // The run_id of the Redis last subscribed to (standalone Redis only:
+    // the seeds of a cluster are different servers).
+    let mut last_run: Option<String> = None;
+    let standalone = clients.len() == 1;
     loop {
         let client = &clients[next % clients.len()];
         next += 1;
         let run = async {
+            let run_id = if standalone {
+                Some(run_id(client).await?)
+            } else {
+                None
+            };
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(BUS_CHANNEL).await?;
-            Ok::<_, redis::RedisError>(pubsub.into_on_message())
+            Ok::<_, redis::RedisError>((run_id, pubsub.into_on_message()))
         };
         let stream = tokio::select! {
             result = run => result,
             () = events.closed() => return,
         };
         match stream {
-            Ok(mut stream) => {
+            Ok((run, mut stream)) => {
                 backoff = Duration::from_millis(100);
+                if let Some(run) = run {
+                    let restarted = last_run.as_ref().is_some_and(|last| *last != run);
+                    last_run = Some(run);
+                    if restarted {
+                        tracing::warn!(
+                            "Redis restarted; every connection starts over from the head of its log"
+                        );
+                        if events.send(BusEvent::Reset).await.is_err() {
+                            return;
+                        }
+                    }
+                }
                 // Whatever was published while we were away is in the store.
                 if events.send(BusEvent::Resync).await.is_err() {
                     return;
@@ -231,6 +278,9 @@ async fn subscribe_loop(clients: Vec<redis::Client>, node: String, events: mpsc:
                     }
                 }
                 tracing::warn!("lost the pub/sub connection to Redis; reconnecting");
+                if events.send(BusEvent::Lost).await.is_err() {
+                    return;
+                }
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis pub/sub"),
         }
@@ -240,6 +290,21 @@ async fn subscribe_loop(clients: Vec<redis::Client>, node: String, events: mpsc:
         }
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The `run_id` of the Redis behind `client`: a new one at every start.
+async fn run_id(client: &redis::Client) -> Result<String, redis::RedisError> {
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .ok_or_else(|| {
+            redis::RedisError::from((redis::ErrorKind::Parse, "INFO server has no run_id"))
+        })
 }
 
 #[cfg(test)]

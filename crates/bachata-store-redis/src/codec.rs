@@ -1,14 +1,29 @@
 //! Decoding what the scripts return.
 //!
 //! An entry is stored (by `append` in `lua/common.lua`) as
-//! `"<kind> <expires_at> <sender_len> <id_len>\n" sender id payload`, kind
-//! `m` for a data message (sender length 0: sent by the system) and `r` for a
-//! receipt.
+//! `"<kind> <expires_at> <sender_len> <id_len> <seq>\n" sender id payload`,
+//! kind `m` for a data message (sender length 0: sent by the system) and `r`
+//! for a receipt.
 
 use bachata_core::{Entry, EntryKind, Seq, StoreError};
 use bachata_proto::{Channel, MessageId};
 use bytes::Bytes;
-use redis::Value;
+use redis::{RedisError, Value};
+
+/// A Redis error as a store error: a script's `BACHATA_CORRUPT` error
+/// (`corrupt` in `lua/common.lua`) is corrupt data, anything else a
+/// backend failure; the Redis error is the source either way.
+pub(crate) fn map_error(what: &str, e: RedisError) -> StoreError {
+    let what = format!("redis {what}");
+    if e.code() == Some(CORRUPT_CODE) {
+        StoreError::corrupt_because(what, e)
+    } else {
+        StoreError::backend_because(what, e)
+    }
+}
+
+/// The error code of the scripts' corrupt-data errors.
+const CORRUPT_CODE: &str = "BACHATA_CORRUPT";
 
 fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::corrupt(format!("redis: {what}"))
@@ -89,7 +104,8 @@ pub(crate) fn entry(seq: Seq, raw: Vec<u8>) -> Result<Entry, StoreError> {
     let nl = raw.iter().position(|b| *b == b'\n').ok_or_else(bad)?;
     let header = std::str::from_utf8(&raw[..nl]).map_err(|_| bad())?;
     let mut parts = header.split(' ');
-    let (Some(kind), Some(_expires_at), Some(slen), Some(ilen), None) = (
+    let (Some(kind), Some(_expires_at), Some(slen), Some(ilen), Some(own_seq), None) = (
+        parts.next(),
         parts.next(),
         parts.next(),
         parts.next(),
@@ -98,6 +114,9 @@ pub(crate) fn entry(seq: Seq, raw: Vec<u8>) -> Result<Entry, StoreError> {
     ) else {
         return Err(bad());
     };
+    if own_seq.parse::<Seq>().ok() != Some(seq) {
+        return Err(bad());
+    }
     let slen: usize = slen.parse().map_err(|_| bad())?;
     let ilen: usize = ilen.parse().map_err(|_| bad())?;
     let start = nl + 1;
@@ -133,7 +152,7 @@ mod tests {
 
     #[test]
     fn decodes_messages_and_receipts() {
-        let e = entry(3, b"m 17 5 4\naliceid\n1{\"x\":1}".to_vec()).expect("entry");
+        let e = entry(3, b"m 17 5 4 3\naliceid\n1{\"x\":1}".to_vec()).expect("entry");
         assert_eq!(e.seq, 3);
         assert_eq!(
             e.kind,
@@ -144,7 +163,7 @@ mod tests {
         );
         assert_eq!(&e.payload[..], b"{\"x\":1}");
 
-        let e = entry(4, b"m 17 0 2\nm1".to_vec()).expect("entry");
+        let e = entry(4, b"m 17 0 2 4\nm1".to_vec()).expect("entry");
         assert_eq!(
             e.kind,
             EntryKind::Message {
@@ -154,7 +173,7 @@ mod tests {
         );
         assert!(e.payload.is_empty());
 
-        let e = entry(5, b"r 17 0 0\n{\"type\":300}".to_vec()).expect("entry");
+        let e = entry(5, b"r 17 0 0 5\n{\"type\":300}".to_vec()).expect("entry");
         assert_eq!(e.kind, EntryKind::Receipt);
         assert_eq!(&e.payload[..], b"{\"type\":300}");
     }
@@ -163,13 +182,15 @@ mod tests {
     fn malformed_entries_are_corrupt() {
         for raw in [
             &b""[..],
-            b"m 17 5 4",
-            b"m 17 5 40\nalice",
-            b"x 17 0 0\n",
-            b"r 17 1 0\na",
-            b"m 17 0 0\n",
-            b"m 17 1 1 1\nab",
-            b"m 17 99999999999999999999999 0\n",
+            b"m 17 5 4 1",
+            b"m 17 5 40 1\nalice",
+            b"x 17 0 0 1\n",
+            b"r 17 1 0 1\na",
+            b"m 17 0 0 1\n",
+            b"m 17 1 1 1 1\nab",
+            b"m 17 99999999999999999999999 0 1\n",
+            b"m 17 0 1 2\nx",
+            b"m 17 0 1\nx",
         ] {
             assert!(
                 matches!(entry(1, raw.to_vec()), Err(StoreError::Corrupt { .. })),

@@ -39,8 +39,8 @@
 //! | key | type | holds |
 //! |---|---|---|
 //! | `bachata:{<tag>}:seq` | string | last seq handed out (`INCR`); expires with the channel (see [Forgetting](#forgetting)) |
-//! | `bachata:{<tag>}:log` | zset | seq → score seq: the retained entries in log order |
-//! | `bachata:{<tag>}:ent` | hash | seq → entry: `"<kind> <expires_at> <sender_len> <id_len>\n"` sender id payload (binary-safe) |
+//! | `bachata:{<tag>}:epoch` | string | this life of the counter: Redis's `TIME` when the counter was created (see [Epochs](#epochs)) |
+//! | `bachata:{<tag>}:log` | zset | the retained entries, scored by seq; each member is the entry, `"<kind> <expires_at> <sender_len> <id_len> <seq>\n"` sender id payload (binary-safe) |
 //! | `bachata:{<tag>}:exp` | zset | seq → score expires_at, for `expire` |
 //! | `bachata:{<tag>}:unacked` | zset | seq → score expires_at of the data messages no device acked: `pending_count` and the queue limit are one `ZCOUNT (now +inf` |
 //! | `bachata:{<tag>}:acks` | hash | seq → `"\n" device` per device that acked it |
@@ -65,25 +65,48 @@
 //! and its dedupe records hold `"<dedupe_until> <attempt>"`.
 //!
 //! Redis deletes a collection when its last element goes, so an idle channel
-//! leaves only its `seq` key and its `devices` hash, until they expire.
+//! leaves only its `seq` and `epoch` keys and its `devices` hash, until they
+//! expire.
+//!
+//! The entries live in the log itself (not in a hash beside it) because
+//! every `redis.call` in a script costs about a microsecond of argument
+//! conversion, command lookup and AOF propagation besides the command's
+//! own work, and the hot paths (enqueue, ack, the receipt's ack) are counted
+//! in such calls: one sorted set makes an append or a removal one call, and
+//! a read one call for the entries. docs/performance.md has the profile.
 //!
 //! # Forgetting
 //! protocol.md section 9: state follows pending work. Nothing is swept
 //! ([`Store::forget`] does nothing here); keys carry lifetimes instead,
 //! relative (`PEXPIRE`) so that no clock has to agree with Redis's:
-//! - every append (`append` in `lua/common.lua`) makes each existing key of
-//!   its channel live at least the entry's TTL plus `forget_after` (at least
-//!   [`KEEP_MARGIN_MS`] more, so that `expire` removes expired entries one
-//!   by one, keeping the retained bytes count exact, before the keys expire
-//!   as a whole); a key without a lifetime gets one, and an `acks` hash
-//!   created later takes its log's;
-//! - `touch_device` (`lua/touch.lua`) keeps the channel's `seq` and
+//! - only the `seq`, `epoch` and `devices` keys have lifetimes: the other
+//!   keys of a channel are collections, which Redis deletes with their last
+//!   element, and every entry leaves by an ack or by `expire`;
+//! - every append (`append` in `lua/common.lua`) makes the channel's `seq`
+//!   and `epoch` live at least the entry's TTL plus `forget_after` (at
+//!   least [`KEEP_MARGIN_MS`] more, so that `expire` removes the entry
+//!   first), extending them a quarter beyond that, so that the appends that
+//!   follow find them long enough with one `PTTL`;
+//! - `touch_device` (`lua/touch.lua`) keeps the channel's `seq`, `epoch` and
 //!   `devices` for at least `forget_after`, and drops the devices not seen
 //!   for that long (the entries only they needed leave at their TTL).
 //!
-//! A channel's keys so expire together, once it had no entry and no touch
-//! for that long; one that comes back starts its seqs at 1 (no connection of
-//! it existed, since connections touch their device now and then).
+//! A channel's keys so expire once it had no entry and no touch for that
+//! long; one that comes back starts a new epoch at seq 1 (no connection of
+//! it existed, since connections touch their device now and then). Should
+//! entries outlive their counter all the same, the new counter goes on
+//! after the highest of them.
+//!
+//! # Epochs
+//! protocol.md section 8: seqs can go back when Redis loses writes (a
+//! restart without persistence, `appendfsync everysec`, a failover). When
+//! a channel's counter is created (`INCR` answers 1), the script stores
+//! Redis's `TIME` as the channel's epoch; [`Store::epoch`] reads it, and a
+//! session that finds another epoch than the one it started with starts
+//! over from the log's head. A counter that was not lost but went back (an
+//! AOF missing its last second) keeps its epoch: the bus notices that Redis
+//! restarted (its `run_id` changed) and every session of the node starts
+//! over (see [`bus`]).
 //!
 //! # Retained bytes
 //! `--max-retained-bytes` bounds the payload bytes of every retained entry
@@ -263,25 +286,29 @@ pub use lifetimes::{DEDUPE_GRACE_MS, KEEP_MARGIN_MS};
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bachata_core::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
-    Store, StoreError,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, Epoch, Forgotten, Millis, NewMessage,
+    PendingAck, PendingEnqueue, Seq, Store, StoreError,
 };
 use bachata_proto::{Channel, GroupId};
 use redis::{FromRedisValue, RedisError, Value};
 
+use codec::map_error;
 use conn::{Conn, connect_conn, node_id};
-use keys::{ChannelKeys, EXPIRING, PREFIX, RETAINED};
-use lifetimes::{EXPIRE_BATCH, EXPIRE_CHANNELS, dedupe_px, keep_for};
+use keys::{ChannelKeys, EXPIRING, RETAINED};
+use lifetimes::{EXPIRE_BATCH, EXPIRE_CHANNELS};
 use retained::RetainedView;
 
 mod cluster;
 mod scripts;
+mod writer;
 
 use scripts::Scripts;
+use writer::{Op, Writer};
 
 /// The [`Store`] on Redis 7, standalone or Redis Cluster. See the crate
 /// docs. Cheap to share behind an `Arc`; every call goes over one
@@ -289,7 +316,9 @@ use scripts::Scripts;
 #[derive(Debug)]
 pub struct RedisStore {
     conn: Conn,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
+    /// Standalone Redis: the ordered, batched path of enqueues and acks.
+    writer: Option<Writer>,
     options: RedisStoreOptions,
     /// Names this store's enqueue attempts (cluster mode), with `attempts`.
     node: String,
@@ -316,9 +345,13 @@ impl RedisStore {
         options: RedisStoreOptions,
     ) -> Result<RedisStore, RedisStoreError> {
         let conn = connect_conn(url, &options).await?;
+        let scripts = Arc::new(Scripts::new());
+        let writer = (!conn.is_cluster())
+            .then(|| Writer::start(conn.clone(), scripts.clone(), options.call_timeout));
         let store = RedisStore {
             conn,
-            scripts: Scripts::new(),
+            scripts,
+            writer,
             options,
             node: node_id(),
             attempts: AtomicU64::new(0),
@@ -487,85 +520,38 @@ fn due_tag(value: Value) -> Result<String, StoreError> {
         .ok_or_else(|| StoreError::corrupt("redis expire: bad channel tag"))
 }
 
-/// A Redis error as a store error: a script's `BACHATA_CORRUPT` error
-/// (`corrupt` in `lua/common.lua`) is corrupt data, anything else a
-/// backend failure; the Redis error is the source either way.
-fn map_error(what: &str, e: RedisError) -> StoreError {
-    let what = format!("redis {what}");
-    if e.code() == Some(CORRUPT_CODE) {
-        StoreError::corrupt_because(what, e)
-    } else {
-        StoreError::backend_because(what, e)
-    }
-}
-
-/// The error code of the scripts' corrupt-data errors.
-const CORRUPT_CODE: &str = "BACHATA_CORRUPT";
-
 #[async_trait]
 impl Store for RedisStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
-        if self.is_cluster() {
-            return self.enqueue_cluster(msg).await;
+        match self.start_enqueue(msg) {
+            Ok(pending) => pending.await,
+            Err(msg) => self.enqueue_cluster(msg).await,
         }
-        let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
-        let px = dedupe_px(&msg);
-        let mut inv = self.scripts.enqueue.prepare_invoke();
-        inv.key(keys::dedupe(msg.sender.as_ref(), &msg.id))
-            .key(EXPIRING)
-            .key(RETAINED);
-        for dest in &dests {
-            for key in dest.all() {
-                inv.key(key);
-            }
-        }
-        inv.arg(msg.now)
-            .arg(msg.expires_at)
-            .arg(msg.dedupe_until)
-            .arg(px)
-            .arg(msg.queue_limit)
-            .arg(msg.sender.as_ref().map_or("", |s| s.as_str()))
-            .arg(msg.id.as_str())
-            .arg(msg.payload.as_ref())
-            .arg(msg.retained_limit)
-            .arg(keep_for(msg.now, msg.expires_at, msg.forget_after));
-        for dest in &dests {
-            inv.arg(&dest.tag);
-        }
-        let reply: Value = self.invoke("enqueue", inv).await?;
-        let mut reply = codec::array(reply, "enqueue")?.into_iter();
-        let status = reply
-            .next()
-            .map(|v| codec::bytes(v, "enqueue"))
-            .transpose()?;
-        match status.as_deref() {
-            Some(b"ok") => {
-                let seqs = reply
-                    .map(|v| codec::seq(&v, "enqueue"))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if seqs.len() != msg.destinations.len() {
-                    return Err(StoreError::corrupt("redis enqueue: wrong number of seqs"));
-                }
-                Ok(Enqueued::Stored(
-                    msg.destinations.into_iter().zip(seqs).collect(),
-                ))
-            }
-            Some(b"dup") => Ok(Enqueued::Duplicate),
-            Some(b"store_full") => Ok(Enqueued::StoreFull),
-            Some(b"full") => {
-                let index = reply
-                    .next()
-                    .map(|v| codec::int(&v, "enqueue"))
-                    .transpose()?
-                    .and_then(|i| usize::try_from(i).ok())
-                    .and_then(|i| i.checked_sub(1))
-                    .and_then(|i| msg.destinations.get(i).cloned());
-                index
-                    .map(Enqueued::QueueFull)
-                    .ok_or_else(|| StoreError::corrupt("redis enqueue: bad full index"))
-            }
-            _ => Err(StoreError::corrupt("redis enqueue: bad reply")),
-        }
+    }
+
+    /// Standalone Redis: the ordered, batched path (`writer.rs`). A cluster
+    /// enqueue is several steps on several slots, awaited one message at a
+    /// time.
+    fn start_enqueue(&self, msg: NewMessage) -> Result<PendingEnqueue, NewMessage> {
+        let Some(writer) = &self.writer else {
+            return Err(msg);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer.send(Op::Enqueue(msg, tx));
+        Ok(Box::pin(async move {
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }))
+    }
+
+    fn start_ack(&self, ack: AckRequest) -> Result<PendingAck, AckRequest> {
+        let Some(writer) = &self.writer else {
+            return Err(ack);
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        writer.send(Op::Ack(ack, tx));
+        Ok(Box::pin(async move {
+            rx.await.unwrap_or(Err(StoreError::Closed))
+        }))
     }
 
     async fn read(
@@ -600,39 +586,9 @@ impl Store for RedisStore {
     }
 
     async fn ack(&self, ack: AckRequest) -> Result<Acked, StoreError> {
-        if self.is_cluster() {
-            return self.ack_cluster(ack).await;
-        }
-        let keys = ChannelKeys::new(&ack.channel);
-        let mut inv = self.scripts.ack.prepare_invoke();
-        for key in keys.all() {
-            inv.key(key);
-        }
-        inv.key(EXPIRING)
-            .key(RETAINED)
-            .arg(keys::device(&ack.device))
-            .arg(ack.id.as_str())
-            .arg(ack.now)
-            .arg(ack.receipt.as_ref())
-            .arg(ack.receipt_expires_at)
-            .arg(PREFIX)
-            .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
-        let reply: Value = self.invoke("ack", inv).await?;
-        let reply = codec::array(reply, "ack")?;
-        match reply.as_slice() {
-            [found] if codec::int(found, "ack")? == 0 => Ok(Acked::default()),
-            [_, seq] => Ok(Acked {
-                seq: Some(codec::seq(seq, "ack")?),
-                receipt: None,
-            }),
-            [_, seq, rseq, sender] => Ok(Acked {
-                seq: Some(codec::seq(seq, "ack")?),
-                receipt: Some((
-                    codec::channel(sender.clone(), "ack sender")?,
-                    codec::seq(rseq, "ack")?,
-                )),
-            }),
-            _ => Err(StoreError::corrupt("redis ack: bad reply")),
+        match self.start_ack(ack) {
+            Ok(pending) => pending.await,
+            Err(ack) => self.ack_cluster(ack).await,
         }
     }
 
@@ -698,6 +654,18 @@ impl Store for RedisStore {
         Some(self.retained.get())
     }
 
+    async fn epoch(&self, channel: &Channel) -> Result<Option<Epoch>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(ChannelKeys::new(channel).epoch);
+        let epoch: Option<String> = self.query("epoch", cmd).await?;
+        epoch
+            .map(|e| {
+                e.parse()
+                    .map_err(|_| StoreError::corrupt("redis epoch: not a number"))
+            })
+            .transpose()
+    }
+
     async fn health(&self) -> Result<(), StoreError> {
         if let Some(cluster) = self.conn.cluster() {
             return self.health_cluster(cluster).await;
@@ -720,8 +688,9 @@ impl Store for RedisStore {
         let keys = ChannelKeys::new(channel);
         let mut pipe = redis::pipe();
         pipe.atomic()
-            .cmd("HEXISTS")
-            .arg(&keys.ent)
+            .cmd("ZCOUNT")
+            .arg(&keys.log)
+            .arg(seq)
             .arg(seq)
             .cmd("HEXISTS")
             .arg(&keys.acks)

@@ -1,7 +1,12 @@
 //! The Lua scripts, each loaded with the shared helpers of
 //! `lua/common.lua` (see the crate docs for what each does).
 
+use std::time::Duration;
+
+use bachata_core::StoreError;
 use redis::Script;
+
+use crate::conn::Conn;
 
 /// A script: the shebang (Redis 7 script flags), the shared helpers, then
 /// the script's own file. A script without `no-writes` is refused whole when
@@ -42,6 +47,24 @@ impl Scripts {
             expire: script!("expire.lua"),
             touch: script!("touch.lua"),
             cluster: ClusterScripts::new(),
+        }
+    }
+}
+
+impl Scripts {
+    /// Loads the scripts the batched path calls with `EVALSHA` alone (a
+    /// pipeline does not load them by itself, as a single invocation does).
+    pub(crate) async fn load_batched(
+        &self,
+        conn: &mut Conn,
+        timeout: Duration,
+    ) -> Result<(), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.enqueue).load_script(&self.ack);
+        match tokio::time::timeout(timeout, pipe.query_async::<Vec<String>>(conn)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(crate::codec::map_error("script load", e)),
+            Err(_) => Err(StoreError::backend("redis script load: timed out")),
         }
     }
 }

@@ -109,11 +109,11 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     for (tag, suffixes) in [
         (
             &bob_tag,
-            &["seq", "log", "exp", "unacked", "ent", "ids", "devices"][..],
+            &["seq", "log", "exp", "unacked", "epoch", "ids", "devices"][..],
         ),
         (
             &plain_tag,
-            &["seq", "log", "exp", "unacked", "ent", "ids"][..],
+            &["seq", "log", "exp", "unacked", "epoch", "ids"][..],
         ),
     ] {
         for s in suffixes {
@@ -125,10 +125,13 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     expected.insert("bachata:retained".to_owned());
     assert_eq!(keys(&mut conn).await, expected);
 
-    // Every key of a channel that got an entry expires after the entry and
+    // A channel's counter and epoch expire after its last entry and
     // forget_after (protocol.md section 9: state follows pending work): here
     // the hour of the entry's TTL plus the day of forget_after (at least
-    // the store's margin), and bob's devices as long as his touch set.
+    // the store's margin), and a quarter more so that the next appends need
+    // not extend them; bob's devices a quarter beyond his touch's
+    // forget_after. The collections have no lifetime: Redis deletes them
+    // with their last element.
     let ttl_conn = conn.clone();
     let ttl_of = |key: String| {
         let mut conn = ttl_conn.clone();
@@ -141,13 +144,22 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
             (key, t)
         }
     };
-    let keep = (HOUR + 86_400_000u64.max(bachata_store_redis::KEEP_MARGIN_MS)) as i64;
-    for suffix in ["seq", "log", "exp", "unacked", "ent", "ids"] {
+    let quarter_more = |ms: u64| (ms + ms / 4) as i64;
+    let keep = quarter_more(HOUR + 86_400_000u64.max(bachata_store_redis::KEEP_MARGIN_MS));
+    for suffix in ["seq", "epoch"] {
         let (key, t) = ttl_of(format!("bachata:{{{plain_tag}}}:{suffix}")).await;
         assert!((keep - 5_000..=keep).contains(&t), "{key}: PTTL {t}");
     }
+    for suffix in ["log", "exp", "unacked", "ids"] {
+        let (key, t) = ttl_of(format!("bachata:{{{plain_tag}}}:{suffix}")).await;
+        assert_eq!(t, -1, "{key}: PTTL");
+    }
+    let devices_keep = quarter_more(86_400_000);
     let (key, t) = ttl_of(format!("bachata:{{{bob_tag}}}:devices")).await;
-    assert!((keep - 5_000..=keep).contains(&t), "{key}: PTTL {t}");
+    assert!(
+        (devices_keep - 5_000..=devices_keep).contains(&t),
+        "{key}: PTTL {t}"
+    );
     let retained: u64 = redis::cmd("GET")
         .arg("bachata:retained")
         .query_async(&mut conn)
@@ -187,14 +199,15 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     let left = keys(&mut conn).await;
     assert!(!left.contains(&format!("bachata:{{{bob_tag}}}:log")));
     assert!(left.contains(&format!("bachata:{{{bob_tag}}}:seq")));
-    assert!(left.contains(&format!("bachata:{{{alice_tag}}}:ent")));
+    assert!(left.contains(&format!("bachata:{{{alice_tag}}}:log")));
 
-    // Expiring everything leaves only seqs, devices and the dedupe record.
+    // Expiring everything leaves only counters, epochs, devices and the
+    // dedupe record.
     assert_eq!(store.expire(T0 + 2 * HOUR).await.expect("expire"), 2);
     let left: BTreeSet<String> = keys(&mut conn)
         .await
         .into_iter()
-        .filter(|k| !k.ends_with(":seq") && !k.starts_with("bachata:d:"))
+        .filter(|k| !k.ends_with(":seq") && !k.ends_with(":epoch") && !k.starts_with("bachata:d:"))
         .collect();
     assert_eq!(
         left,
@@ -264,14 +277,19 @@ async fn malformed_data_is_corrupt_not_a_panic() {
         .enqueue(msg(Some("alice"), "m1", &["bob"], b"{}"))
         .await
         .expect("enqueue");
-    let ent = format!("bachata:{{{}}}:ent", hex::encode("bob"));
-    let _: () = redis::cmd("HSET")
-        .arg(&ent)
+    let log = format!("bachata:{{{}}}:log", hex::encode("bob"));
+    let _: () = redis::cmd("DEL")
+        .arg(&log)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    let _: () = redis::cmd("ZADD")
+        .arg(&log)
         .arg("1")
         .arg("garbage")
         .query_async(&mut conn)
         .await
-        .expect("HSET");
+        .expect("ZADD");
     let read = store.read(&ch("bob"), &None, 0, 10, T0).await;
     assert!(matches!(read, Err(StoreError::Corrupt { .. })), "{read:?}");
     let acked = store.ack(ack("bob", None, "m1", T0)).await;
@@ -282,12 +300,12 @@ async fn malformed_data_is_corrupt_not_a_panic() {
 
     // A key of the wrong type is a backend error (WRONGTYPE), not a panic.
     let _: () = redis::cmd("DEL")
-        .arg(&ent)
+        .arg(&log)
         .query_async(&mut conn)
         .await
         .expect("DEL");
     let _: () = redis::cmd("SET")
-        .arg(&ent)
+        .arg(&log)
         .arg("x")
         .query_async(&mut conn)
         .await

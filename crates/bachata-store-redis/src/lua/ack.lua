@@ -15,6 +15,8 @@ if not s then return {0} end
 if first and e.kind == 'm' and e.sender ~= '' then
   local sender = channel_keys(ARGV[6], hex(e.sender))
   local rseq = append(sender, KEYS[9], 'r', ARGV[5], '', '', ARGV[4], ARGV[7])
+  flush_retained()
   return {1, s, rseq, e.sender}
 end
+flush_retained()
 return {1, s}

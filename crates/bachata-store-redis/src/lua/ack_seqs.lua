@@ -8,13 +8,14 @@ local ch = keys_at(1, '')
 local dev = ARGV[1]
 for i = 2, #ARGV do
   local s = ARGV[i]
-  local v = redis.call('HGET', ch.ent, s)
+  local v = entry_at(ch, s)
   if v then
     local e = parse(v, s)
     local acks = redis.call('HGET', ch.acks, s)
     if not has_ack(acks, dev) then
-      ack_seq(ch, s, e, dev, acks)
+      ack_seq(ch, s, e, dev, acks, nil)
     end
   end
 end
+flush_retained()
 return removed_bytes

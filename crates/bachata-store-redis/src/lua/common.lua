@@ -1,30 +1,39 @@
 -- Shared by every script (prepended after the shebang line).
 --
--- An entry is stored in the channel's `ent` hash under its seq as
---   "<kind> <expires_at> <sender_len> <id_len>\n" .. sender .. id .. payload
+-- An entry is a member of the channel's `log` sorted set, scored by its seq:
+--   "<kind> <expires_at> <sender_len> <id_len> <seq>\n" .. sender .. id .. payload
 -- kind "m" is a data message (sender_len 0: sent by the system), "r" a
--- receipt (both lengths 0). Acks of an entry are in the channel's `acks` hash
--- under its seq as "\n" .. device for each device that acked, in ack order
--- (device names have no control characters; "" is the default device).
+-- receipt (both lengths 0); the seq in the header makes every member
+-- unique. One sorted set holds both the order and the entries: an append
+-- or a removal is one write, and a read returns the entries themselves.
+-- Acks of an entry are in the channel's `acks` hash under its seq as
+-- "\n" .. device for each device that acked, in ack order (device names
+-- have no control characters; "" is the default device).
 --
 -- Times and seqs cross the boundary as decimal strings and are never turned
--- back into text by Lua (whose number formatting is not exact), except seqs
+-- back into text by Lua (whose number formatting is not exact), except
 -- through string.format('%d').
+--
+-- Every redis.call costs (argument conversion, command lookup, AOF
+-- propagation for writes) far more than Lua code around it: the helpers
+-- below make as few as they can on the paths every message takes.
 
 -- Standalone Redis: the key of the count of retained payload bytes over all
--- channels (`bachata:retained`), set by each script that appends or removes
--- entries; nil in cluster mode, where the caller keeps the count (in shards
--- that no single-slot script can reach).
+-- channels (`bachata:retained`); the net change of a script goes there in
+-- one INCRBY (`flush_retained`). nil in cluster mode, where the caller
+-- keeps the count (in shards that no single-slot script can reach).
 local retained_key = nil
--- Payload bytes this script removed (the cluster scripts return it).
+-- Payload bytes this script removed and appended (the cluster scripts
+-- return them).
 local removed_bytes = 0
+local added_bytes = 0
 
 local function corrupt(what)
   error({err = 'BACHATA_CORRUPT ' .. what})
 end
 
 local function parse(v, seq)
-  local kind, exp, slen, ilen, pos = string.match(v, '^(%a) (%d+) (%d+) (%d+)\n()')
+  local kind, exp, slen, ilen, pos = string.match(v, '^(%a) (%d+) (%d+) (%d+) %d+\n()')
   if not kind then corrupt('entry ' .. tostring(seq)) end
   slen = tonumber(slen)
   ilen = tonumber(ilen)
@@ -38,30 +47,36 @@ local function parse(v, seq)
   }
 end
 
--- Makes each existing key of the channel live at least `ms` more
--- milliseconds (a string; relative, so that the nodes' clocks and Redis's
--- need not agree): a channel's keys expire together, after its last entry
--- and a margin of `--forget-after` (protocol.md section 9: state follows
--- pending work). A key without expiry gets one.
-local function keep_for(keys, ms)
-  local d = tonumber(ms)
-  for _, k in ipairs(keys) do
-    local t = redis.call('PTTL', k)
-    if t == -1 or (t >= 0 and t < d) then
-      redis.call('PEXPIRE', k, ms)
-    end
+-- The entry at seq `s` (a string), or nil.
+local function entry_at(ch, s)
+  return redis.call('ZRANGE', ch.log, s, s, 'BYSCORE')[1]
+end
+
+-- Standalone Redis: adds the script's net change to the retained bytes
+-- count. Every script that appends or removes calls it before returning.
+local function flush_retained()
+  local d = added_bytes - removed_bytes
+  if retained_key and d ~= 0 then
+    redis.call('INCRBY', retained_key, string.format('%d', d))
   end
 end
 
-local function keep_channel(ch, ms)
-  keep_for({ch.seq, ch.log, ch.exp, ch.unacked, ch.ent, ch.acks, ch.ids, ch.devices}, ms)
-end
-
--- A key created after the others (a channel's `acks`) expires with them.
-local function expire_with(key, other)
-  if redis.call('PTTL', key) == -1 then
-    local t = redis.call('PTTL', other)
-    if t > 0 then redis.call('PEXPIRE', key, t) end
+-- Makes `key` live at least `ms` more milliseconds (a string; relative,
+-- so that the nodes' clocks and Redis's need not agree), if it exists:
+-- protocol.md section 9, state follows pending work. Only a channel's
+-- `seq`, `epoch` and `devices` keys have lifetimes; its other keys are
+-- collections that Redis deletes once their last element goes, which
+-- every entry's removal (ack or expiry) sees to. A key is extended a
+-- quarter beyond what is asked, so that the appends that follow find it
+-- long enough: one PTTL per append. `also`, when given, gets the same
+-- lifetime whenever `key` is extended.
+local function keep_for(key, ms, also)
+  local d = tonumber(ms)
+  local t = redis.call('PTTL', key)
+  if t == -1 or (t >= 0 and t < d) then
+    local ext = string.format('%d', d + math.floor(d / 4))
+    redis.call('PEXPIRE', key, ext)
+    if also then redis.call('PEXPIRE', also, ext) end
   end
 end
 
@@ -70,7 +85,8 @@ local function has_ack(acks, dev)
 end
 
 local function hex(s)
-  return (string.gsub(s, '.', function(c) return string.format('%02x', string.byte(c)) end))
+  if #s == 0 then return '' end
+  return string.format(string.rep('%02x', #s), string.byte(s, 1, -1))
 end
 
 -- The keys of one channel, named as in the crate docs.
@@ -79,69 +95,94 @@ local function channel_keys(prefix, tag)
   return {
     tag = tag,
     seq = p .. 'seq', log = p .. 'log', exp = p .. 'exp', unacked = p .. 'unacked',
-    ent = p .. 'ent', acks = p .. 'acks', ids = p .. 'ids', devices = p .. 'devices',
+    epoch = p .. 'epoch', acks = p .. 'acks', ids = p .. 'ids', devices = p .. 'devices',
   }
+end
+
+-- Starts a new epoch of the channel (protocol.md section 8): a name for
+-- this life of its counter, so that a connection that read an earlier
+-- life starts over. Redis's clock makes it unique.
+local function new_epoch(ch)
+  local t = redis.call('TIME')
+  redis.call('SET', ch.epoch, t[1] .. string.format('%06d', tonumber(t[2])))
+end
+
+-- The counter answered 1: it was just created, or created at 0 by a
+-- connection's touch (which made the epoch). Without an epoch it is a new
+-- life. Entries left from an earlier life (their counter expired or was
+-- lost while they stayed) keep their seqs: the counter goes on after the
+-- highest. Returns the seq to use.
+local function first_seq(ch)
+  if redis.call('EXISTS', ch.epoch) == 0 then new_epoch(ch) end
+  local last = redis.call('ZRANGE', ch.log, '+inf', '-inf', 'BYSCORE', 'REV', 'LIMIT', 0, 1,
+    'WITHSCORES')
+  if last[2] then
+    local seq = tonumber(last[2]) + 1
+    redis.call('SET', ch.seq, string.format('%d', seq))
+    return seq
+  end
+  return 1
 end
 
 -- Appends an entry; returns its seq (a Lua number). `expiring` is the
 -- global expiry index (standalone), nil in cluster mode (the caller indexes
--- the channel in its shard). The channel's keys then live at least `keep`
--- more milliseconds (see keep_for).
+-- the channel in its shard). The channel's counter then lives at least
+-- `keep` more milliseconds (see keep_for). The bytes go to `added_bytes`.
 local function append(ch, expiring, kind, exp, sender, id, payload, keep)
   local seq = redis.call('INCR', ch.seq)
+  if seq == 1 then seq = first_seq(ch) end
   local s = string.format('%d', seq)
-  local value = kind .. ' ' .. exp .. ' ' .. #sender .. ' ' .. #id .. '\n' .. sender .. id .. payload
-  redis.call('HSET', ch.ent, s, value)
-  redis.call('ZADD', ch.log, s, s)
+  redis.call('ZADD', ch.log, s,
+    kind .. ' ' .. exp .. ' ' .. #sender .. ' ' .. #id .. ' ' .. s .. '\n' .. sender .. id .. payload)
   redis.call('ZADD', ch.exp, exp, s)
   if kind == 'm' then
     redis.call('ZADD', ch.unacked, exp, s)
-    local list = redis.call('HGET', ch.ids, id)
-    if list then list = list .. ' ' .. s else list = s end
-    redis.call('HSET', ch.ids, id, list)
+    if redis.call('HSETNX', ch.ids, id, s) == 0 then
+      redis.call('HSET', ch.ids, id, redis.call('HGET', ch.ids, id) .. ' ' .. s)
+    end
   end
   -- The channel's earliest expiry, kept as a lower bound.
   if expiring then
     redis.call('ZADD', expiring, 'LT', exp, ch.tag)
   end
-  if retained_key then
-    redis.call('INCRBY', retained_key, #payload)
-  end
-  keep_channel(ch, keep)
+  added_bytes = added_bytes + #payload
+  keep_for(ch.seq, keep, ch.epoch)
   return seq
 end
 
--- Removes an entry (parsed as `e`) and its index records.
-local function remove(ch, s, e)
+-- Removes entry `s` (parsed as `e`) and its index records. `acked`: the
+-- entry has acks recorded (its `acks` field exists). `pending`: it may
+-- still be in `unacked` (no device acked it). `list`: its id's seq list in
+-- `ids`, when the caller read it already.
+local function remove(ch, s, e, acked, pending, list)
   removed_bytes = removed_bytes + e.size
-  if retained_key then
-    redis.call('DECRBY', retained_key, e.size)
-  end
-  redis.call('HDEL', ch.ent, s)
-  redis.call('HDEL', ch.acks, s)
-  redis.call('ZREM', ch.log, s)
+  redis.call('ZREMRANGEBYSCORE', ch.log, s, s)
   redis.call('ZREM', ch.exp, s)
-  if e.kind == 'm' then
-    redis.call('ZREM', ch.unacked, s)
-    local list = redis.call('HGET', ch.ids, e.id)
-    if list then
-      local rest = {}
-      for x in string.gmatch(list, '%d+') do
-        if x ~= s then rest[#rest + 1] = x end
-      end
-      if #rest == 0 then
-        redis.call('HDEL', ch.ids, e.id)
-      else
-        redis.call('HSET', ch.ids, e.id, table.concat(rest, ' '))
-      end
-    end
+  if acked then redis.call('HDEL', ch.acks, s) end
+  if e.kind ~= 'm' then return end
+  if pending then redis.call('ZREM', ch.unacked, s) end
+  list = list or redis.call('HGET', ch.ids, e.id)
+  if not list then return end
+  if list == s then
+    redis.call('HDEL', ch.ids, e.id)
+    return
+  end
+  local rest = {}
+  for x in string.gmatch(list, '%d+') do
+    if x ~= s then rest[#rest + 1] = x end
+  end
+  if #rest == 0 then
+    redis.call('HDEL', ch.ids, e.id)
+  else
+    redis.call('HSET', ch.ids, e.id, table.concat(rest, ' '))
   end
 end
 
--- Records `dev`'s ack of entry `s` (parsed as `e`), which it has not acked.
--- Removes the entry once every known device acked it. Returns true when this
--- was the first ack by any device.
-local function ack_seq(ch, s, e, dev, acks)
+-- Records `dev`'s ack of entry `s` (parsed as `e`), which it has not acked;
+-- `acks` are the entry's acks so far (nil: none). Removes the entry once
+-- every known device acked it. Returns true when this was the first ack by
+-- any device.
+local function ack_seq(ch, s, e, dev, acks, list)
   local first = not acks
   local now_acks = (acks or '') .. '\n' .. dev
   if first and e.kind == 'm' then
@@ -156,10 +197,9 @@ local function ack_seq(ch, s, e, dev, acks)
     end
   end
   if done then
-    remove(ch, s, e)
+    remove(ch, s, e, not first, false, list)
   else
     redis.call('HSET', ch.acks, s, now_acks)
-    expire_with(ch.acks, ch.log)
   end
   return first
 end
@@ -173,12 +213,12 @@ local function ack_oldest(ch, dev, id, now)
   local list = redis.call('HGET', ch.ids, id)
   if not list then return nil end
   for s in string.gmatch(list, '%d+') do
-    local v = redis.call('HGET', ch.ent, s)
+    local v = entry_at(ch, s)
     if v then
       local e = parse(v, s)
       local acks = redis.call('HGET', ch.acks, s)
       if e.exp > now and not has_ack(acks, dev) then
-        return s, e, ack_seq(ch, s, e, dev, acks)
+        return s, e, ack_seq(ch, s, e, dev, acks, list)
       end
     end
   end
@@ -191,9 +231,9 @@ local function drop_expired(ch, now, batch)
   local due = redis.call('ZRANGE', ch.exp, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
   local dropped = 0
   for _, s in ipairs(due) do
-    local v = redis.call('HGET', ch.ent, s)
+    local v = entry_at(ch, s)
     if v then
-      remove(ch, s, parse(v, s))
+      remove(ch, s, parse(v, s), true, true, nil)
       dropped = dropped + 1
     else
       redis.call('ZREM', ch.exp, s)
@@ -228,6 +268,6 @@ local function keys_at(i, tag)
   return {
     tag = tag,
     seq = KEYS[i], log = KEYS[i + 1], exp = KEYS[i + 2], unacked = KEYS[i + 3],
-    ent = KEYS[i + 4], acks = KEYS[i + 5], ids = KEYS[i + 6], devices = KEYS[i + 7],
+    epoch = KEYS[i + 4], acks = KEYS[i + 5], ids = KEYS[i + 6], devices = KEYS[i + 7],
   }
 end

@@ -1,6 +1,7 @@
 -- enqueue: dedupe check, queue limit of every destination, the retained
 -- bytes limit, append to every destination, dedupe record. All or nothing:
--- every check runs before the first write.
+-- every check runs before the first write but the retained count's, which
+-- is taken back when it refuses.
 -- KEYS[1] dedupe record, KEYS[2] expiring index, KEYS[3] retained bytes,
 --   then 8 keys per destination.
 -- ARGV: now, expires_at, dedupe_until, dedupe_px (0: no record), queue_limit,
@@ -8,7 +9,6 @@
 --       the channels' keys live at least), then one tag per destination.
 local now = tonumber(ARGV[1])
 local n = #ARGV - 10
-retained_key = KEYS[3]
 
 local until_ = redis.call('GET', KEYS[1])
 if until_ then
@@ -19,14 +19,14 @@ end
 
 local limit = tonumber(ARGV[5])
 for i = 1, n do
-  local ch = keys_at(4 + (i - 1) * 8, ARGV[10 + i])
-  if redis.call('ZCOUNT', ch.unacked, '(' .. ARGV[1], '+inf') >= limit then
+  if redis.call('ZCOUNT', KEYS[4 + (i - 1) * 8 + 3], '(' .. ARGV[1], '+inf') >= limit then
     return {'full', i}
   end
 end
 
-local retained = tonumber(redis.call('GET', retained_key) or '0')
-if retained + n * #ARGV[8] > tonumber(ARGV[9]) then
+local bytes = string.format('%d', n * #ARGV[8])
+if redis.call('INCRBY', KEYS[3], bytes) > tonumber(ARGV[9]) then
+  redis.call('DECRBY', KEYS[3], bytes)
   return {'store_full'}
 end
 

@@ -7,6 +7,7 @@ retained_key = KEYS[10]
 local ch = keys_at(1, ARGV[2])
 local batch = tonumber(ARGV[3])
 local dropped, more = drop_expired(ch, ARGV[1], batch)
+flush_retained()
 if more then return {dropped, 1} end
 local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
 if #first == 0 then

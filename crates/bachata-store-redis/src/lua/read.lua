@@ -12,20 +12,20 @@ while found < limit do
   local want = limit - found
   if want < 32 then want = 32 end
   if want > 512 then want = 512 end
-  local seqs = redis.call('ZRANGE', ch.log, '(' .. cursor, '+inf', 'BYSCORE', 'LIMIT', 0, want)
-  if #seqs == 0 then break end
-  local vals = redis.call('HMGET', ch.ent, unpack(seqs))
+  local got = redis.call('ZRANGE', ch.log, '(' .. cursor, '+inf', 'BYSCORE', 'LIMIT', 0, want,
+    'WITHSCORES')
+  if #got == 0 then break end
+  local seqs = {}
+  for i = 2, #got, 2 do seqs[#seqs + 1] = got[i] end
   local acks = redis.call('HMGET', ch.acks, unpack(seqs))
   for i, s in ipairs(seqs) do
-    local v = vals[i]
-    if v then
-      local e = parse(v, s)
-      if e.exp > now and not has_ack(acks[i], dev) then
-        out[#out + 1] = s
-        out[#out + 1] = v
-        found = found + 1
-        if found >= limit then break end
-      end
+    local v = got[2 * i - 1]
+    local e = parse(v, s)
+    if e.exp > now and not has_ack(acks[i], dev) then
+      out[#out + 1] = s
+      out[#out + 1] = v
+      found = found + 1
+      if found >= limit then break end
     end
   end
   if #seqs < want then break end

@@ -1,0 +1,161 @@
+//! The ordered, batched path of standalone Redis (`writer.rs`): what one
+//! connection starts keeps its order under concurrency, and a connection
+//! to Redis dropped in the middle of a batch loses nothing that got its
+//! 100 and stores nothing twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use bachata_core::{Enqueued, EntryKind, NewMessage, Store};
+use bachata_proto::{Channel, MessageId};
+use bachata_store_redis::RedisStore;
+use bachata_testkit::redis::RedisServer;
+use bytes::Bytes;
+
+const T0: u64 = 1_700_000_000_000;
+
+fn ch(name: &str) -> Channel {
+    Channel::new(name).expect("channel")
+}
+
+fn msg(sender: &str, id: &str) -> NewMessage {
+    NewMessage {
+        sender: Some(ch(sender)),
+        id: MessageId::new(id).expect("id"),
+        destinations: vec![ch("bob")],
+        payload: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
+        now: T0,
+        expires_at: T0 + 3_600_000,
+        dedupe_until: T0 + 3_600_000,
+        queue_limit: 1_000_000,
+        retained_limit: u64::MAX,
+        forget_after: 86_400_000,
+    }
+}
+
+/// Every message in bob's log: (sender, id) in log order.
+async fn log(store: &RedisStore) -> Vec<(String, String)> {
+    let entries = store
+        .read(&ch("bob"), &None, 0, usize::MAX, T0)
+        .await
+        .expect("read");
+    entries
+        .into_iter()
+        .map(|e| match e.kind {
+            EntryKind::Message {
+                sender: Some(s),
+                id,
+            } => (s.as_str().to_owned(), id.as_str().to_owned()),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_keeps_its_order_under_concurrency() {
+    let server = RedisServer::start();
+    let store = Arc::new(RedisStore::connect(&server.url()).await.expect("connect"));
+    const SENDERS: usize = 8;
+    const EACH: usize = 300;
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            // One connection: starts its messages one after the other
+            // without waiting, then awaits them together.
+            let mut pending = Vec::new();
+            for i in 0..EACH {
+                let started = store.start_enqueue(msg(&format!("s{s}"), &format!("m{i}")));
+                pending.push(started.expect("standalone Redis starts in order"));
+                if i % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for p in pending {
+                assert!(matches!(p.await, Ok(Enqueued::Stored(_))));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let mut by_sender: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (sender, id) in log(&store).await {
+        let n = id[1..].parse().expect("number");
+        by_sender.entry(sender).or_default().push(n);
+    }
+    assert_eq!(by_sender.len(), SENDERS);
+    for (sender, ids) in by_sender {
+        assert_eq!(ids, (0..EACH).collect::<Vec<_>>(), "{sender} in order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothing_twice() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let killer = redis::Client::open(server.url()).expect("url");
+    let mut killer = killer
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    const N: usize = 5000;
+    let mut pending = Vec::new();
+    for i in 0..N {
+        let started = store.start_enqueue(msg("alice", &format!("m{i}")));
+        pending.push(started.expect("standalone Redis starts in order"));
+    }
+    let mut outcomes = Vec::with_capacity(N);
+    let mut pending = pending.into_iter();
+    // The first answer means batches are flowing: drop the store's
+    // connection under the ones in flight.
+    outcomes.push(pending.next().expect("one").await);
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut killer)
+        .await
+        .expect("CLIENT KILL");
+    for p in pending {
+        outcomes.push(p.await);
+    }
+    let confirmed: BTreeSet<usize> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| matches!(o, Ok(Enqueued::Stored(_))))
+        .map(|(i, _)| i)
+        .collect();
+    let failed: Vec<usize> = (0..N).filter(|i| !confirmed.contains(i)).collect();
+    assert!(
+        !failed.is_empty(),
+        "the kill hit no batch: nothing was tested"
+    );
+    for (i, o) in outcomes.iter().enumerate() {
+        assert!(
+            matches!(o, Ok(Enqueued::Stored(_)) | Err(_)),
+            "m{i}: a 100 or unavailable, got {o:?}"
+        );
+    }
+    // The sender sends the failed ones again: each is stored now, or was
+    // stored by the batch that lost its answer (a duplicate).
+    for i in &failed {
+        let resent = store
+            .enqueue(msg("alice", &format!("m{i}")))
+            .await
+            .expect("Redis is back");
+        assert!(
+            matches!(resent, Enqueued::Stored(_) | Enqueued::Duplicate),
+            "{resent:?}"
+        );
+    }
+    let stored: Vec<String> = log(&store).await.into_iter().map(|(_, id)| id).collect();
+    let distinct: BTreeSet<&String> = stored.iter().collect();
+    assert_eq!(stored.len(), distinct.len(), "nothing stored twice");
+    assert_eq!(stored.len(), N, "every message stored");
+    for i in confirmed {
+        assert!(distinct.contains(&format!("m{i}")), "confirmed m{i} kept");
+    }
+}
