@@ -2,9 +2,10 @@
 //! learns that a channel it has connections for got a new entry on another
 //! node.
 //!
-//! The store stays the truth. A bus event is a hint: an `Entry` makes the
-//! local sessions of that channel read the store; nothing is delivered from
-//! the event itself (except `Live` messages, which are never stored). A bus
+//! The store stays the truth. A bus event is a hint: an `Entry` goes to the
+//! local sessions of that channel as the local hub's entries do (sent when
+//! it is the next in sequence, else the session reads the store from its
+//! cursor); `Live` messages are never stored. A bus
 //! may lose events (a pub/sub reconnect); it then sends [`BusEvent::Resync`],
 //! and every local session re-reads the store. The center also resyncs every
 //! [`RESYNC_EVERY`], which bounds how long a lost hint can delay a message.
@@ -15,7 +16,7 @@ use bachata_proto::Channel;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::store::{Device, Seq};
+use crate::store::{Device, Entry, Seq};
 
 /// Period of the safety resync of every local session.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
@@ -23,8 +24,10 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(30);
 /// What one node tells the others.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BusEvent {
-    /// `channel` has entries up to `seq` (a message or a 300).
-    Entry { channel: Channel, seq: Seq },
+    /// `channel` got `entry` (a message or a 300). It carries the entry, so
+    /// that a session that is caught up sends it without reading the store;
+    /// one that is not reads the store from its cursor, as for any gap.
+    Entry { channel: Channel, entry: Entry },
     /// `device` of `channel` acked `seq` (frees in-flight windows).
     Acked {
         channel: Channel,

@@ -214,7 +214,7 @@ async fn listen_to_bus(
         };
         let hub = &center.hub;
         match event {
-            BusEvent::Entry { channel, seq } => hub.wake(&channel, seq),
+            BusEvent::Entry { channel, entry } => hub.entry(&channel, &entry),
             BusEvent::Acked {
                 channel,
                 device,
@@ -453,7 +453,7 @@ impl MessagesCenter {
                     self.hub.entry(channel, &entry);
                     self.publish(BusEvent::Entry {
                         channel: channel.clone(),
-                        seq: *seq,
+                        entry,
                     });
                 }
                 if !self.hooks.is_empty() {
@@ -594,7 +594,7 @@ impl MessagesCenter {
         self.hub.entry(&sender, &entry);
         self.publish(BusEvent::Entry {
             channel: sender,
-            seq: rseq,
+            entry,
         });
     }
 

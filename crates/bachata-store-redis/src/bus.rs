@@ -24,19 +24,24 @@
 //! gone back without the channel's epoch changing; starting over sends the
 //! unacked messages again rather than leave new ones behind a cursor.
 //!
-//! Wire format of one pub/sub message (space separated, names hex-encoded so
-//! they never contain a space; the payload of `L` is the raw rest):
+//! Wire format of one pub/sub message: the publishing node's id and a
+//! newline, then one record per event, each `<length> <record>` (length in
+//! bytes, decimal), names hex-encoded so they never contain a space or a
+//! newline:
 //! ```text
-//! E <node> <channel-hex> <seq>
-//! A <node> <channel-hex> <device-hex or -> <seq>
-//! L <node> <channel-hex> <payload>
+//! E <channel-hex> <seq> m <sender-hex or -> <id-hex>\n<payload>   a message entry
+//! E <channel-hex> <seq> r - -\n<payload>                          a 300 receipt entry
+//! A <channel-hex> <device-hex or -> <seq>                         an ack
+//! L <channel-hex>\n<payload>                                      a message without id
 //! ```
+//! A node publishes everything that gathered as one message (one `PUBLISH`
+//! per batch). Every node of one Redis must run the same version.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
-use bachata_core::{Bus, BusEvent, Device};
-use bachata_proto::{Channel, DeviceId};
+use bachata_core::{Bus, BusEvent, Entry, EntryKind};
+use bachata_proto::{Channel, DeviceId, MessageId};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -110,71 +115,130 @@ impl Bus for RedisBus {
     }
 }
 
-fn encode(node: &str, event: &BusEvent) -> Option<Vec<u8>> {
-    let text = match event {
-        BusEvent::Entry { channel, seq } => {
-            format!("E {node} {} {seq}", hex::encode(channel.as_str()))
+/// Appends one event's record to `out` (`false`: the event is local to
+/// each node and has none).
+fn encode(event: &BusEvent, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    let body = match event {
+        BusEvent::Entry { channel, entry } => {
+            let (kind, sender, id) = match &entry.kind {
+                EntryKind::Message { sender, id } => (
+                    "m",
+                    sender
+                        .as_ref()
+                        .map_or_else(|| "-".to_owned(), |s| hex::encode(s.as_str())),
+                    hex::encode(id.as_str()),
+                ),
+                EntryKind::Receipt => ("r", "-".to_owned(), "-".to_owned()),
+            };
+            let mut text = format!(
+                "E {} {} {kind} {sender} {id}\n",
+                hex::encode(channel.as_str()),
+                entry.seq
+            )
+            .into_bytes();
+            text.extend_from_slice(&entry.payload);
+            text
         }
         BusEvent::Acked {
             channel,
             device,
             seq,
         } => format!(
-            "A {node} {} {} {seq}",
+            "A {} {} {seq}",
             hex::encode(channel.as_str()),
             device
                 .as_ref()
                 .map_or_else(|| "-".to_owned(), |d| hex::encode(d.as_str()))
-        ),
+        )
+        .into_bytes(),
         BusEvent::Live { channel, payload } => {
-            let mut out = format!("L {node} {} ", hex::encode(channel.as_str())).into_bytes();
-            out.extend_from_slice(payload);
-            return Some(out);
+            let mut text = format!("L {}\n", hex::encode(channel.as_str())).into_bytes();
+            text.extend_from_slice(payload);
+            text
         }
         // Resync, loss and reset are local to each node.
-        BusEvent::Resync | BusEvent::Lost | BusEvent::Reset => return None,
+        BusEvent::Resync | BusEvent::Lost | BusEvent::Reset => return false,
     };
-    Some(text.into_bytes())
+    out.extend_from_slice(format!("{} ", body.len()).as_bytes());
+    out.extend_from_slice(&body);
+    out.len() > start
 }
 
 fn unhex(field: &[u8]) -> Option<String> {
     String::from_utf8(hex::decode(field).ok()?).ok()
 }
 
-/// Decodes a message; `None` for our own events and anything malformed.
-fn decode(own: &str, bytes: &[u8]) -> Option<BusEvent> {
-    let mut parts = bytes.splitn(4, |b| *b == b' ');
-    let kind = parts.next()?;
-    let node = parts.next()?;
-    if node == own.as_bytes() {
-        return None;
+/// Decodes one message: the events in it, none when it is our own (or
+/// malformed from its first bad record on: a record is never half read).
+fn decode(own: &str, bytes: &[u8]) -> Vec<BusEvent> {
+    let mut events = Vec::new();
+    let Some(nl) = bytes.iter().position(|b| *b == b'\n') else {
+        return events;
+    };
+    if &bytes[..nl] == own.as_bytes() {
+        return events;
     }
-    let channel = Channel::new(&unhex(parts.next()?)?).ok()?;
-    let rest = parts.next()?;
+    let mut rest = &bytes[nl + 1..];
+    while !rest.is_empty() {
+        let Some(space) = rest.iter().position(|b| *b == b' ') else {
+            break;
+        };
+        let len = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok());
+        let Some(record) = len.and_then(|len| rest.get(space + 1..space + 1 + len)) else {
+            break;
+        };
+        match decode_record(record) {
+            Some(event) => events.push(event),
+            None => break,
+        }
+        rest = &rest[space + 1 + record.len()..];
+    }
+    events
+}
+
+fn decode_record(record: &[u8]) -> Option<BusEvent> {
     let number = |b: &[u8]| std::str::from_utf8(b).ok()?.parse::<u64>().ok();
-    match kind {
-        b"E" => Some(BusEvent::Entry {
-            channel,
-            seq: number(rest)?,
-        }),
-        b"A" => {
-            let (device, seq) = {
-                let mut fields = rest.splitn(2, |b| *b == b' ');
-                (fields.next()?, number(fields.next()?)?)
+    let (head, payload) = match record.iter().position(|b| *b == b'\n') {
+        Some(nl) => (&record[..nl], Some(&record[nl + 1..])),
+        None => (record, None),
+    };
+    let fields: Vec<&[u8]> = head.split(|b| *b == b' ').collect();
+    match (fields.as_slice(), payload) {
+        ([b"E", channel, seq, kind, sender, id], Some(payload)) => {
+            let kind = match (*kind, *sender, *id) {
+                (b"m", sender, id) => EntryKind::Message {
+                    sender: match sender {
+                        b"-" => None,
+                        hex => Some(Channel::new(&unhex(hex)?).ok()?),
+                    },
+                    id: MessageId::new(&unhex(id)?).ok()?,
+                },
+                (b"r", b"-", b"-") => EntryKind::Receipt,
+                _ => return None,
             };
-            let device: Device = match device {
-                b"-" => None,
-                hex => Some(DeviceId::new(&unhex(hex)?).ok()?),
-            };
-            Some(BusEvent::Acked {
-                channel,
-                device,
-                seq,
+            Some(BusEvent::Entry {
+                channel: Channel::new(&unhex(channel)?).ok()?,
+                entry: Entry {
+                    seq: number(seq)?,
+                    kind,
+                    payload: Bytes::copy_from_slice(payload),
+                },
             })
         }
-        b"L" => Some(BusEvent::Live {
-            channel,
-            payload: Bytes::copy_from_slice(rest),
+        ([b"A", channel, device, seq], None) => Some(BusEvent::Acked {
+            channel: Channel::new(&unhex(channel)?).ok()?,
+            device: match *device {
+                b"-" => None,
+                hex => Some(DeviceId::new(&unhex(hex)?).ok()?),
+            },
+            seq: number(seq)?,
+        }),
+        ([b"L", channel], Some(payload)) => Some(BusEvent::Live {
+            channel: Channel::new(&unhex(channel)?).ok()?,
+            payload: Bytes::copy_from_slice(payload),
         }),
         _ => None,
     }
@@ -184,11 +248,23 @@ async fn publish_loop(mut conn: Conn, node: String, mut events: mpsc::Receiver<B
     let mut batch = Vec::new();
     let mut failing = false;
     while events.recv_many(&mut batch, 512).await > 0 {
+        // One message for the batch (up to MESSAGE_BYTES): one PUBLISH for
+        // Redis to fan out instead of one per event.
         let mut pipe = redis::pipe();
+        let header = format!("{node}\n").into_bytes();
+        let mut message = header.clone();
         for event in batch.drain(..) {
-            if let Some(message) = encode(&node, &event) {
-                pipe.cmd("PUBLISH").arg(BUS_CHANNEL).arg(message).ignore();
+            encode(&event, &mut message);
+            if message.len() >= MESSAGE_BYTES {
+                let full = std::mem::replace(&mut message, header.clone());
+                pipe.cmd("PUBLISH").arg(BUS_CHANNEL).arg(full).ignore();
             }
+        }
+        if message.len() > header.len() {
+            pipe.cmd("PUBLISH").arg(BUS_CHANNEL).arg(message).ignore();
+        }
+        if pipe.is_empty() {
+            continue;
         }
         // A publish on a connection that just broke fails while it
         // reconnects (Redis restarted, say): try again a few times, so that
@@ -214,6 +290,11 @@ async fn publish_loop(mut conn: Conn, node: String, mut events: mpsc::Receiver<B
         }
     }
 }
+
+/// A message is published once it holds this many bytes: a subscriber
+/// whose output buffer passes Redis's pub/sub limit (32 MB by default) is
+/// disconnected, so messages stay far below it.
+const MESSAGE_BYTES: usize = 1 << 20;
 
 /// Attempts of one publish (50 ms, then twice as long each time: about
 /// 1.5 s in all) before its events are dropped.
@@ -270,11 +351,12 @@ async fn subscribe_loop(clients: Vec<redis::Client>, node: String, events: mpsc:
                         () = events.closed() => return,
                     };
                     let Some(message) = message else { break };
-                    if let Some(event) = decode(&node, message.get_payload_bytes())
-                        && events.try_send(event).is_err()
-                    {
-                        // Overloaded: drop, and have everyone re-read.
-                        let _ = events.try_send(BusEvent::Resync);
+                    for event in decode(&node, message.get_payload_bytes()) {
+                        if events.try_send(event).is_err() {
+                            // Overloaded: drop, and have everyone re-read.
+                            let _ = events.try_send(BusEvent::Resync);
+                            break;
+                        }
                     }
                 }
                 tracing::warn!("lost the pub/sub connection to Redis; reconnecting");
@@ -316,11 +398,37 @@ mod tests {
     }
 
     #[test]
-    fn events_round_trip_and_own_events_are_skipped() {
-        let events = [
+    fn events_round_trip_in_one_message_and_own_events_are_skipped() {
+        let events = vec![
             BusEvent::Entry {
                 channel: ch("a b{c}"),
-                seq: 42,
+                entry: Entry {
+                    seq: 42,
+                    kind: EntryKind::Message {
+                        sender: Some(ch("al ice")),
+                        id: MessageId::new("m 1\nx").expect("id"),
+                    },
+                    payload: Bytes::from_static(b"{\"x\":\"a\nb 1\"}"),
+                },
+            },
+            BusEvent::Entry {
+                channel: ch("bob"),
+                entry: Entry {
+                    seq: 43,
+                    kind: EntryKind::Message {
+                        sender: None,
+                        id: MessageId::new("s1").expect("id"),
+                    },
+                    payload: Bytes::new(),
+                },
+            },
+            BusEvent::Entry {
+                channel: ch("alice"),
+                entry: Entry {
+                    seq: 7,
+                    kind: EntryKind::Receipt,
+                    payload: Bytes::from_static(b"{\"type\":300}"),
+                },
             },
             BusEvent::Acked {
                 channel: ch("bob"),
@@ -337,21 +445,33 @@ mod tests {
                 payload: Bytes::from_static(b"{\"type\":\"x y\"}"),
             },
         ];
-        for event in events {
-            let bytes = encode("n1", &event).expect("encodable");
-            assert_eq!(decode("n2", &bytes), Some(event.clone()));
-            assert_eq!(decode("n1", &bytes), None, "own event");
+        let mut message = b"n1\n".to_vec();
+        for event in &events {
+            assert!(encode(event, &mut message));
         }
-        assert_eq!(encode("n1", &BusEvent::Resync), None);
+        assert_eq!(decode("n2", &message), events);
+        assert!(decode("n1", &message).is_empty(), "own events");
+        for local in [BusEvent::Resync, BusEvent::Lost, BusEvent::Reset] {
+            assert!(!encode(&local, &mut message), "{local:?}");
+        }
         for junk in [
             &b""[..],
-            b"E",
-            b"E n2 zz 1",
-            b"E n2 61 x",
-            b"Q n2 61 1",
-            b"A n2 61 1",
+            b"n2",
+            b"n2\nE",
+            b"n2\n9 A 62 - 1",
+            b"n2\n8 A 62 - x",
+            b"n2\n8 Q 62 - 1",
+            b"n2\n8 A zz - 1",
+            b"n2\n5 L 62",
+            b"n2\n17 E 62 1 m - 6d31",
+            b"n2\n18 E 62 1 x - 6d31\n",
         ] {
-            assert_eq!(decode("n1", junk), None, "{junk:?}");
+            assert!(decode("n1", junk).is_empty(), "{junk:?}");
         }
+        // A bad record ends the message: the good ones before it stand.
+        let mut message = b"n2\n".to_vec();
+        encode(&events[3], &mut message);
+        message.extend_from_slice(b"3 A x");
+        assert_eq!(decode("n1", &message), vec![events[3].clone()]);
     }
 }

@@ -423,7 +423,11 @@ async fn the_bus_carries_events_between_nodes_of_the_cluster() {
     }
     let event = BusEvent::Entry {
         channel: ch("bob"),
-        seq: 7,
+        entry: bachata_core::Entry {
+            seq: 7,
+            kind: bachata_core::EntryKind::Receipt,
+            payload: Bytes::from_static(b"{\"type\":300}"),
+        },
     };
     a.publish(event.clone());
     let got = tokio::time::timeout(Duration::from_secs(10), from_b.recv())
