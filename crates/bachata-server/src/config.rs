@@ -31,6 +31,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreKind,
     pub redis_url: Option<String>,
+    /// Replicas that must confirm each batch of writes (`WAIT`) before its
+    /// messages get their 100; 0 does not wait (standalone Redis).
+    pub redis_wait_replicas: usize,
+    /// How long a batch waits for `redis_wait_replicas`; past it, its
+    /// messages get 400 `unavailable`.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub redis_wait_timeout: Duration,
     /// HS256 secret for JWTs.
     pub jwt_secret: Option<String>,
     /// PEM file with an RSA or EC public key for RS256 / ES256 JWTs.
@@ -98,6 +105,8 @@ impl Default for Config {
             data_dir: PathBuf::from("./bachata-data"),
             store: StoreKind::Embedded,
             redis_url: None,
+            redis_wait_replicas: 0,
+            redis_wait_timeout: Duration::from_secs(1),
             jwt_secret: None,
             jwt_public_key: None,
             api_key: None,
@@ -214,6 +223,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Send each 100 only after N Redis replicas confirmed its batch (WAIT) [default: 0].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_wait_replicas: Option<usize>,
+    /// How long a batch waits for --redis-wait-replicas before its messages get `unavailable` [default: 1s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_wait_timeout: Option<String>,
     /// Secret for HS256 JWTs; turns JWT auth on and anonymous channels off.
     #[arg(long, value_name = "SECRET")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -477,6 +494,21 @@ impl Config {
                 "--store redis needs --redis-url redis://HOST:PORT (or redis+cluster://H1:P1,H2:P2)",
             );
         }
+        if self.redis_wait_replicas > 0 {
+            let cluster = self
+                .redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with(bachata_store_redis::CLUSTER_SCHEME));
+            if self.store != StoreKind::Redis || cluster {
+                return invalid(
+                    "redis_wait_replicas needs --store redis on standalone Redis (a Redis \
+                     Cluster URL is not supported yet)",
+                );
+            }
+            if self.redis_wait_timeout.is_zero() {
+                return invalid("redis_wait_timeout must be longer than 0s");
+            }
+        }
         // Safe default (protocol.md section 1): anonymous channels only on loopback.
         if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
@@ -656,6 +688,32 @@ mod tests {
                 },
                 "forget_after",
             );
+            refused(
+                ServeArgs {
+                    redis_wait_replicas: Some(1),
+                    ..ServeArgs::default()
+                },
+                "redis_wait_replicas needs --store redis",
+            );
+            refused(
+                ServeArgs {
+                    store: Some(StoreKind::Redis),
+                    redis_url: Some("redis+cluster://127.0.0.1:7000".into()),
+                    redis_wait_replicas: Some(1),
+                    ..ServeArgs::default()
+                },
+                "not supported yet",
+            );
+            let waits = ServeArgs {
+                store: Some(StoreKind::Redis),
+                redis_url: Some("redis://127.0.0.1:6379".into()),
+                redis_wait_replicas: Some(2),
+                redis_wait_timeout: Some("250ms".into()),
+                ..ServeArgs::default()
+            };
+            let c = Config::load(&waits).expect("valid");
+            assert_eq!(c.redis_wait_replicas, 2);
+            assert_eq!(c.redis_wait_timeout, Duration::from_millis(250));
             let insecure = ServeArgs {
                 jwt_secret: Some("too-short".into()),
                 insecure: true,

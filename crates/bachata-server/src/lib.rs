@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bachata_core::{CenterBuilder, DeliveryConfig, MemoryStore, MessagesCenter, Store};
 use bachata_store_redb::RedbStore;
-use bachata_store_redis::{RedisBus, RedisStore};
+use bachata_store_redis::{RedisBus, RedisStore, RedisStoreOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -113,7 +113,12 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
         )?),
         StoreKind::Redis => {
             let url = config.redis_url.as_deref().unwrap_or_default();
-            Arc::new(RedisStore::connect(url).await?)
+            let options = RedisStoreOptions {
+                wait_replicas: config.redis_wait_replicas,
+                wait_timeout: config.redis_wait_timeout,
+                ..RedisStoreOptions::default()
+            };
+            Arc::new(RedisStore::connect_with(url, options).await?)
         }
     })
 }

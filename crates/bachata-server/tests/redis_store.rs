@@ -166,3 +166,71 @@ async fn name_churn_on_redis_expires() {
 fn hex_of(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }
+
+/// Waits (10 s at most) until `master` counts `n` connected replicas, each
+/// done with its first sync.
+async fn wait_for_replicas(master: &RedisServer, n: usize) {
+    let client = ::redis::Client::open(master.url()).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let info: String = ::redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        let online = info.matches("state=online").count();
+        if info.contains(&format!("connected_slaves:{n}\r")) && online == n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never {n} replicas: {info}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// protocol.md section 8, `--redis-wait-replicas 1`: with the replica up,
+/// a message gets its 100; with the replica stopped, 400 `unavailable`
+/// once the wait times out; sent again when the replica is back, it gets
+/// its 100 (stored once: the first try may have been stored), and the
+/// receiver gets each message once.
+#[tokio::test]
+async fn wait_replicas_holds_the_100_until_a_replica_confirms() {
+    let master = RedisServer::start();
+    let port = master.port().to_string();
+    let mut replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &port]);
+    wait_for_replicas(&master, 1).await;
+    let url = master.url();
+    let s = common::start_with(move |c| {
+        c.store = bachata_server::StoreKind::Redis;
+        c.redis_url = Some(url);
+        c.redis_wait_replicas = 1;
+        c.redis_wait_timeout = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    alice.send_direct("m1", "bob", json!(1)).await;
+    alice.expect(100, "m1").await;
+
+    replica.kill();
+    wait_for_replicas(&master, 0).await;
+    alice.send_direct("m2", "bob", json!(2)).await;
+    let refused = alice.recv().await;
+    assert_eq!(refused["type"], 400, "{refused}");
+    assert_eq!(refused["data"], "m2", "{refused}");
+    assert_eq!(refused["error"], "unavailable", "{refused}");
+
+    replica.restart();
+    wait_for_replicas(&master, 1).await;
+    alice.send_direct("m2", "bob", json!(2)).await;
+    alice.expect(100, "m2").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    assert_eq!(bob.recv().await["id"], "m1");
+    assert_eq!(bob.recv().await["id"], "m2");
+    assert!(bob.sync().await.is_empty(), "each once");
+}

@@ -110,6 +110,14 @@ impl RedisStore {
         .await?;
         self.retained
             .set(counts.into_iter().flatten().sum(), wall_clock_ms());
+        if !self.is_cluster() {
+            let mut cmd = redis::cmd("GET");
+            cmd.arg(keys::PENDING);
+            let pending = self.query::<Option<i64>>("pending", cmd).await?;
+            let pending = u64::try_from(pending.unwrap_or(0)).unwrap_or(0);
+            self.pending
+                .store(pending, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

@@ -90,6 +90,11 @@ pub struct RedisStoreOptions {
     pub max_reconnect_delay: Duration,
     /// Bound on a whole store call, reconnecting included.
     pub call_timeout: Duration,
+    /// Standalone Redis: replicas that must confirm each batch of writes
+    /// (`WAIT`) before its enqueues succeed; 0 does not wait.
+    pub wait_replicas: usize,
+    /// How long a batch waits for `wait_replicas` (`WAIT`'s timeout).
+    pub wait_timeout: Duration,
 }
 
 impl Default for RedisStoreOptions {
@@ -100,6 +105,8 @@ impl Default for RedisStoreOptions {
             reconnect_retries: 3,
             max_reconnect_delay: Duration::from_secs(1),
             call_timeout: Duration::from_secs(8),
+            wait_replicas: 0,
+            wait_timeout: Duration::from_secs(1),
         }
     }
 }

@@ -33,6 +33,10 @@ pub(crate) fn expiring_shard(tag: &str) -> String {
 /// Redis; kept by the scripts).
 pub(crate) const RETAINED: &str = "bachata:retained";
 
+/// The count of messages no device acked, over all channels (standalone
+/// Redis; kept by the scripts, for the `bachata_pending_messages` metric).
+pub(crate) const PENDING: &str = "bachata:pending";
+
 /// The shard of the retained bytes count that counts a channel's entries
 /// (Redis Cluster mode: `bachata:retained:{<n>}`, `n` as for the expiry
 /// index); the node adds what each script reports.

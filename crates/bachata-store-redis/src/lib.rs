@@ -51,6 +51,7 @@
 //! | `bachata:d:{-<hex id>}:<id>` | string | the same for messages by the system (spread by id) |
 //! | `bachata:expiring` | zset | channel tag → score ≤ its earliest `expires_at` (global; standalone only) |
 //! | `bachata:retained` | string | payload bytes of every retained entry (global; standalone only; see [Retained bytes](#retained-bytes)) |
+//! | `bachata:pending` | string | messages no device acked, over all channels (global; standalone only; for the `bachata_pending_messages` gauge) |
 //!
 //! Redis Cluster mode adds (see [Redis Cluster](#redis-cluster)):
 //!
@@ -260,7 +261,9 @@
 //! once. Pub/sub may lose messages; the log stays the truth (see the module).
 //!
 //! # Not here yet
-//! `pending_total` is not computed (`None`).
+//! `pending_total` (the `bachata_pending_messages` gauge) is counted by the
+//! scripts on standalone Redis (`bachata:pending`, read at each expiry
+//! sweep); on a cluster it is not computed (`None`).
 //! TLS (`rediss://`) needs the redis crate's `tokio-rustls-comp` feature, not
 //! enabled yet.
 //!
@@ -299,7 +302,7 @@ use redis::{FromRedisValue, RedisError, Value};
 
 use codec::map_error;
 use conn::{Conn, connect_conn, node_id};
-use keys::{ChannelKeys, EXPIRING, RETAINED};
+use keys::{ChannelKeys, EXPIRING, PENDING, RETAINED};
 use lifetimes::{EXPIRE_BATCH, EXPIRE_CHANNELS};
 use retained::RetainedView;
 
@@ -326,6 +329,9 @@ pub struct RedisStore {
     /// The retained bytes count as last read (for metrics; in cluster mode
     /// also for the limit, see [`RetainedView`]).
     retained: RetainedView,
+    /// Standalone Redis: the pending messages count as last read (at each
+    /// expiry sweep), for metrics.
+    pending: std::sync::atomic::AtomicU64,
 }
 
 impl RedisStore {
@@ -346,8 +352,14 @@ impl RedisStore {
     ) -> Result<RedisStore, RedisStoreError> {
         let conn = connect_conn(url, &options).await?;
         let scripts = Arc::new(Scripts::new());
-        let writer = (!conn.is_cluster())
-            .then(|| Writer::start(conn.clone(), scripts.clone(), options.call_timeout));
+        let writer = if conn.is_cluster() {
+            None
+        } else {
+            // A connection of its own: `WAIT` blocks the connection it is
+            // sent on, and must not hold up the reads of every session.
+            let own = connect_conn(url, &options).await?;
+            Some(Writer::start(own, scripts.clone(), &options))
+        };
         let store = RedisStore {
             conn,
             scripts,
@@ -356,6 +368,7 @@ impl RedisStore {
             node: node_id(),
             attempts: AtomicU64::new(0),
             retained: RetainedView::default(),
+            pending: std::sync::atomic::AtomicU64::new(0),
         };
         store.check_version().await?;
         Ok(store)
@@ -485,6 +498,7 @@ impl RedisStore {
             }
             inv.key(EXPIRING)
                 .key(RETAINED)
+                .key(PENDING)
                 .arg(now)
                 .arg(&keys.tag)
                 .arg(EXPIRE_BATCH);
@@ -607,7 +621,7 @@ impl Store for RedisStore {
             inv.key(key);
         }
         if !self.is_cluster() {
-            inv.key(RETAINED);
+            inv.key(RETAINED).key(PENDING);
         }
         inv.arg(keys::device(device));
         for seq in seqs {
@@ -654,6 +668,10 @@ impl Store for RedisStore {
         Some(self.retained.get())
     }
 
+    fn pending_total(&self) -> Option<u64> {
+        (!self.is_cluster()).then(|| self.pending.load(Ordering::Relaxed))
+    }
+
     async fn epoch(&self, channel: &Channel) -> Result<Option<Epoch>, StoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(ChannelKeys::new(channel).epoch);
@@ -670,6 +688,14 @@ impl Store for RedisStore {
         if let Some(cluster) = self.conn.cluster() {
             return self.health_cluster(cluster).await;
         }
+        // The first command on a connection Redis dropped fails while it
+        // reconnects: one pause and a second ping tell a reconnect from an
+        // outage.
+        let first = self.query::<String>("ping", redis::cmd("PING")).await;
+        if first.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         self.query::<String>("ping", redis::cmd("PING"))
             .await
             .map(|_| ())

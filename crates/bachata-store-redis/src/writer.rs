@@ -11,6 +11,12 @@
 //! in flight at a time; the next gathers meanwhile, so batches grow with the
 //! load, as group commits do.
 //!
+//! With `wait_replicas` (`--redis-wait-replicas`), each batch ends with one
+//! `WAIT n timeout` on the writer's own connection (WAIT blocks the
+//! connection it runs on): when fewer replicas confirmed the batch in time,
+//! its enqueues fail with `unavailable` (they may be stored, and a resend is
+//! then a duplicate, which gets its 100); its acks stand.
+//!
 //! A batch that fails whole (the connection dropped, the call timed out)
 //! fails each of its requests with `unavailable`: some may have run, and a
 //! resent message is then a duplicate (its dedupe record stands). When Redis
@@ -27,8 +33,8 @@ use redis::{ErrorKind, RedisResult, ServerErrorKind, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
-use crate::conn::Conn;
-use crate::keys::{self, ChannelKeys, EXPIRING, PREFIX, RETAINED};
+use crate::conn::{Conn, RedisStoreOptions};
+use crate::keys::{self, ChannelKeys, EXPIRING, PENDING, PREFIX, RETAINED};
 use crate::lifetimes::{dedupe_px, keep_for};
 use crate::scripts::Scripts;
 
@@ -67,11 +73,26 @@ pub(crate) struct Writer {
     queue: mpsc::UnboundedSender<Op>,
 }
 
+/// How the writer talks to Redis.
+#[derive(Debug, Clone, Copy)]
+struct Settings {
+    /// Bound on one batch's round trip (the wait included).
+    timeout: Duration,
+    wait_replicas: usize,
+    wait_timeout: Duration,
+}
+
 impl Writer {
-    /// Starts the writer task on `conn`. Must run inside a tokio runtime.
-    pub(crate) fn start(conn: Conn, scripts: Arc<Scripts>, timeout: Duration) -> Writer {
+    /// Starts the writer task on `conn`, a connection of its own. Must run
+    /// inside a tokio runtime.
+    pub(crate) fn start(conn: Conn, scripts: Arc<Scripts>, options: &RedisStoreOptions) -> Writer {
+        let settings = Settings {
+            timeout: options.call_timeout + options.wait_timeout,
+            wait_replicas: options.wait_replicas,
+            wait_timeout: options.wait_timeout,
+        };
         let (queue, requests) = mpsc::unbounded_channel();
-        tokio::spawn(run(conn, scripts, timeout, requests));
+        tokio::spawn(run(conn, scripts, settings, requests));
         Writer { queue }
     }
 
@@ -88,12 +109,12 @@ impl Writer {
 async fn run(
     mut conn: Conn,
     scripts: Arc<Scripts>,
-    timeout: Duration,
+    settings: Settings,
     mut requests: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut ops, MAX_BATCH).await > 0 {
-        let replies = send_batch(&mut conn, &scripts, &ops, timeout).await;
+        let replies = send_batch(&mut conn, &scripts, &ops, settings).await;
         for (op, reply) in ops.drain(..).zip(replies) {
             op.answer(reply);
         }
@@ -101,24 +122,70 @@ async fn run(
 }
 
 /// Sends `ops` as one pipeline; one reply per op, in order.
+///
+/// A batch that fails whole (its connection broke, say: the connection
+/// reconnects meanwhile) is sent again, in its order, after a short pause,
+/// while the batch is younger than its timeout. That is safe for both kinds
+/// of request: an enqueue that ran the first time is a duplicate the second
+/// (its sender gets its 100 all the same), and an ack that ran finds
+/// nothing to ack (its 300 reaches the sender at the next read of its log).
+/// Acks especially need it, since nobody sends a 200 again. What still
+/// fails is answered with the error: 400 `unavailable` for an enqueue,
+/// which its sender may resend.
 async fn send_batch(
     conn: &mut Conn,
     scripts: &Scripts,
     ops: &[Op],
-    timeout: Duration,
+    settings: Settings,
 ) -> Vec<Result<Value, StoreError>> {
-    let mut replies = match pipeline(conn, scripts, ops.iter(), timeout).await {
-        Ok(replies) => replies,
-        Err(e) => return ops.iter().map(|_| Err(e.clone_for_each())).collect(),
+    let started = tokio::time::Instant::now();
+    let mut pauses = RETRY_PAUSES.iter();
+    let failed = loop {
+        let error = match attempt(conn, scripts, ops, settings).await {
+            Ok(replies) => {
+                return replies
+                    .into_iter()
+                    .zip(ops)
+                    .map(|(r, op)| answer_of(r, op))
+                    .collect();
+            }
+            Err(e) => e,
+        };
+        match pauses.next() {
+            Some(pause) if started.elapsed() + *pause < settings.timeout => {
+                tokio::time::sleep(*pause).await;
+            }
+            _ => break error,
+        }
     };
+    ops.iter().map(|_| Err(failed.clone_for_each())).collect()
+}
+
+/// The pauses before a failed batch is sent again: the first reconnect is
+/// immediate, a restarting Redis takes longer.
+const RETRY_PAUSES: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(250),
+    Duration::from_millis(1000),
+];
+
+/// One try at a batch: the pipeline, and the requests Redis refused for
+/// want of their script sent again after loading it.
+async fn attempt(
+    conn: &mut Conn,
+    scripts: &Scripts,
+    ops: &[Op],
+    settings: Settings,
+) -> Result<Vec<Result<Value, RedisOrStore>>, StoreError> {
+    let mut replies = pipeline(conn, scripts, ops.iter(), settings).await?;
     let refused: Vec<usize> = (0..ops.len())
         .filter(|i| matches!(&replies[*i], Err(e) if is_noscript(e)))
         .collect();
     if !refused.is_empty() {
         // Redis lost its scripts (a restart): load them, then send the
         // refused requests again, in their order.
-        let retried = match scripts.load_batched(conn, timeout).await {
-            Ok(()) => pipeline(conn, scripts, refused.iter().map(|i| &ops[*i]), timeout).await,
+        let retried = match scripts.load_batched(conn, settings.timeout).await {
+            Ok(()) => pipeline(conn, scripts, refused.iter().map(|i| &ops[*i]), settings).await,
             Err(e) => Err(e),
         };
         match retried {
@@ -134,17 +201,27 @@ async fn send_batch(
             }
         }
     }
-    replies
-        .into_iter()
-        .map(|r| r.map_err(|e| e.into_store("batch")))
-        .collect()
+    Ok(replies)
 }
 
-/// A per-request failure: Redis's own error for that request, or the
-/// batch's.
+/// What one request's reply means to its op: with `wait_replicas`, an
+/// unconfirmed enqueue fails (no 100 for it), while an ack and its 300
+/// stand.
+fn answer_of(reply: Result<Value, RedisOrStore>, op: &Op) -> Result<Value, StoreError> {
+    match (reply, op) {
+        (Err(RedisOrStore::Unconfirmed(why, _)), Op::Enqueue(..)) => Err(StoreError::backend(why)),
+        (Err(RedisOrStore::Unconfirmed(_, reply)), Op::Ack(..)) => Ok(reply),
+        (r, _) => r.map_err(|e| e.into_store("batch")),
+    }
+}
+
+/// A per-request failure: Redis's own error for that request, the
+/// batch's, or a batch whose writes too few replicas confirmed.
 enum RedisOrStore {
     Redis(redis::RedisError),
     Store(StoreError),
+    /// Too few replicas confirmed the batch; the request's own reply.
+    Unconfirmed(String, Value),
 }
 
 impl RedisOrStore {
@@ -152,6 +229,7 @@ impl RedisOrStore {
         match self {
             RedisOrStore::Redis(e) => crate::codec::map_error(what, e),
             RedisOrStore::Store(e) => e,
+            RedisOrStore::Unconfirmed(why, _) => StoreError::backend(why),
         }
     }
 }
@@ -176,28 +254,62 @@ impl CloneForEach for StoreError {
     }
 }
 
-/// One pipeline of the ops' script calls, within `timeout`.
+/// One pipeline of the ops' script calls (and the `WAIT`, with
+/// `wait_replicas`), within the batch timeout.
 async fn pipeline<'a>(
     conn: &mut Conn,
     scripts: &Scripts,
     ops: impl Iterator<Item = &'a Op>,
-    timeout: Duration,
+    settings: Settings,
 ) -> Result<Vec<Result<Value, RedisOrStore>>, StoreError> {
+    let timeout = settings.timeout;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for op in ops {
         pipe.invoke_script(&op.invocation(scripts));
     }
+    let waits = settings.wait_replicas > 0;
+    if waits {
+        let ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
+        pipe.cmd("WAIT").arg(settings.wait_replicas).arg(ms.max(1));
+    }
     let sent = pipe.query_async::<Vec<RedisResult<Value>>>(conn);
     match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(replies)) => Ok(replies
-            .into_iter()
-            .map(|r| r.map_err(RedisOrStore::Redis))
-            .collect()),
+        Ok(Ok(mut replies)) => {
+            let unconfirmed = if waits {
+                confirmed(replies.pop(), settings).err()
+            } else {
+                None
+            };
+            Ok(replies
+                .into_iter()
+                .map(|r| match (&unconfirmed, r) {
+                    // A request Redis refused is refused whatever the wait.
+                    (_, Err(e)) => Err(RedisOrStore::Redis(e)),
+                    (Some(why), Ok(v)) => Err(RedisOrStore::Unconfirmed(why.clone(), v)),
+                    (None, Ok(v)) => Ok(v),
+                })
+                .collect())
+        }
         Ok(Err(e)) => Err(crate::codec::map_error("batch", e)),
         Err(_) => Err(StoreError::backend(format!(
             "redis batch: timed out after {timeout:?}"
         ))),
+    }
+}
+
+/// Whether `WAIT`'s reply says enough replicas confirmed the batch.
+fn confirmed(reply: Option<RedisResult<Value>>, settings: Settings) -> Result<(), String> {
+    let n = settings.wait_replicas;
+    match reply {
+        Some(Ok(Value::Int(got))) if usize::try_from(got).is_ok_and(|g| g >= n) => Ok(()),
+        Some(Ok(Value::Int(got))) => Err(format!(
+            "redis: {got} of {n} replicas confirmed the write within {:?}",
+            settings.wait_timeout
+        )),
+        Some(Ok(other)) => Err(format!("redis WAIT: unexpected reply {other:?}")),
+        Some(Err(e)) => Err(format!("redis WAIT: {e}")),
+        None => Err("redis WAIT: no reply".to_owned()),
     }
 }
 
@@ -210,7 +322,8 @@ pub(crate) fn enqueue_invocation<'a>(
     let mut inv = scripts.enqueue.prepare_invoke();
     inv.key(keys::dedupe(msg.sender.as_ref(), &msg.id))
         .key(EXPIRING)
-        .key(RETAINED);
+        .key(RETAINED)
+        .key(PENDING);
     for dest in &dests {
         for key in dest.all() {
             inv.key(key);
@@ -281,6 +394,7 @@ pub(crate) fn ack_invocation<'a>(
     }
     inv.key(EXPIRING)
         .key(RETAINED)
+        .key(PENDING)
         .arg(keys::device(&ack.device))
         .arg(ack.id.as_str())
         .arg(ack.now)

@@ -33,12 +33,22 @@ fn msg(sender: &str, id: &str) -> NewMessage {
     }
 }
 
-/// Every message in bob's log: (sender, id) in log order.
+/// Every message in bob's log: (sender, id) in log order. A connection
+/// that was dropped fails its first call while it reconnects: tries a few
+/// times.
 async fn log(store: &RedisStore) -> Vec<(String, String)> {
-    let entries = store
-        .read(&ch("bob"), &None, 0, usize::MAX, T0)
-        .await
-        .expect("read");
+    let mut tries = 0;
+    let entries = loop {
+        match store.read(&ch("bob"), &None, 0, usize::MAX, T0).await {
+            Ok(entries) => break entries,
+            Err(e) if tries < 20 => {
+                tries += 1;
+                eprintln!("read failed ({e}); again");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    };
     entries
         .into_iter()
         .map(|e| match e.kind {
@@ -110,7 +120,7 @@ async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothi
     // The first answer means batches are flowing: drop the store's
     // connection under the ones in flight.
     outcomes.push(pending.next().expect("one").await);
-    let _: redis::Value = redis::cmd("CLIENT")
+    let killed: i64 = redis::cmd("CLIENT")
         .arg("KILL")
         .arg("TYPE")
         .arg("normal")
@@ -122,20 +132,22 @@ async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothi
     for p in pending {
         outcomes.push(p.await);
     }
+    assert!(
+        killed >= 1,
+        "the kill hit no connection: nothing was tested"
+    );
+    // The writer sends a failed batch once more: a message its first try
+    // stored comes back a duplicate, which is a 100 all the same.
     let confirmed: BTreeSet<usize> = outcomes
         .iter()
         .enumerate()
-        .filter(|(_, o)| matches!(o, Ok(Enqueued::Stored(_))))
+        .filter(|(_, o)| matches!(o, Ok(Enqueued::Stored(_) | Enqueued::Duplicate)))
         .map(|(i, _)| i)
         .collect();
     let failed: Vec<usize> = (0..N).filter(|i| !confirmed.contains(i)).collect();
-    assert!(
-        !failed.is_empty(),
-        "the kill hit no batch: nothing was tested"
-    );
     for (i, o) in outcomes.iter().enumerate() {
         assert!(
-            matches!(o, Ok(Enqueued::Stored(_)) | Err(_)),
+            matches!(o, Ok(Enqueued::Stored(_) | Enqueued::Duplicate) | Err(_)),
             "m{i}: a 100 or unavailable, got {o:?}"
         );
     }
@@ -158,4 +170,44 @@ async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothi
     for i in confirmed {
         assert!(distinct.contains(&format!("m{i}")), "confirmed m{i} kept");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_survives_its_connection_dropping() {
+    // Nobody sends a 200 again: an ack whose batch failed with the
+    // connection is sent again by the writer.
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let killer = redis::Client::open(server.url()).expect("url");
+    let mut killer = killer
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    assert!(matches!(
+        store.enqueue(msg("alice", "m1")).await,
+        Ok(Enqueued::Stored(_))
+    ));
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut killer)
+        .await
+        .expect("CLIENT KILL");
+    let acked = store
+        .ack(bachata_core::AckRequest {
+            channel: ch("bob"),
+            device: None,
+            id: MessageId::new("m1").expect("id"),
+            now: T0,
+            receipt: Bytes::from_static(b"{\"type\":300}"),
+            receipt_expires_at: T0 + 3_600_000,
+            forget_after: 86_400_000,
+        })
+        .await
+        .expect("the ack goes through");
+    assert_eq!(acked.seq, Some(1));
+    assert_eq!(acked.receipt, Some((ch("alice"), 1)));
 }

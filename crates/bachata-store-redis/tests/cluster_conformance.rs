@@ -470,6 +470,7 @@ async fn a_master_down_fails_calls_fast_and_they_recover() {
         reconnect_retries: 1,
         max_reconnect_delay: Duration::from_millis(100),
         call_timeout: Duration::from_secs(1),
+        ..RedisStoreOptions::default()
     };
     let store = RedisStore::connect_with(&cluster.url(), options)
         .await

@@ -180,6 +180,14 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                         redis.retained_bytes(),
                         "{at}: retained bytes"
                     );
+                    // So does standalone Redis its pending messages count.
+                    if !redis.is_cluster() {
+                        assert_eq!(
+                            memory.pending_total(),
+                            redis.pending_total(),
+                            "{at}: pending messages"
+                        );
+                    }
                 }
                 _ => {}
             }

@@ -38,6 +38,7 @@ fn options() -> RedisStoreOptions {
         reconnect_retries: 1,
         max_reconnect_delay: Duration::from_millis(100),
         call_timeout: Duration::from_secs(1),
+        ..RedisStoreOptions::default()
     }
 }
 

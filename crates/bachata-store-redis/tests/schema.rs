@@ -123,6 +123,7 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
     expected.insert(format!("bachata:d:{{{alice_tag}}}:{id}"));
     expected.insert("bachata:expiring".to_owned());
     expected.insert("bachata:retained".to_owned());
+    expected.insert("bachata:pending".to_owned());
     assert_eq!(keys(&mut conn).await, expected);
 
     // A channel's counter and epoch expire after its last entry and
@@ -213,7 +214,8 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
         left,
         BTreeSet::from([
             format!("bachata:{{{bob_tag}}}:devices"),
-            "bachata:retained".to_owned()
+            "bachata:retained".to_owned(),
+            "bachata:pending".to_owned()
         ]),
         "the expiring index and every empty collection are gone"
     );
@@ -223,9 +225,15 @@ async fn odd_names_binary_payloads_and_the_keys_left_behind() {
         .await
         .expect("GET");
     assert_eq!(retained, 0, "nothing is retained");
+    let pending: u64 = redis::cmd("GET")
+        .arg("bachata:pending")
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert_eq!(pending, 0, "nothing is pending");
     // What is left expires by itself.
     for key in keys(&mut conn).await {
-        if key == "bachata:retained" {
+        if key == "bachata:retained" || key == "bachata:pending" {
             continue;
         }
         let (key, t) = ttl_of(key).await;

@@ -1,9 +1,12 @@
 -- ack_seqs: marks entries as acked by the device; gone or already acked
 -- seqs are ignored. No receipt is ever appended here.
 -- KEYS: the channel's 8 keys, then (standalone Redis only) the retained
--- bytes. ARGV: device, then seqs.
+-- bytes and the pending messages. ARGV: device, then seqs.
 -- Returns the payload bytes removed (cluster mode counts them itself).
-if #KEYS >= 9 then retained_key = KEYS[9] end
+if #KEYS >= 10 then
+  retained_key = KEYS[9]
+  pending_key = KEYS[10]
+end
 local ch = keys_at(1, '')
 local dev = ARGV[1]
 for i = 2, #ARGV do
@@ -17,5 +20,5 @@ for i = 2, #ARGV do
     end
   end
 end
-flush_retained()
+flush_counts()
 return removed_bytes

@@ -27,6 +27,11 @@ local retained_key = nil
 -- return them).
 local removed_bytes = 0
 local added_bytes = 0
+-- Standalone Redis: the count of messages no device acked over all
+-- channels (`bachata:pending`, for the `bachata_pending_messages` metric),
+-- and this script's change to it.
+local pending_key = nil
+local pending_delta = 0
 
 local function corrupt(what)
   error({err = 'BACHATA_CORRUPT ' .. what})
@@ -52,12 +57,16 @@ local function entry_at(ch, s)
   return redis.call('ZRANGE', ch.log, s, s, 'BYSCORE')[1]
 end
 
--- Standalone Redis: adds the script's net change to the retained bytes
--- count. Every script that appends or removes calls it before returning.
-local function flush_retained()
+-- Standalone Redis: adds the script's net changes to the retained bytes
+-- and pending messages counts. Every script that appends or removes calls
+-- it before returning.
+local function flush_counts()
   local d = added_bytes - removed_bytes
   if retained_key and d ~= 0 then
     redis.call('INCRBY', retained_key, string.format('%d', d))
+  end
+  if pending_key and pending_delta ~= 0 then
+    redis.call('INCRBY', pending_key, string.format('%d', pending_delta))
   end
 end
 
@@ -137,6 +146,7 @@ local function append(ch, expiring, kind, exp, sender, id, payload, keep)
   redis.call('ZADD', ch.exp, exp, s)
   if kind == 'm' then
     redis.call('ZADD', ch.unacked, exp, s)
+    pending_delta = pending_delta + 1
     if redis.call('HSETNX', ch.ids, id, s) == 0 then
       redis.call('HSET', ch.ids, id, redis.call('HGET', ch.ids, id) .. ' ' .. s)
     end
@@ -160,7 +170,7 @@ local function remove(ch, s, e, acked, pending, list)
   redis.call('ZREM', ch.exp, s)
   if acked then redis.call('HDEL', ch.acks, s) end
   if e.kind ~= 'm' then return end
-  if pending then redis.call('ZREM', ch.unacked, s) end
+  if pending then pending_delta = pending_delta - redis.call('ZREM', ch.unacked, s) end
   list = list or redis.call('HGET', ch.ids, e.id)
   if not list then return end
   if list == s then
@@ -186,7 +196,7 @@ local function ack_seq(ch, s, e, dev, acks, list)
   local first = not acks
   local now_acks = (acks or '') .. '\n' .. dev
   if first and e.kind == 'm' then
-    redis.call('ZREM', ch.unacked, s)
+    pending_delta = pending_delta - redis.call('ZREM', ch.unacked, s)
   end
   local devices = redis.call('HKEYS', ch.devices)
   local done = #devices > 0

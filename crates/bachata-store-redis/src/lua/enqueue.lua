@@ -3,12 +3,13 @@
 -- every check runs before the first write but the retained count's, which
 -- is taken back when it refuses.
 -- KEYS[1] dedupe record, KEYS[2] expiring index, KEYS[3] retained bytes,
---   then 8 keys per destination.
+--   KEYS[4] pending messages, then 8 keys per destination.
 -- ARGV: now, expires_at, dedupe_until, dedupe_px (0: no record), queue_limit,
 --       sender ('' for the system), id, payload, retained_limit, keep (ms
 --       the channels' keys live at least), then one tag per destination.
 local now = tonumber(ARGV[1])
 local n = #ARGV - 10
+pending_key = KEYS[4]
 
 local until_ = redis.call('GET', KEYS[1])
 if until_ then
@@ -19,7 +20,7 @@ end
 
 local limit = tonumber(ARGV[5])
 for i = 1, n do
-  if redis.call('ZCOUNT', KEYS[4 + (i - 1) * 8 + 3], '(' .. ARGV[1], '+inf') >= limit then
+  if redis.call('ZCOUNT', KEYS[5 + (i - 1) * 8 + 3], '(' .. ARGV[1], '+inf') >= limit then
     return {'full', i}
   end
 end
@@ -32,10 +33,12 @@ end
 
 local out = {'ok'}
 for i = 1, n do
-  local ch = keys_at(4 + (i - 1) * 8, ARGV[10 + i])
+  local ch = keys_at(5 + (i - 1) * 8, ARGV[10 + i])
   out[#out + 1] = append(ch, KEYS[2], 'm', ARGV[2], ARGV[6], ARGV[7], ARGV[8], ARGV[10])
 end
 if ARGV[4] ~= '0' then
   redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 end
+added_bytes = 0 -- counted above, before the appends
+flush_counts()
 return out

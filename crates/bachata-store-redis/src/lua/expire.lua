@@ -1,13 +1,15 @@
 -- expire, for one channel: drops up to `batch` entries with
 -- expires_at <= now, then (when none is left) sets the channel's score in the
 -- expiring index to its earliest expiry, or removes it when it has no entry.
--- KEYS: the channel's 8 keys, then the expiring index, the retained bytes.
+-- KEYS: the channel's 8 keys, then the expiring index, the retained bytes,
+-- the pending messages.
 -- ARGV: now, the channel's tag, batch.
 retained_key = KEYS[10]
+pending_key = KEYS[11]
 local ch = keys_at(1, ARGV[2])
 local batch = tonumber(ARGV[3])
 local dropped, more = drop_expired(ch, ARGV[1], batch)
-flush_retained()
+flush_counts()
 if more then return {dropped, 1} end
 local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
 if #first == 0 then
