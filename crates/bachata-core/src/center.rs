@@ -15,6 +15,7 @@ use std::sync::Weak;
 use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
 use crate::hook::{FirstAck, PostProcess, Queued};
 use crate::hub::Hub;
+use crate::presence::{DeviceCounts, Presence, merge, report_presence};
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
 use crate::stats::Stats;
@@ -120,9 +121,19 @@ pub struct CenterBuilder {
     config: DeliveryConfig,
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
+    presence: Option<Arc<dyn Presence>>,
 }
 
 impl CenterBuilder {
+    /// Shares this node's connection counts with the other nodes of its
+    /// store, and counts theirs in [`MessagesCenter::online`]. `build` must
+    /// then run inside a tokio runtime: it spawns the task that writes the
+    /// counts.
+    pub fn presence(mut self, presence: Arc<dyn Presence>) -> Self {
+        self.presence = Some(presence);
+        self
+    }
+
     /// Connects this node to the others that share its store. `build` must
     /// then run inside a tokio runtime: it spawns the task that feeds the
     /// bus's events to local connections.
@@ -164,14 +175,25 @@ impl CenterBuilder {
             store: self.store,
             routes: self.routes,
             hooks: self.hooks,
-            hub: Hub::new(),
+            hub: if self.presence.is_some() {
+                Hub::tracking_changes()
+            } else {
+                Hub::new()
+            },
             bus: self.bus,
+            presence: self.presence,
             config: self.config,
             stats: Arc::new(Stats::default()),
             sign_key: self.sign_key,
         });
         if let Some(bus) = &center.bus {
             tokio::spawn(listen_to_bus(bus.subscribe(), Arc::downgrade(&center)));
+        }
+        if let Some(presence) = &center.presence {
+            tokio::spawn(report_presence(
+                presence.clone(),
+                Arc::downgrade(&center.hub),
+            ));
         }
         center
     }
@@ -187,6 +209,7 @@ pub struct MessagesCenter {
     stats: Arc<Stats>,
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
+    presence: Option<Arc<dyn Presence>>,
 }
 
 /// Feeds other nodes' events to the local hub until the bus closes or the
@@ -264,6 +287,7 @@ impl MessagesCenter {
             config: DeliveryConfig::default(),
             sign_key: None,
             bus: None,
+            presence: None,
         }
     }
 
@@ -280,6 +304,17 @@ impl MessagesCenter {
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
+    }
+
+    /// The live connections of `channel` per device: this node's, and with
+    /// presence across nodes (see [`CenterBuilder::presence`]) every other
+    /// node's too.
+    pub async fn online(&self, channel: &Channel) -> Result<DeviceCounts, StoreError> {
+        let here = self.hub.online(channel);
+        match &self.presence {
+            Some(presence) => Ok(merge(here, presence.others(channel).await?)),
+            None => Ok(here),
+        }
     }
 
     pub fn stats(&self) -> &Stats {

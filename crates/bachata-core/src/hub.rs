@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bachata_proto::Channel;
 use bytes::Bytes;
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 
@@ -98,6 +98,29 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Live (id-less) messages that found a full queue and were dropped.
     pub live_dropped: AtomicU64,
+    /// With presence across nodes: the channels whose connections changed
+    /// since the presence task last took them, and its wake-up.
+    changes: Option<Arc<Changes>>,
+}
+
+/// See [`Hub::track_changes`].
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    changed: Mutex<HashSet<Channel>>,
+    notify: Notify,
+}
+
+impl Changes {
+    fn mark(&self, channel: &Channel) {
+        if self.changed.lock().insert(channel.clone()) {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Resolves when a channel was marked since the last call.
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await;
+    }
 }
 
 /// A live connection's registration; removed from the hub on drop.
@@ -111,6 +134,9 @@ pub struct Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        if let Some(changes) = &self.hub.changes {
+            changes.mark(&self.channel);
+        }
         let mut channels = self.hub.channels.write();
         if let Some(subs) = channels.get_mut(&self.channel) {
             subs.retain(|s| s.id != self.id);
@@ -132,6 +158,34 @@ impl Hub {
         Arc::new(Hub::default())
     }
 
+    /// A hub that records which channels' connections change, for the
+    /// presence task (see `presence.rs`).
+    pub(crate) fn tracking_changes() -> Arc<Self> {
+        Arc::new(Hub {
+            changes: Some(Arc::default()),
+            ..Hub::default()
+        })
+    }
+
+    /// The record of changed channels (see [`Hub::tracking_changes`]); a new
+    /// empty one on a hub that does not track them.
+    pub(crate) fn track_changes(&self) -> Arc<Changes> {
+        self.changes.clone().unwrap_or_default()
+    }
+
+    /// The channels whose connections changed since the last call.
+    pub(crate) fn take_changed(&self) -> Vec<Channel> {
+        match &self.changes {
+            Some(changes) => changes.changed.lock().drain().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Every channel with a live connection here.
+    pub(crate) fn channels_with_connections(&self) -> Vec<Channel> {
+        self.channels.read().keys().cloned().collect()
+    }
+
     pub fn subscribe(self: &Arc<Self>, channel: &Channel, device: &Device) -> Subscription {
         let inbox = Arc::new(Inbox::default());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -144,6 +198,9 @@ impl Hub {
                 device: device.clone(),
                 inbox: inbox.clone(),
             });
+        if let Some(changes) = &self.changes {
+            changes.mark(channel);
+        }
         Subscription {
             hub: self.clone(),
             channel: channel.clone(),

@@ -18,6 +18,7 @@ mod hook;
 mod hub;
 mod memory;
 pub mod memstate;
+mod presence;
 mod route;
 mod session;
 mod stats;
@@ -30,6 +31,7 @@ pub use center::{
 pub use hook::{FirstAck, PostProcess, Queued};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
+pub use presence::{DeviceCounts, Presence};
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use stats::Stats;

@@ -611,7 +611,12 @@ async fn channel_info(
     let Path(channel) = path.map_err(|e| path_error(&e))?;
     let channel = parse_channel(&channel)?;
     let mut devices = BTreeMap::new();
-    for (device, connections) in app.center.hub().online(&channel) {
+    let online = app
+        .center
+        .online(&channel)
+        .await
+        .map_err(|e| ApiError::store(&e))?;
+    for (device, connections) in online {
         let name = device.as_ref().map_or("", |d| d.as_str()).to_owned();
         *devices.entry(name).or_insert(0) += connections;
     }

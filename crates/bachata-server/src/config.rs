@@ -38,6 +38,11 @@ pub struct Config {
     /// messages get 400 `unavailable`.
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub redis_wait_timeout: Duration,
+    /// How long another node counts this node's connections after their
+    /// last write to Redis (`GET /api/channels/{c}`): a node that dies
+    /// leaves the counts within it. Written again every third of it.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub presence_ttl: Duration,
     /// HS256 secret for JWTs.
     pub jwt_secret: Option<String>,
     /// PEM file with an RSA or EC public key for RS256 / ES256 JWTs.
@@ -107,6 +112,7 @@ impl Default for Config {
             redis_url: None,
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
+            presence_ttl: Duration::from_secs(30),
             jwt_secret: None,
             jwt_public_key: None,
             api_key: None,
@@ -231,6 +237,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_wait_timeout: Option<String>,
+    /// With --store redis: how long other nodes count this node's connections after it stops writing them (a dead node's count goes within it) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_ttl: Option<String>,
     /// Secret for HS256 JWTs; turns JWT auth on and anonymous channels off.
     #[arg(long, value_name = "SECRET")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -509,6 +519,9 @@ impl Config {
                 return invalid("redis_wait_timeout must be longer than 0s");
             }
         }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return invalid("presence_ttl must be at least 1s");
+        }
         // Safe default (protocol.md section 1): anonymous channels only on loopback.
         if self.anonymous() && !self.listen.ip().is_loopback() && !self.insecure {
             return Err(ConfigError::Invalid(format!(
@@ -697,6 +710,13 @@ mod tests {
             );
             refused(
                 ServeArgs {
+                    presence_ttl: Some("500ms".into()),
+                    ..ServeArgs::default()
+                },
+                "presence_ttl must be at least 1s",
+            );
+            refused(
+                ServeArgs {
                     store: Some(StoreKind::Redis),
                     redis_url: Some("redis+cluster://127.0.0.1:7000".into()),
                     redis_wait_replicas: Some(1),
@@ -708,12 +728,14 @@ mod tests {
                 store: Some(StoreKind::Redis),
                 redis_url: Some("redis://127.0.0.1:6379".into()),
                 redis_wait_replicas: Some(2),
+                presence_ttl: Some("5s".into()),
                 redis_wait_timeout: Some("250ms".into()),
                 ..ServeArgs::default()
             };
             let c = Config::load(&waits).expect("valid");
             assert_eq!(c.redis_wait_replicas, 2);
             assert_eq!(c.redis_wait_timeout, Duration::from_millis(250));
+            assert_eq!(c.presence_ttl, Duration::from_secs(5));
             let insecure = ServeArgs {
                 jwt_secret: Some("too-short".into()),
                 insecure: true,

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use bachata_core::{CenterBuilder, DeliveryConfig, MemoryStore, MessagesCenter, Store};
 use bachata_store_redb::RedbStore;
-use bachata_store_redis::{RedisBus, RedisStore, RedisStoreOptions};
+use bachata_store_redis::{RedisBus, RedisPresence, RedisStore, RedisStoreOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -161,6 +161,10 @@ pub async fn start_with(
     if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
         // Other nodes share this Redis: hear about their messages.
         builder = builder.bus(Arc::new(RedisBus::connect(url).await?));
+        // ... and count their connections in the channel API.
+        builder = builder.presence(Arc::new(
+            RedisPresence::connect(url, config.presence_ttl).await?,
+        ));
     }
     if let Some(url) = &config.undelivered_webhook {
         builder = builder.hook(

@@ -273,3 +273,70 @@ async fn a_channel_whose_counter_is_lost_starts_a_new_epoch_for_connected_receiv
     assert_eq!(here.recv().await["id"], "m3", "same node");
     assert_eq!(there.recv().await["id"], "m3", "other node");
 }
+
+/// `GET /api/channels/{channel}` on `addr`: its `online` count and
+/// `devices`.
+async fn presence(addr: std::net::SocketAddr, channel: &str) -> (u64, serde_json::Value) {
+    let (status, body) = bachata_testkit::http::send(
+        addr,
+        &format!(
+            "GET /api/channels/{channel} HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer presence-test-key\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    (v["online"].as_u64().expect("online"), v["devices"].clone())
+}
+
+/// Polls `addr`'s count of `channel` until it is `want` (each node writes
+/// its counts on its own schedule), for at most ten seconds.
+async fn until_online(addr: std::net::SocketAddr, channel: &str, want: u64) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (online, devices) = presence(addr, channel).await;
+        if online == want {
+            return devices;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{channel} on {addr}: {online} online ({devices}), waiting for {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn presence_counts_every_node_and_a_killed_node_drops_out_within_its_ttl() {
+    let redis = RedisServer::start();
+    let mut args = redis_args(&redis);
+    args.extend(
+        ["--presence-ttl", "1s", "--api-key", "presence-test-key"]
+            .into_iter()
+            .map(String::from),
+    );
+    let (node_a, addr_a) = spawn_bachata(&args).await;
+    let (node_b, addr_b) = spawn_bachata(&args).await;
+    let _phone = TestClient::connect_device(addr_a, "bob", "phone").await;
+    let laptop = TestClient::connect_device(addr_b, "bob", "laptop").await;
+    let _default = TestClient::connect(addr_b, "bob").await;
+    // Each node counts the other's connections too.
+    for addr in [addr_a, addr_b] {
+        let devices = until_online(addr, "bob", 3).await;
+        assert_eq!(devices, json!({"": 1, "laptop": 1, "phone": 1}));
+    }
+    // A disconnect is written at once, not at the next refresh.
+    laptop.close().await;
+    assert_eq!(
+        until_online(addr_a, "bob", 2).await,
+        json!({"": 1, "phone": 1})
+    );
+    // A node that dies writes nothing more: its count goes with its TTL,
+    // while the live node's own count stays (it is written again).
+    kill9(node_b).await;
+    assert_eq!(until_online(addr_a, "bob", 1).await, json!({"phone": 1}));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(presence(addr_a, "bob").await.0, 1, "refreshed, not expired");
+    kill9(node_a).await;
+}

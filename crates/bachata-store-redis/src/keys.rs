@@ -59,6 +59,11 @@ fn shard_key(n: u32) -> String {
     format!("{EXPIRING}:{{{n}}}")
 }
 
+/// Every node's connection counts of a channel (see `presence.rs`).
+pub(crate) fn online(channel: &Channel) -> String {
+    format!("{PREFIX}{{{}}}:online", tag(channel))
+}
+
 /// The tag of a channel: its name as lowercase hex (never empty).
 pub(crate) fn tag(channel: &Channel) -> String {
     hex::encode(channel.as_str())

@@ -28,8 +28,9 @@
 //!
 //! The scripts apply exactly the rules of `bachata_core::memstate` (the
 //! reference implementation); the conformance suite of `bachata-testkit`
-//! checks both the same way. All times come in the requests (`now`,
-//! `expires_at`, `dedupe_until`): no script reads the Redis server's clock.
+//! checks both the same way. The times of the delivery rules come in the
+//! requests (`now`, `expires_at`, `dedupe_until`); Redis's own clock
+//! (`TIME`) only names epochs and dates the nodes' presence counts.
 //!
 //! # Key schema
 //! `<tag>` is the channel name as lowercase hex, so a channel's keys share one
@@ -46,6 +47,7 @@
 //! | `bachata:{<tag>}:acks` | hash | seq → `"\n" device` per device that acked it |
 //! | `bachata:{<tag>}:ids` | hash | message id → its seqs in this log, space separated, ascending |
 //! | `bachata:{<tag>}:devices` | hash | device (`""` = default device) → last seen ms |
+//! | `bachata:{<tag>}:online` | hash | node → `"<deadline ms>\n<n> <hex device>\n..."`: each node's live connections of the channel (see [`RedisPresence`]); expires with its last live field |
 //! | `bachata:g:{<hex group>}:members` | set | member channel names |
 //! | `bachata:d:{<hex sender>}:<id>` | string | dedupe deadline (ms) of a sender's id, with a `PX` expiry |
 //! | `bachata:d:{-<hex id>}:<id>` | string | the same for messages by the system (spread by id) |
@@ -281,11 +283,13 @@ mod codec;
 mod conn;
 mod keys;
 mod lifetimes;
+mod presence;
 mod retained;
 
 pub use bus::RedisBus;
 pub use conn::{CLUSTER_SCHEME, RedisStoreError, RedisStoreOptions};
 pub use lifetimes::{DEDUPE_GRACE_MS, KEEP_MARGIN_MS};
+pub use presence::RedisPresence;
 
 use std::collections::HashSet;
 use std::future::Future;

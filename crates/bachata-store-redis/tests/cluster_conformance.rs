@@ -1,7 +1,7 @@
 //! The Store conformance suite against a real 3-master Redis Cluster
 //! (`redis+cluster://`), and what only a cluster shows: destinations on
 //! different slots and nodes, the keys of each step, the pub/sub bus across
-//! nodes.
+//! nodes, presence counts in each channel's slot.
 //!
 //! Starting a cluster takes about 2 s (a new master waits before it serves),
 //! so the tests of this file share one through `RedisCluster::lease`: one
@@ -522,4 +522,38 @@ async fn a_master_down_fails_calls_fast_and_they_recover() {
     // (seqs go back when Redis loses data, as on standalone Redis).
     assert!(matches!(stored, Enqueued::Stored(_)), "{stored:?}");
     store.health().await.expect("healthy again");
+}
+
+/// Presence counts live in each channel's own slot: two nodes on a cluster
+/// see each other's counts, whichever master holds the channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_counts_are_shared_on_a_cluster() {
+    use bachata_core::Presence;
+    use bachata_store_redis::RedisPresence;
+    let cluster = RedisCluster::lease(3);
+    let ttl = std::time::Duration::from_secs(30);
+    let a = RedisPresence::connect(&cluster.url(), ttl)
+        .await
+        .expect("a");
+    let b = RedisPresence::connect(&cluster.url(), ttl)
+        .await
+        .expect("b");
+    let channels: Vec<Channel> = (0..12).map(|i| ch(&format!("presence-{i}"))).collect();
+    a.report(
+        channels
+            .iter()
+            .map(|c| (c.clone(), vec![(None, 2)]))
+            .collect(),
+    )
+    .await
+    .expect("report");
+    for c in &channels {
+        assert_eq!(b.others(c).await.expect("read"), vec![(None, 2)], "{c}");
+    }
+    a.report(channels.iter().map(|c| (c.clone(), Vec::new())).collect())
+        .await
+        .expect("report");
+    for c in &channels {
+        assert!(b.others(c).await.expect("read").is_empty(), "{c}");
+    }
 }

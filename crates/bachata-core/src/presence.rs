@@ -1,0 +1,181 @@
+//! Presence across nodes: who is connected to a channel on any node that
+//! shares this node's store, for `GET /api/channels/{channel}`
+//! (protocol.md section 7).
+//!
+//! Each node writes its own connection counts, per channel and device, to a
+//! shared place (Redis: `RedisPresence`) whenever they change, and writes
+//! them all again every [`Presence::refresh_every`]. A count that is not
+//! written again within the implementation's time to live stops counting:
+//! a node that dies (SIGKILL, a lost machine) drops out of every channel's
+//! count by itself. Reading a channel sums this node's live count (exact)
+//! and the other nodes' last written ones.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bachata_proto::Channel;
+
+use crate::hub::Hub;
+use crate::store::{Device, StoreError};
+
+/// One channel's connections on one node, per device (an empty list: none).
+pub type DeviceCounts = Vec<(Device, usize)>;
+
+/// Where the nodes of one store share their connection counts.
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    /// How often this node writes every count again; well within the time
+    /// after which the others stop counting a count nobody wrote again.
+    fn refresh_every(&self) -> Duration;
+
+    /// Writes this node's connections of each channel (an empty list
+    /// removes the node from that channel).
+    async fn report(&self, counts: Vec<(Channel, DeviceCounts)>) -> Result<(), StoreError>;
+
+    /// The other nodes' live connections of `channel`, per device.
+    async fn others(&self, channel: &Channel) -> Result<DeviceCounts, StoreError>;
+}
+
+/// At most this many channels per [`Presence::report`] call.
+const REPORT_BATCH: usize = 512;
+
+/// Keeps the shared counts of this node up to date until the hub is gone:
+/// the channels whose connections changed as soon as they change (coalesced
+/// while a write is under way), every channel every `refresh_every`.
+pub(crate) async fn report_presence(presence: Arc<dyn Presence>, hub: Weak<Hub>) {
+    let Some(changes) = hub.upgrade().map(|h| h.track_changes()) else {
+        return;
+    };
+    let mut refresh = tokio::time::interval(presence.refresh_every());
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let everything = tokio::select! {
+            () = changes.notified() => false,
+            _ = refresh.tick() => true,
+        };
+        let Some(hub) = hub.upgrade() else {
+            return;
+        };
+        let channels = if everything {
+            hub.take_changed();
+            hub.channels_with_connections()
+        } else {
+            hub.take_changed()
+        };
+        let counts: Vec<(Channel, DeviceCounts)> = channels
+            .into_iter()
+            .map(|c| {
+                let online = hub.online(&c);
+                (c, online)
+            })
+            .collect();
+        drop(hub);
+        for batch in counts.chunks(REPORT_BATCH) {
+            if let Err(e) = presence.report(batch.to_vec()).await {
+                // The next refresh writes every count again.
+                tracing::warn!(error = %e, "cannot share this node's connection counts");
+                break;
+            }
+        }
+    }
+}
+
+/// `a` and `b` added up, per device.
+pub(crate) fn merge(mut a: DeviceCounts, b: DeviceCounts) -> DeviceCounts {
+    for (device, n) in b {
+        match a.iter_mut().find(|(d, _)| *d == device) {
+            Some((_, m)) => *m += n,
+            None => a.push((device, n)),
+        }
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn ch(name: &str) -> Channel {
+        Channel::new(name).expect("channel")
+    }
+
+    fn dev(name: &str) -> Device {
+        Some(bachata_proto::DeviceId::new(name).expect("device"))
+    }
+
+    #[derive(Default)]
+    struct Recorded {
+        reports: Mutex<Vec<(Channel, DeviceCounts)>>,
+        notify: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl Presence for Recorded {
+        fn refresh_every(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn report(&self, counts: Vec<(Channel, DeviceCounts)>) -> Result<(), StoreError> {
+            self.reports.lock().expect("lock").extend(counts);
+            self.notify.notify_one();
+            Ok(())
+        }
+        async fn others(&self, _: &Channel) -> Result<DeviceCounts, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    impl Recorded {
+        /// Waits until the last report for `channel` is `want`.
+        async fn until(&self, channel: &Channel, want: &DeviceCounts) {
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    let notified = self.notify.notified();
+                    let last = self
+                        .reports
+                        .lock()
+                        .expect("lock")
+                        .iter()
+                        .rev()
+                        .find(|(c, _)| c == channel)
+                        .map(|(_, n)| n.clone());
+                    if last.as_ref() == Some(want) {
+                        return;
+                    }
+                    notified.await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("no report of {want:?} for {channel}"));
+        }
+    }
+
+    #[tokio::test]
+    async fn connects_and_disconnects_are_reported_and_the_last_one_leaves_an_empty_count() {
+        let hub = Hub::tracking_changes();
+        let presence = Arc::new(Recorded::default());
+        tokio::spawn(report_presence(presence.clone(), Arc::downgrade(&hub)));
+        // The first refresh tick reports an empty hub.
+        let phone = hub.subscribe(&ch("bob"), &dev("phone"));
+        let phone2 = hub.subscribe(&ch("bob"), &dev("phone"));
+        let laptop = hub.subscribe(&ch("bob"), &None);
+        presence
+            .until(&ch("bob"), &vec![(dev("phone"), 2), (None, 1)])
+            .await;
+        drop(phone);
+        drop(laptop);
+        presence.until(&ch("bob"), &vec![(dev("phone"), 1)]).await;
+        drop(phone2);
+        presence.until(&ch("bob"), &Vec::new()).await;
+    }
+
+    #[test]
+    fn merge_adds_per_device() {
+        let merged = merge(
+            vec![(None, 1), (dev("phone"), 2)],
+            vec![(dev("phone"), 3), (dev("tv"), 1)],
+        );
+        assert_eq!(merged, vec![(None, 1), (dev("phone"), 5), (dev("tv"), 1)]);
+    }
+}
