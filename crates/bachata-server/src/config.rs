@@ -38,6 +38,9 @@ pub struct Config {
     /// messages get 400 `unavailable`.
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub redis_wait_timeout: Duration,
+    /// For `rediss://`: the certificate authority (PEM file) that signed
+    /// Redis's certificate, instead of the system's roots.
+    pub redis_ca: Option<PathBuf>,
     /// How long another node counts this node's connections after their
     /// last write to Redis (`GET /api/channels/{c}`): a node that dies
     /// leaves the counts within it. Written again every third of it.
@@ -113,6 +116,7 @@ impl Default for Config {
             redis_wait_replicas: 0,
             redis_wait_timeout: Duration::from_secs(1),
             presence_ttl: Duration::from_secs(30),
+            redis_ca: None,
             jwt_secret: None,
             jwt_public_key: None,
             api_key: None,
@@ -237,6 +241,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_wait_timeout: Option<String>,
+    /// With a rediss:// URL: the CA certificate (PEM) that signed Redis's certificate [default: the system's roots].
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca: Option<PathBuf>,
     /// With --store redis: how long other nodes count this node's connections after it stops writing them (a dead node's count goes within it) [default: 30s].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -518,6 +526,9 @@ impl Config {
             if self.redis_wait_timeout.is_zero() {
                 return invalid("redis_wait_timeout must be longer than 0s");
             }
+        }
+        if self.redis_ca.is_some() && self.store != StoreKind::Redis {
+            return invalid("redis_ca needs --store redis with a rediss:// URL");
         }
         if self.presence_ttl < Duration::from_secs(1) {
             return invalid("presence_ttl must be at least 1s");

@@ -116,10 +116,24 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
             let options = RedisStoreOptions {
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
-                ..RedisStoreOptions::default()
+                ..redis_options(config)?
             };
             Arc::new(RedisStore::connect_with(url, options).await?)
         }
+    })
+}
+
+/// The connection settings every Redis connection of the node shares.
+fn redis_options(config: &Config) -> Result<RedisStoreOptions, StartError> {
+    let ca_pem = match &config.redis_ca {
+        Some(path) => Some(std::fs::read(path).map_err(|e| {
+            ConfigError::Invalid(format!("cannot read --redis-ca {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    Ok(RedisStoreOptions {
+        ca_pem,
+        ..RedisStoreOptions::default()
     })
 }
 
@@ -160,10 +174,11 @@ pub async fn start_with(
     let mut builder = customize(MessagesCenter::builder(store.clone()));
     if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
         // Other nodes share this Redis: hear about their messages.
-        builder = builder.bus(Arc::new(RedisBus::connect(url).await?));
+        let options = redis_options(&config)?;
+        builder = builder.bus(Arc::new(RedisBus::connect_with(url, &options).await?));
         // ... and count their connections in the channel API.
         builder = builder.presence(Arc::new(
-            RedisPresence::connect(url, config.presence_ttl).await?,
+            RedisPresence::connect_with(url, config.presence_ttl, options).await?,
         ));
     }
     if let Some(url) = &config.undelivered_webhook {

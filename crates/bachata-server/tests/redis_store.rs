@@ -234,3 +234,64 @@ async fn wait_replicas_holds_the_100_until_a_replica_confirms() {
     assert_eq!(bob.recv().await["id"], "m2");
     assert!(bob.sync().await.is_empty(), "each once");
 }
+
+/// `rediss://`: the store, the bus between nodes and presence all talk TLS
+/// to Redis, trusting the CA given by `--redis-ca`; without it the
+/// certificate is checked against the system's roots and the server
+/// refuses to start, naming the cause.
+#[tokio::test]
+async fn rediss_with_a_private_ca_carries_messages_between_two_nodes() {
+    let ca = bachata_testkit::tls::TestCa::new();
+    let redis = RedisServer::start_tls(&ca);
+    let url = redis.tls_url().expect("TLS port");
+    let on_tls = |ca_file: Option<std::path::PathBuf>| {
+        let url = url.clone();
+        move |c: &mut bachata_server::Config| {
+            c.store = bachata_server::StoreKind::Redis;
+            c.redis_url = Some(url);
+            c.redis_ca = ca_file;
+        }
+    };
+    let a = common::start_with(on_tls(Some(ca.ca_file()))).await;
+    let b = common::start_with(on_tls(Some(ca.ca_file()))).await;
+    let mut alice = TestClient::connect(a.addr(), "alice").await;
+    let mut bob = TestClient::connect(b.addr(), "bob").await;
+    alice.send_direct("m1", "bob", json!("over TLS")).await;
+    alice.expect(100, "m1").await;
+    let m = bob.recv().await;
+    assert_eq!(
+        (m["id"].clone(), m["data"].clone()),
+        (json!("m1"), json!("over TLS"))
+    );
+    bob.ack("m1").await;
+    alice.expect(300, "m1").await;
+    // Nothing went over the plain port but the test's own readiness check:
+    // the TLS port served the nodes.
+    let plain = ::redis::Client::open(redis.url()).expect("url");
+    let mut plain = plain
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let clients: String = ::redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut plain)
+        .await
+        .expect("CLIENT LIST");
+    let tls_port = url.trim_end_matches('/').rsplit(':').next().expect("port");
+    assert!(
+        clients
+            .lines()
+            .filter(|l| l.contains(&format!("laddr=127.0.0.1:{tls_port}")))
+            .count()
+            >= 2,
+        "the nodes connect on the TLS port: {clients}"
+    );
+
+    let mut config = common::config();
+    on_tls(None)(&mut config);
+    let Err(refused) = bachata_server::start(config).await else {
+        panic!("started without trusting Redis's certificate");
+    };
+    let text = format!("{refused:#}").to_lowercase();
+    assert!(text.contains("certificate"), "{text}");
+}

@@ -47,7 +47,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::conn::{Conn, cluster_seeds};
-use crate::conn::{RedisStoreError, RedisStoreOptions, connect_conn, node_id};
+use crate::conn::{RedisStoreError, RedisStoreOptions, client, connect_conn, node_id};
 
 /// The pub/sub channel all nodes share.
 pub const BUS_CHANNEL: &str = "bachata:bus";
@@ -79,14 +79,22 @@ impl RedisBus {
     /// publishing and listening. Must run inside a tokio runtime; the tasks
     /// end when the bus is dropped.
     pub async fn connect(url: &str) -> Result<RedisBus, RedisStoreError> {
+        RedisBus::connect_with(url, &RedisStoreOptions::default()).await
+    }
+
+    /// [`RedisBus::connect`] with connection settings (a certificate
+    /// authority for `rediss://`, say).
+    pub async fn connect_with(
+        url: &str,
+        options: &RedisStoreOptions,
+    ) -> Result<RedisBus, RedisStoreError> {
         // Where to subscribe: the server, or each seed of a cluster in turn.
         let seeds = cluster_seeds(url)?.unwrap_or_else(|| vec![url.to_owned()]);
         let subscribers = seeds
             .iter()
-            .map(|seed| redis::Client::open(seed.as_str()))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| RedisStoreError::Url(e.to_string()))?;
-        let publisher = connect_conn(url, &RedisStoreOptions::default()).await?;
+            .map(|seed| client(seed, options))
+            .collect::<Result<Vec<_>, _>>()?;
+        let publisher = connect_conn(url, options).await?;
         let node = node_id();
         let (outgoing, to_publish) = mpsc::channel(OUTGOING);
         let (from_others, incoming) = mpsc::channel(INCOMING);

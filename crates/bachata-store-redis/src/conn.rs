@@ -95,6 +95,9 @@ pub struct RedisStoreOptions {
     pub wait_replicas: usize,
     /// How long a batch waits for `wait_replicas` (`WAIT`'s timeout).
     pub wait_timeout: Duration,
+    /// For `rediss://`: the certificate authority (PEM) that signed Redis's
+    /// certificate, instead of the system's roots.
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl Default for RedisStoreOptions {
@@ -107,6 +110,7 @@ impl Default for RedisStoreOptions {
             call_timeout: Duration::from_secs(8),
             wait_replicas: 0,
             wait_timeout: Duration::from_secs(1),
+            ca_pem: None,
         }
     }
 }
@@ -130,7 +134,11 @@ pub(crate) async fn connect_conn(
 ) -> Result<Conn, RedisStoreError> {
     let connect = async {
         if let Some(seeds) = cluster_seeds(url)? {
-            let client = ClusterClientBuilder::new(seeds)
+            let mut builder = ClusterClientBuilder::new(seeds);
+            if let Some(certs) = tls_certificates(options) {
+                builder = builder.certs(certs);
+            }
+            let client = builder
                 .connection_timeout(options.connection_timeout)
                 .response_timeout(options.response_timeout)
                 .retries(u32::try_from(options.reconnect_retries).unwrap_or(u32::MAX))
@@ -145,7 +153,7 @@ pub(crate) async fn connect_conn(
                 .map_err(|e| RedisStoreError::Connect(short(&e)))?;
             Ok(Conn::Cluster(conn))
         } else {
-            let client = redis::Client::open(url).map_err(|e| RedisStoreError::Url(short(&e)))?;
+            let client = client(url, options)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(options.connection_timeout))
                 .set_response_timeout(Some(options.response_timeout))
@@ -164,6 +172,26 @@ pub(crate) async fn connect_conn(
             options.call_timeout
         ))),
     }
+}
+
+/// A client for one standalone server (or one seed of a cluster), with the
+/// options' certificate authority for `rediss://`.
+pub(crate) fn client(
+    url: &str,
+    options: &RedisStoreOptions,
+) -> Result<redis::Client, RedisStoreError> {
+    let client = match tls_certificates(options) {
+        Some(certs) if url.starts_with("rediss://") => redis::Client::build_with_tls(url, certs),
+        _ => redis::Client::open(url),
+    };
+    client.map_err(|e| RedisStoreError::Url(short(&e)))
+}
+
+fn tls_certificates(options: &RedisStoreOptions) -> Option<redis::TlsCertificates> {
+    options.ca_pem.as_ref().map(|ca| redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(ca.clone()),
+    })
 }
 
 /// Names this process's store or bus among bachata nodes.

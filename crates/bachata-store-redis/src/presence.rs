@@ -47,7 +47,15 @@ impl RedisPresence {
     /// stop counting `ttl` after its last write: a dead node leaves every
     /// channel's count within `ttl`.
     pub async fn connect(url: &str, ttl: Duration) -> Result<RedisPresence, RedisStoreError> {
-        let options = RedisStoreOptions::default();
+        RedisPresence::connect_with(url, ttl, RedisStoreOptions::default()).await
+    }
+
+    /// [`RedisPresence::connect`] with connection settings.
+    pub async fn connect_with(
+        url: &str,
+        ttl: Duration,
+        options: RedisStoreOptions,
+    ) -> Result<RedisPresence, RedisStoreError> {
         let conn = connect_conn(url, &options).await?;
         Ok(RedisPresence {
             conn,

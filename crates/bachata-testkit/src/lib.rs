@@ -11,6 +11,7 @@
 //!   requests with headers of the test's choosing).
 //! - [`redis`] and [`redis_cluster`]: a real `redis-server` (or a cluster of
 //!   them) on free loopback ports, stopped on drop.
+//! - [`tls`]: a throw-away certificate authority and server certificate.
 
 pub mod client;
 pub mod conformance;
@@ -18,3 +19,4 @@ pub mod http;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+pub mod tls;

@@ -82,6 +82,39 @@ impl RedisServer {
         server.spawn_and_wait().map(|()| server)
     }
 
+    /// Like [`RedisServer::start`], also serving TLS with `ca`'s server
+    /// certificate on a second port (see [`RedisServer::tls_url`]); clients
+    /// need no certificate of their own. The plain port stays for the
+    /// readiness check.
+    pub fn start_tls(ca: &crate::tls::TestCa) -> RedisServer {
+        let tls_port = free_port().to_string();
+        let (cert, key, ca_file) = (
+            ca.cert_file().display().to_string(),
+            ca.key_file().display().to_string(),
+            ca.ca_file().display().to_string(),
+        );
+        Self::start_with_args(&[
+            "--tls-port",
+            &tls_port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca_file,
+            "--tls-auth-clients",
+            "no",
+        ])
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` of a server started with
+    /// [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        let at = self.args.iter().position(|a| a == "--tls-port")?;
+        let port = self.args.get(at + 1)?;
+        Some(format!("rediss://127.0.0.1:{port}/"))
+    }
+
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
