@@ -32,6 +32,8 @@ echo "## idle: 10,000 connections, server RSS per connection"
 $bench idle --spawn $server --connections 10000
 echo "## chaos: reliable load, the server SIGKILLed and restarted 5 times"
 $bench chaos --spawn $server --kills 5 --pairs 10 --window 16 --duration 15s
+echo "## chaos: two nodes on one Redis (AOF everysec), senders on one, receivers on the other, each SIGKILLed in turn"
+$bench chaos --spawn $server --store redis --nodes 2 --kills 4 --pairs 10 --window 16 --duration 15s
 echo "## fanout: a group of 100 members, 1 sender, W=16, embedded store"
 $bench fanout --spawn $server --store embedded --members 100 --senders 1 --window 16 --duration 10s
 echo "## fanout: a group of 100 members, 1 sender, W=16, memory store"

@@ -1,7 +1,8 @@
 //! The `chaos` scenario: continuous reliable load (through `bachata-client`,
-//! which reconnects and resends unconfirmed ids) while the server process is
-//! SIGKILLed and restarted K times on the same data directory; then a drain.
-//! Every message that got a 100 must arrive: the report's `lost` must be 0.
+//! which reconnects and resends unconfirmed ids) while a server process is
+//! SIGKILLed and restarted K times on the same data directory (or, with
+//! several nodes on one Redis, each node in turn); then a drain. Every
+//! message that got a 100 must arrive: the report's `lost` must be 0.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -60,10 +61,13 @@ impl Ledger {
     }
 }
 
-/// Runs `pairs` sender/receiver pairs against `addr` for `duration`, calling
-/// `kill_and_restart` `kills` times at even intervals meanwhile.
+/// Runs `pairs` sender/receiver pairs for `duration`, the senders on
+/// `senders_at` and the receivers on `receivers_at` (the same server, or
+/// two nodes of one Redis), calling `kill_and_restart(k)` for the `k`-th of
+/// `kills` kills at even intervals meanwhile.
 pub(crate) async fn run<F, Fut>(
-    addr: SocketAddr,
+    senders_at: SocketAddr,
+    receivers_at: SocketAddr,
     pairs: usize,
     window: usize,
     duration: Duration,
@@ -71,7 +75,7 @@ pub(crate) async fn run<F, Fut>(
     mut kill_and_restart: F,
 ) -> anyhow::Result<Report>
 where
-    F: FnMut() -> Fut,
+    F: FnMut(usize) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     let started = Instant::now();
@@ -79,7 +83,7 @@ where
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut receivers = Vec::new();
     for i in 0..pairs {
-        let client = Client::connect(config(addr, &format!("chaos-r{i}"))).await?;
+        let client = Client::connect(config(receivers_at, &format!("chaos-r{i}"))).await?;
         receivers.push(tokio::spawn(receive_ids(
             client,
             ledger.clone(),
@@ -89,7 +93,7 @@ where
     let deadline = started + duration;
     let mut senders = Vec::new();
     for i in 0..pairs {
-        let client = Client::connect(config(addr, &format!("chaos-s{i}"))).await?;
+        let client = Client::connect(config(senders_at, &format!("chaos-s{i}"))).await?;
         senders.push(tokio::spawn(send_until(
             client,
             i,
@@ -102,7 +106,7 @@ where
     for k in 0..kills {
         let at = started + duration.mul_f64((k + 1) as f64 / (kills + 1) as f64);
         tokio::time::sleep_until(at).await;
-        kill_and_restart().await?;
+        kill_and_restart(k).await?;
     }
     for s in senders {
         let _ = s.await;

@@ -61,9 +61,21 @@ enum Cmd {
     /// Reliable load while the server is SIGKILLed and restarted K times;
     /// every message that got a 100 must arrive.
     Chaos {
-        /// The `bachata` binary to spawn (embedded store).
+        /// The `bachata` binary to spawn.
         #[arg(long)]
         spawn: PathBuf,
+        /// `embedded` (one node, restarted on its data directory) or
+        /// `redis` (one redis-server of the run's own, with AOF, that stays
+        /// up while the nodes are killed).
+        #[arg(long, default_value = "embedded")]
+        store: String,
+        /// The redis-server binary, for --store redis.
+        #[arg(long, default_value = "redis-server")]
+        redis_server: PathBuf,
+        /// Nodes on one Redis (--store redis): senders on the first,
+        /// receivers on the last, the kills going round them.
+        #[arg(long, default_value_t = 1)]
+        nodes: usize,
         #[arg(long, default_value_t = 5)]
         kills: usize,
         #[arg(long, default_value_t = 10)]
@@ -229,13 +241,27 @@ fn main() -> anyhow::Result<()> {
         Cmd::NullRelay { listen } => runtime.block_on(relay::serve(listen)),
         Cmd::Chaos {
             spawn: bachata,
+            store,
+            redis_server,
+            nodes,
             kills,
             pairs,
             window,
             duration,
             json,
         } => {
-            let ok = runtime.block_on(chaos_cmd(bachata, kills, pairs, window, duration, json))?;
+            let spawn = servers::Spawn {
+                bachata,
+                store,
+                redis_server,
+            };
+            let load = ChaosLoad {
+                kills,
+                pairs,
+                window,
+                duration,
+            };
+            let ok = runtime.block_on(chaos_cmd(spawn, nodes, load, json))?;
             if !ok {
                 std::process::exit(1);
             }
@@ -486,51 +512,102 @@ async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow
     Ok(())
 }
 
-async fn chaos_cmd(
-    bachata: PathBuf,
+/// The load and the kills of a `chaos` run.
+struct ChaosLoad {
     kills: usize,
     pairs: usize,
     window: usize,
     duration: Duration,
+}
+
+async fn chaos_cmd(
+    spawn: servers::Spawn,
+    nodes: usize,
+    load: ChaosLoad,
     json: bool,
 ) -> anyhow::Result<bool> {
-    let dir = tempfile::tempdir()?;
-    // A fixed port, so clients reconnect to the restarted server.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let start = || {
-        let mut cmd = Command::new(&bachata);
-        cmd.args(["serve", "--listen", &listen, "--store", "embedded"])
+    let nodes = nodes.max(1);
+    if nodes > 1 && spawn.store != "redis" {
+        anyhow::bail!("several nodes share state only on --store redis");
+    }
+    let redis = match spawn.store.as_str() {
+        "redis" => Some(servers::RedisProcess::start(&spawn.redis_server).await?),
+        "embedded" => None,
+        other => anyhow::bail!("--store {other}: chaos runs on embedded or redis"),
+    };
+    // Per node a data directory and a fixed port, so that clients
+    // reconnect to the restarted node.
+    let mut places = Vec::with_capacity(nodes);
+    for _ in 0..nodes {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        places.push((tempfile::tempdir()?, format!("127.0.0.1:{port}")));
+    }
+    let start = |node: usize| {
+        let (dir, listen) = &places[node];
+        let mut cmd = Command::new(&spawn.bachata);
+        cmd.args(["serve", "--listen", listen, "--store", &spawn.store])
             .arg("--data-dir")
             .arg(dir.path())
             .env("BACHATA_LOG", "warn,bachata_server=info");
+        if let Some(redis) = &redis {
+            cmd.args(["--redis-url", &redis.url]);
+        }
         servers::spawn(cmd, "addr=", true)
     };
-    let (server, addr) = start().await?;
-    let server = Arc::new(tokio::sync::Mutex::new(server));
-    let handle = server.clone();
-    let report = chaos::run(addr.parse()?, pairs, window, duration, kills, || {
-        let handle = handle.clone();
-        let start = &start;
-        async move {
-            let mut child = handle.lock().await;
-            child.start_kill()?;
-            child.wait().await?;
-            let (new, _) = start().await?;
-            *child = new;
-            Ok(())
-        }
-    })
+    let mut children = Vec::with_capacity(nodes);
+    let mut addrs = Vec::with_capacity(nodes);
+    for node in 0..nodes {
+        let (child, addr) = start(node).await?;
+        children.push(child);
+        addrs.push(addr.parse::<std::net::SocketAddr>()?);
+    }
+    let children = Arc::new(tokio::sync::Mutex::new(children));
+    let handle = children.clone();
+    let ChaosLoad {
+        kills,
+        pairs,
+        window,
+        duration,
+    } = load;
+    let report = chaos::run(
+        addrs[0],
+        addrs[nodes - 1],
+        pairs,
+        window,
+        duration,
+        kills,
+        |k| {
+            let handle = handle.clone();
+            let start = &start;
+            async move {
+                let node = k % nodes;
+                let mut children = handle.lock().await;
+                let child = &mut children[node];
+                child.start_kill()?;
+                child.wait().await?;
+                let (new, _) = start(node).await?;
+                *child = new;
+                Ok(())
+            }
+        },
+    )
     .await?;
     let ok = report.lost == 0 && report.stored > 0;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "chaos: {} kills in {:.1}s; sent {}, stored (100) {}, received {}, lost = {}",
-            report.kills, report.seconds, report.sent, report.stored, report.received, report.lost
+            "chaos ({} store, {nodes} node(s)): {} kills in {:.1}s; sent {}, stored (100) {}, \
+             received {}, lost = {}",
+            spawn.store,
+            report.kills,
+            report.seconds,
+            report.sent,
+            report.stored,
+            report.received,
+            report.lost
         );
         println!(
             "{}",
