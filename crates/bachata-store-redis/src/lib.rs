@@ -12,7 +12,8 @@
 //! Every operation of the [`Store`] trait is one Lua script (sent with
 //! `EVALSHA` through [`redis::Script`], loaded again by itself after a Redis
 //! restart) or one plain command, so each is atomic on the Redis server and
-//! concurrent nodes never see half of an operation:
+//! concurrent nodes never see half of an operation. Enqueues and acks go in
+//! batches of many, one `lua/batch.lua` call each (see `writer.rs`):
 //!
 //! - `enqueue` checks the dedupe record, then the queue limit of **every**
 //!   destination, and only then appends to every destination's log and writes

@@ -28,9 +28,9 @@ macro_rules! script {
 /// Every script of the store.
 #[derive(Debug)]
 pub(crate) struct Scripts {
-    pub(crate) enqueue: Script,
+    /// The enqueues and acks of one writer batch (standalone Redis).
+    pub(crate) batch: Script,
     pub(crate) read: Script,
-    pub(crate) ack: Script,
     pub(crate) ack_seqs: Script,
     pub(crate) expire: Script,
     pub(crate) touch: Script,
@@ -40,9 +40,8 @@ pub(crate) struct Scripts {
 impl Scripts {
     pub(crate) fn new() -> Self {
         Scripts {
-            enqueue: script!("enqueue.lua"),
+            batch: script!("batch.lua"),
             read: script!("#!lua flags=no-writes", "read.lua"),
-            ack: script!("ack.lua"),
             ack_seqs: script!("ack_seqs.lua"),
             expire: script!("expire.lua"),
             touch: script!("touch.lua"),
@@ -60,7 +59,7 @@ impl Scripts {
         timeout: Duration,
     ) -> Result<(), StoreError> {
         let mut pipe = redis::pipe();
-        pipe.load_script(&self.enqueue).load_script(&self.ack);
+        pipe.load_script(&self.batch);
         match tokio::time::timeout(timeout, pipe.query_async::<Vec<String>>(conn)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(crate::codec::map_error("script load", e)),

@@ -3,10 +3,11 @@
 //!
 //! `start_enqueue` and `start_ack` put their request in one queue, in call
 //! order, and return at once; a writer task takes everything that has
-//! gathered (up to [`MAX_BATCH`]) and sends it as one pipeline of script
-//! calls on the multiplexed connection. Redis runs a connection's commands
-//! in the order they arrive, so the order of the queue is the order of the
-//! effects: a connection that starts its messages one after the other keeps
+//! gathered (up to [`MAX_BATCH`]) and sends it as one call of
+//! `lua/batch.lua`, which runs the requests in their order, on the
+//! multiplexed connection. Redis runs a script atomically and a
+//! connection's commands in the order they arrive, so the order of the queue
+//! is the order of the effects: a connection that starts its messages one after the other keeps
 //! their order although it does not wait for each round trip. One batch is
 //! in flight at a time; the next gathers meanwhile, so batches grow with the
 //! load, as group commits do.
@@ -20,10 +21,10 @@
 //! A batch that fails whole (the connection dropped, the call timed out)
 //! fails each of its requests with `unavailable`: some may have run, and a
 //! resent message is then a duplicate (its dedupe record stands). When Redis
-//! lost the scripts (a restart), the requests refused with `NOSCRIPT` are
-//! sent again, in their order, after the scripts are loaded; requests of
-//! one script either all ran or all were refused, so the order of a
-//! connection's messages (and of its acks) holds.
+//! lost the script (a restart), the batch refused with `NOSCRIPT` is sent
+//! again after the script is loaded: a batch either ran or was refused
+//! whole, so the order of a connection's messages (and of its acks) holds.
+//! One request that fails inside the script (corrupt data) fails alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +39,7 @@ use crate::keys::{self, ChannelKeys, EXPIRING, PENDING, PREFIX, RETAINED};
 use crate::lifetimes::{dedupe_px, keep_for};
 use crate::scripts::Scripts;
 
-/// Requests one pipeline carries at most.
+/// Requests one batch carries at most.
 pub(crate) const MAX_BATCH: usize = 512;
 
 /// One request in the queue, with where its answer goes.
@@ -48,10 +49,12 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    fn invocation<'a>(&self, scripts: &'a Scripts) -> redis::ScriptInvocation<'a> {
+    /// Adds this request to the batch script's call: its kind, its number
+    /// of keys and of arguments, its keys, its arguments (`lua/batch.lua`).
+    fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
         match self {
-            Op::Enqueue(msg, _) => enqueue_invocation(scripts, msg),
-            Op::Ack(ack, _) => ack_invocation(scripts, ack),
+            Op::Enqueue(msg, _) => add_enqueue(inv, msg),
+            Op::Ack(ack, _) => add_ack(inv, ack),
         }
     }
 
@@ -121,7 +124,7 @@ async fn run(
     }
 }
 
-/// Sends `ops` as one pipeline; one reply per op, in order.
+/// Sends `ops` as one batch; one reply per op, in order.
 ///
 /// A batch that fails whole (its connection broke, say: the connection
 /// reconnects meanwhile) is sent again, in its order, after a short pause,
@@ -215,27 +218,28 @@ fn answer_of(reply: Result<Value, RedisOrStore>, op: &Op) -> Result<Value, Store
     }
 }
 
-/// A per-request failure: Redis's own error for that request, the
-/// batch's, or a batch whose writes too few replicas confirmed.
+/// A per-request failure: the request's own error, the batch's, a batch
+/// whose writes too few replicas confirmed, or a script Redis lost.
 enum RedisOrStore {
-    Redis(redis::RedisError),
     Store(StoreError),
     /// Too few replicas confirmed the batch; the request's own reply.
     Unconfirmed(String, Value),
+    /// Redis lost the script (a restart): load it and send again.
+    NoScript,
 }
 
 impl RedisOrStore {
     fn into_store(self, what: &str) -> StoreError {
         match self {
-            RedisOrStore::Redis(e) => crate::codec::map_error(what, e),
             RedisOrStore::Store(e) => e,
             RedisOrStore::Unconfirmed(why, _) => StoreError::backend(why),
+            RedisOrStore::NoScript => StoreError::backend(format!("redis {what}: no script")),
         }
     }
 }
 
 fn is_noscript(e: &RedisOrStore) -> bool {
-    matches!(e, RedisOrStore::Redis(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript))
+    matches!(e, RedisOrStore::NoScript)
 }
 
 /// Cloning a [`StoreError`] for every request of a failed batch (its
@@ -254,8 +258,8 @@ impl CloneForEach for StoreError {
     }
 }
 
-/// One pipeline of the ops' script calls (and the `WAIT`, with
-/// `wait_replicas`), within the batch timeout.
+/// One call of the batch script with every op (and the `WAIT`, with
+/// `wait_replicas`), within the batch timeout; one reply per op.
 async fn pipeline<'a>(
     conn: &mut Conn,
     scripts: &Scripts,
@@ -263,38 +267,89 @@ async fn pipeline<'a>(
     settings: Settings,
 ) -> Result<Vec<Result<Value, RedisOrStore>>, StoreError> {
     let timeout = settings.timeout;
+    let mut inv = scripts.batch.prepare_invoke();
+    inv.key(EXPIRING).key(RETAINED).key(PENDING);
+    let mut count = 0;
+    for op in ops {
+        op.add_to(&mut inv);
+        count += 1;
+    }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for op in ops {
-        pipe.invoke_script(&op.invocation(scripts));
-    }
+    pipe.invoke_script(&inv);
     let waits = settings.wait_replicas > 0;
     if waits {
         let ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
         pipe.cmd("WAIT").arg(settings.wait_replicas).arg(ms.max(1));
     }
     let sent = pipe.query_async::<Vec<RedisResult<Value>>>(conn);
-    match tokio::time::timeout(timeout, sent).await {
-        Ok(Ok(mut replies)) => {
-            let unconfirmed = if waits {
-                confirmed(replies.pop(), settings).err()
-            } else {
-                None
-            };
-            Ok(replies
-                .into_iter()
-                .map(|r| match (&unconfirmed, r) {
-                    // A request Redis refused is refused whatever the wait.
-                    (_, Err(e)) => Err(RedisOrStore::Redis(e)),
-                    (Some(why), Ok(v)) => Err(RedisOrStore::Unconfirmed(why.clone(), v)),
-                    (None, Ok(v)) => Ok(v),
-                })
-                .collect())
+    let mut replies = match tokio::time::timeout(timeout, sent).await {
+        Ok(Ok(replies)) => replies.into_iter(),
+        Ok(Err(e)) => return Err(crate::codec::map_error("batch", e)),
+        Err(_) => {
+            return Err(StoreError::backend(format!(
+                "redis batch: timed out after {timeout:?}"
+            )));
         }
-        Ok(Err(e)) => Err(crate::codec::map_error("batch", e)),
-        Err(_) => Err(StoreError::backend(format!(
-            "redis batch: timed out after {timeout:?}"
-        ))),
+    };
+    let batch = replies.next();
+    let unconfirmed = if waits {
+        confirmed(replies.next(), settings).err()
+    } else {
+        None
+    };
+    let each: Vec<Result<Value, RedisOrStore>> = match batch {
+        Some(Ok(Value::Array(items))) if items.len() == count => {
+            items.into_iter().map(own_reply).collect()
+        }
+        Some(Ok(_)) | None => {
+            let bad = StoreError::corrupt("redis batch: bad reply");
+            (0..count)
+                .map(|_| Err(RedisOrStore::Store(bad.clone_for_each())))
+                .collect()
+        }
+        // Redis refused the call whole: every op was refused.
+        Some(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            (0..count).map(|_| Err(RedisOrStore::NoScript)).collect()
+        }
+        Some(Err(e)) => {
+            let refused = crate::codec::map_error("batch", e);
+            (0..count)
+                .map(|_| Err(RedisOrStore::Store(refused.clone_for_each())))
+                .collect()
+        }
+    };
+    Ok(each
+        .into_iter()
+        .map(|r| match (&unconfirmed, r) {
+            // A request that failed failed whatever the wait.
+            (_, Err(e)) => Err(e),
+            (Some(why), Ok(v)) => Err(RedisOrStore::Unconfirmed(why.clone(), v)),
+            (None, Ok(v)) => Ok(v),
+        })
+        .collect())
+}
+
+/// One op's part of the batch script's reply: its own reply, or
+/// `{'err', message}` when it failed.
+fn own_reply(item: Value) -> Result<Value, RedisOrStore> {
+    let Value::Array(parts) = &item else {
+        return Ok(item);
+    };
+    match parts.as_slice() {
+        [Value::BulkString(status), message] if status.as_slice() == b"err" => {
+            let message = match message {
+                Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                other => format!("{other:?}"),
+            };
+            Err(RedisOrStore::Store(
+                match message.strip_prefix("BACHATA_CORRUPT ") {
+                    Some(what) => StoreError::corrupt(format!("redis: {what}")),
+                    None => StoreError::backend(format!("redis batch: {message}")),
+                },
+            ))
+        }
+        _ => Ok(item),
     }
 }
 
@@ -313,17 +368,13 @@ fn confirmed(reply: Option<RedisResult<Value>>, settings: Settings) -> Result<()
     }
 }
 
-/// The `enqueue.lua` call for `msg` (standalone Redis).
-pub(crate) fn enqueue_invocation<'a>(
-    scripts: &'a Scripts,
-    msg: &NewMessage,
-) -> redis::ScriptInvocation<'a> {
+/// Adds the enqueue of `msg` to a batch call (see `lua/batch.lua`).
+fn add_enqueue(inv: &mut redis::ScriptInvocation<'_>, msg: &NewMessage) {
     let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
-    let mut inv = scripts.enqueue.prepare_invoke();
-    inv.key(keys::dedupe(msg.sender.as_ref(), &msg.id))
-        .key(EXPIRING)
-        .key(RETAINED)
-        .key(PENDING);
+    inv.arg("e")
+        .arg(1 + 8 * dests.len())
+        .arg(10 + dests.len())
+        .key(keys::dedupe(msg.sender.as_ref(), &msg.id));
     for dest in &dests {
         for key in dest.all() {
             inv.key(key);
@@ -342,10 +393,9 @@ pub(crate) fn enqueue_invocation<'a>(
     for dest in &dests {
         inv.arg(&dest.tag);
     }
-    inv
 }
 
-/// What `enqueue.lua` answered for `msg`.
+/// What the batch script answered for the enqueue of `msg`.
 pub(crate) fn enqueue_outcome(reply: Value, msg: NewMessage) -> Result<Enqueued, StoreError> {
     let mut reply = codec::array(reply, "enqueue")?.into_iter();
     let status = reply
@@ -382,30 +432,23 @@ pub(crate) fn enqueue_outcome(reply: Value, msg: NewMessage) -> Result<Enqueued,
     }
 }
 
-/// The `ack.lua` call for `ack` (standalone Redis).
-pub(crate) fn ack_invocation<'a>(
-    scripts: &'a Scripts,
-    ack: &AckRequest,
-) -> redis::ScriptInvocation<'a> {
+/// Adds `ack` to a batch call (see `lua/batch.lua`).
+fn add_ack(inv: &mut redis::ScriptInvocation<'_>, ack: &AckRequest) {
     let keys = ChannelKeys::new(&ack.channel);
-    let mut inv = scripts.ack.prepare_invoke();
+    inv.arg("a").arg(8).arg(7);
     for key in keys.all() {
         inv.key(key);
     }
-    inv.key(EXPIRING)
-        .key(RETAINED)
-        .key(PENDING)
-        .arg(keys::device(&ack.device))
+    inv.arg(keys::device(&ack.device))
         .arg(ack.id.as_str())
         .arg(ack.now)
         .arg(ack.receipt.as_ref())
         .arg(ack.receipt_expires_at)
         .arg(PREFIX)
         .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
-    inv
 }
 
-/// What `ack.lua` answered.
+/// What the batch script answered for an ack.
 pub(crate) fn ack_outcome(reply: Value) -> Result<Acked, StoreError> {
     let reply = codec::array(reply, "ack")?;
     match reply.as_slice() {

@@ -1,7 +1,8 @@
 //! The ordered, batched path of standalone Redis (`writer.rs`): what one
 //! connection starts keeps its order under concurrency, and a connection
 //! to Redis dropped in the middle of a batch loses nothing that got its
-//! 100 and stores nothing twice.
+//! 100 and stores nothing twice; one request's failure in a batch is its
+//! own.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -210,4 +211,40 @@ async fn an_ack_survives_its_connection_dropping() {
         .expect("the ack goes through");
     assert_eq!(acked.seq, Some(1));
     assert_eq!(acked.receipt, Some((ch("alice"), 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_fails_in_a_batch_fails_alone() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url()).await.expect("connect");
+    let client = redis::Client::open(server.url()).expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    // The dedupe record of alice's "bad" is not a deadline: its enqueue
+    // reads corrupt data (the key is `bachata:d:{<hex sender>}:<id>`).
+    let _: () = redis::cmd("SET")
+        .arg(format!("bachata:d:{{{}}}:bad", hex("alice")))
+        .arg("not a number")
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    // Started together, the three go in one batch (one script call).
+    let first = store.start_enqueue(msg("alice", "m1")).expect("ordered");
+    let bad = store.start_enqueue(msg("alice", "bad")).expect("ordered");
+    let last = store.start_enqueue(msg("alice", "m3")).expect("ordered");
+    let (first, bad, last) = (first.await, bad.await, last.await);
+    assert!(matches!(first, Ok(Enqueued::Stored(_))), "{first:?}");
+    assert!(
+        matches!(bad, Err(bachata_core::StoreError::Corrupt { .. })),
+        "{bad:?}"
+    );
+    assert!(matches!(last, Ok(Enqueued::Stored(_))), "{last:?}");
+    let ids: Vec<String> = log(&store).await.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(ids, ["m1", "m3"]);
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

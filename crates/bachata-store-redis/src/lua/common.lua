@@ -32,6 +32,18 @@ local added_bytes = 0
 -- and this script's change to it.
 local pending_key = nil
 local pending_delta = 0
+-- The retained bytes count when this script first needed it (standalone;
+-- see retained_total).
+local retained_base = nil
+
+-- What this script call already did that the later requests of the same
+-- call need not do again (a standalone batch runs many requests in one
+-- call; a script of one request starts and ends empty): the lifetime each
+-- key was given, the expiry each channel tag was indexed with, each
+-- channel's devices.
+local kept = {}
+local indexed = {}
+local devices_of = {}
 
 local function corrupt(what)
   error({err = 'BACHATA_CORRUPT ' .. what})
@@ -55,6 +67,15 @@ end
 -- The entry at seq `s` (a string), or nil.
 local function entry_at(ch, s)
   return redis.call('ZRANGE', ch.log, s, s, 'BYSCORE')[1]
+end
+
+-- Standalone Redis: the retained payload bytes over all channels, this
+-- script's changes so far included (one GET per script call).
+local function retained_total()
+  if not retained_base then
+    retained_base = tonumber(redis.call('GET', retained_key) or '0') or 0
+  end
+  return retained_base + added_bytes - removed_bytes
 end
 
 -- Standalone Redis: adds the script's net changes to the retained bytes
@@ -81,6 +102,8 @@ end
 -- lifetime whenever `key` is extended.
 local function keep_for(key, ms, also)
   local d = tonumber(ms)
+  if kept[key] and kept[key] >= d then return end
+  kept[key] = d
   local t = redis.call('PTTL', key)
   if t == -1 or (t >= 0 and t < d) then
     local ext = string.format('%d', d + math.floor(d / 4))
@@ -151,9 +174,14 @@ local function append(ch, expiring, kind, exp, sender, id, payload, keep)
       redis.call('HSET', ch.ids, id, redis.call('HGET', ch.ids, id) .. ' ' .. s)
     end
   end
-  -- The channel's earliest expiry, kept as a lower bound.
+  -- The channel's earliest expiry, kept as a lower bound (once per call
+  -- unless it gets lower: only `expire` removes a tag).
   if expiring then
-    redis.call('ZADD', expiring, 'LT', exp, ch.tag)
+    local e = tonumber(exp)
+    if not indexed[ch.tag] or e < indexed[ch.tag] then
+      redis.call('ZADD', expiring, 'LT', exp, ch.tag)
+      indexed[ch.tag] = e
+    end
   end
   added_bytes = added_bytes + #payload
   keep_for(ch.seq, keep, ch.epoch)
@@ -198,7 +226,11 @@ local function ack_seq(ch, s, e, dev, acks, list)
   if first and e.kind == 'm' then
     pending_delta = pending_delta - redis.call('ZREM', ch.unacked, s)
   end
-  local devices = redis.call('HKEYS', ch.devices)
+  local devices = devices_of[ch.devices]
+  if not devices then
+    devices = redis.call('HKEYS', ch.devices)
+    devices_of[ch.devices] = devices
+  end
   local done = #devices > 0
   for _, d in ipairs(devices) do
     if not has_ack(now_acks, d) then
