@@ -631,13 +631,16 @@ impl RedisStore {
         cmd.arg(&keys.seq);
         let now_counter: Option<Vec<u8>> = self.query("expire", cmd).await?;
         if now_counter.unwrap_or_else(|| b"0".to_vec()) != counter {
-            let mut cmd = redis::cmd("ZRANGE");
-            cmd.arg(&keys.exp).arg(0).arg(0).arg("WITHSCORES");
-            let first: Vec<Vec<u8>> = self.query("expire", cmd).await?;
-            if let [_, score] = first.as_slice() {
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(shard).arg("LT").arg(score).arg(&keys.tag);
-                self.query::<Value>("expire", cmd).await?;
+            // An entry appended meanwhile is in either expiry index.
+            for index in [&keys.exp, &keys.unacked] {
+                let mut cmd = redis::cmd("ZRANGE");
+                cmd.arg(index).arg(0).arg(0).arg("WITHSCORES");
+                let first: Vec<Vec<u8>> = self.query("expire", cmd).await?;
+                if let [_, score] = first.as_slice() {
+                    let mut cmd = redis::cmd("ZADD");
+                    cmd.arg(shard).arg("LT").arg(score).arg(&keys.tag);
+                    self.query::<Value>("expire", cmd).await?;
+                }
             }
         }
         Ok(dropped)

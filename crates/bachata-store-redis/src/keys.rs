@@ -66,7 +66,44 @@ pub(crate) fn online(channel: &Channel) -> String {
 
 /// The tag of a channel: its name as lowercase hex (never empty).
 pub(crate) fn tag(channel: &Channel) -> String {
-    hex::encode(channel.as_str())
+    let mut out = Vec::with_capacity(2 * channel.as_str().len());
+    push_hex(&mut out, channel.as_str().as_bytes());
+    // Hex digits are ASCII.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends `bytes` as lowercase hex (the `hex` crate's encoder goes one
+/// `char` at a time, which showed in the server's profile: every request
+/// names its channels' keys).
+pub(crate) fn push_hex(out: &mut Vec<u8>, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(2 * bytes.len());
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)]);
+        out.push(DIGITS[usize::from(b & 0x0f)]);
+    }
+}
+
+/// The suffixes of a channel's keys in script order (see
+/// [`ChannelKeys::all`]).
+const SUFFIXES: [&str; 8] = [
+    "seq", "log", "exp", "unacked", "epoch", "acks", "ids", "devices",
+];
+
+/// Hands the eight keys of `channel`, in script order, to `key`, building
+/// each in `buf` (no allocation per key; the batch writer's hot path).
+pub(crate) fn each_channel_key(channel: &Channel, buf: &mut Vec<u8>, mut key: impl FnMut(&[u8])) {
+    buf.clear();
+    buf.extend_from_slice(PREFIX.as_bytes());
+    buf.push(b'{');
+    push_hex(buf, channel.as_str().as_bytes());
+    buf.extend_from_slice(b"}:");
+    let stem = buf.len();
+    for suffix in SUFFIXES {
+        buf.truncate(stem);
+        buf.extend_from_slice(suffix.as_bytes());
+        key(buf);
+    }
 }
 
 /// The keys of one channel, in the order the scripts take them
@@ -95,15 +132,17 @@ impl ChannelKeys {
 
     pub(crate) fn from_tag(tag: String) -> Self {
         let p = format!("{PREFIX}{{{tag}}}:");
+        let [seq, log, exp, unacked, epoch, acks, ids, devices] =
+            SUFFIXES.map(|s| format!("{p}{s}"));
         ChannelKeys {
-            seq: format!("{p}seq"),
-            log: format!("{p}log"),
-            exp: format!("{p}exp"),
-            unacked: format!("{p}unacked"),
-            epoch: format!("{p}epoch"),
-            acks: format!("{p}acks"),
-            ids: format!("{p}ids"),
-            devices: format!("{p}devices"),
+            seq,
+            log,
+            exp,
+            unacked,
+            epoch,
+            acks,
+            ids,
+            devices,
             resv: format!("{p}resv"),
             tag,
         }
@@ -135,11 +174,17 @@ pub(crate) fn members(group: &GroupId) -> String {
 /// id after the tag is raw bytes: key names are binary-safe, and nothing
 /// after the first `}` changes the slot.
 pub(crate) fn dedupe(sender: Option<&Channel>, id: &MessageId) -> Vec<u8> {
-    let tag = match sender {
-        Some(sender) => hex::encode(sender.as_str()),
-        None => format!("-{}", hex::encode(id.as_str())),
-    };
-    let mut key = format!("{PREFIX}d:{{{tag}}}:").into_bytes();
+    let mut key = Vec::with_capacity(64);
+    key.extend_from_slice(PREFIX.as_bytes());
+    key.extend_from_slice(b"d:{");
+    match sender {
+        Some(sender) => push_hex(&mut key, sender.as_str().as_bytes()),
+        None => {
+            key.push(b'-');
+            push_hex(&mut key, id.as_str().as_bytes());
+        }
+    }
+    key.extend_from_slice(b"}:");
     key.extend_from_slice(id.as_str().as_bytes());
     key
 }
@@ -198,6 +243,19 @@ mod tests {
         assert_eq!(keys.seq, "bachata:{617d627b633a64}:seq");
         let sender = dedupe(Some(&ch), &MessageId::new("x}{").expect("id"));
         assert_eq!(hash_tag(&sender), b"617d627b633a64");
+    }
+
+    #[test]
+    fn the_batch_writers_keys_are_the_channel_keys() {
+        for name in ["bob", "a}b{c:d", "\u{e9}t\u{e9}"] {
+            let channel = Channel::new(name).expect("channel");
+            let mut written = Vec::new();
+            each_channel_key(&channel, &mut Vec::new(), |k| written.push(k.to_vec()));
+            let keys = ChannelKeys::new(&channel);
+            let expected: Vec<Vec<u8>> = keys.all().iter().map(|k| k.as_bytes().to_vec()).collect();
+            assert_eq!(written, expected);
+            assert_eq!(keys.tag, hex::encode(name));
+        }
     }
 
     #[test]

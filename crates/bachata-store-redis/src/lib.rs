@@ -43,8 +43,8 @@
 //! | `bachata:{<tag>}:seq` | string | last seq handed out (`INCR`); expires with the channel (see [Forgetting](#forgetting)) |
 //! | `bachata:{<tag>}:epoch` | string | this life of the counter: Redis's `TIME` when the counter was created (see [Epochs](#epochs)) |
 //! | `bachata:{<tag>}:log` | zset | the retained entries, scored by seq; each member is the entry, `"<kind> <expires_at> <sender_len> <id_len> <seq>\n"` sender id payload (binary-safe) |
-//! | `bachata:{<tag>}:exp` | zset | seq → score expires_at, for `expire` |
-//! | `bachata:{<tag>}:unacked` | zset | seq → score expires_at of the data messages no device acked: `pending_count` and the queue limit are one `ZCOUNT (now +inf` |
+//! | `bachata:{<tag>}:exp` | zset | seq → score expires_at of the receipts and of the messages some device acked, for `expire` |
+//! | `bachata:{<tag>}:unacked` | zset | seq → score expires_at of the data messages no device acked: `pending_count` and the queue limit are one `ZCOUNT (now +inf`; `expire` reads it beside `exp` (each entry is in one of the two, so a message acked at once by its only device never touches `exp`) |
 //! | `bachata:{<tag>}:acks` | hash | seq → `"\n" device` per device that acked it |
 //! | `bachata:{<tag>}:ids` | hash | message id → its seqs in this log, space separated, ascending |
 //! | `bachata:{<tag>}:devices` | hash | device (`""` = default device) → last seen ms |

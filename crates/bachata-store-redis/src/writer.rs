@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 use crate::conn::{Conn, RedisStoreOptions};
-use crate::keys::{self, ChannelKeys, EXPIRING, PENDING, PREFIX, RETAINED};
+use crate::keys::{self, EXPIRING, PENDING, PREFIX, RETAINED};
 use crate::lifetimes::{dedupe_px, keep_for};
 use crate::scripts::Scripts;
 
@@ -49,12 +49,37 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// Adds this request to the batch script's call: its kind, its number
-    /// of keys and of arguments, its keys, its arguments (`lua/batch.lua`).
-    fn add_to(&self, inv: &mut redis::ScriptInvocation<'_>) {
+    /// How many keys this request passes to the batch script.
+    fn key_count(&self) -> usize {
         match self {
-            Op::Enqueue(msg, _) => add_enqueue(inv, msg),
-            Op::Ack(ack, _) => add_ack(inv, ack),
+            Op::Enqueue(msg, _) => 1 + 8 * msg.destinations.len(),
+            Op::Ack(..) => 8,
+        }
+    }
+
+    /// Appends this request's keys to the batch script's call.
+    fn write_keys(&self, cmd: &mut redis::Cmd, buf: &mut Vec<u8>) {
+        match self {
+            Op::Enqueue(msg, _) => {
+                cmd.arg(keys::dedupe(msg.sender.as_ref(), &msg.id));
+                for dest in &msg.destinations {
+                    keys::each_channel_key(dest, buf, |k| {
+                        cmd.arg(k);
+                    });
+                }
+            }
+            Op::Ack(ack, _) => keys::each_channel_key(&ack.channel, buf, |k| {
+                cmd.arg(k);
+            }),
+        }
+    }
+
+    /// Appends this request's part of the arguments: its kind, its number
+    /// of keys and of arguments, then its arguments (`lua/batch.lua`).
+    fn write_args(&self, cmd: &mut redis::Cmd) {
+        match self {
+            Op::Enqueue(msg, _) => enqueue_args(cmd, msg),
+            Op::Ack(ack, _) => ack_args(cmd, ack),
         }
     }
 
@@ -267,16 +292,26 @@ async fn pipeline<'a>(
     settings: Settings,
 ) -> Result<Vec<Result<Value, RedisOrStore>>, StoreError> {
     let timeout = settings.timeout;
-    let mut inv = scripts.batch.prepare_invoke();
-    inv.key(EXPIRING).key(RETAINED).key(PENDING);
-    let mut count = 0;
-    for op in ops {
-        op.add_to(&mut inv);
-        count += 1;
+    // EVALSHA written directly (a `ScriptInvocation` keeps each key and
+    // argument in a vector of its own, then copies them all).
+    let ops: Vec<&Op> = ops.collect();
+    let count = ops.len();
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(scripts.batch.get_hash())
+        .arg(3 + ops.iter().map(|op| op.key_count()).sum::<usize>())
+        .arg(EXPIRING)
+        .arg(RETAINED)
+        .arg(PENDING);
+    let mut buf = Vec::with_capacity(128);
+    for op in &ops {
+        op.write_keys(&mut cmd, &mut buf);
+    }
+    for op in &ops {
+        op.write_args(&mut cmd);
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    pipe.invoke_script(&inv);
+    pipe.add_command(cmd);
     let waits = settings.wait_replicas > 0;
     if waits {
         let ms = u64::try_from(settings.wait_timeout.as_millis()).unwrap_or(u64::MAX);
@@ -368,19 +403,14 @@ fn confirmed(reply: Option<RedisResult<Value>>, settings: Settings) -> Result<()
     }
 }
 
-/// Adds the enqueue of `msg` to a batch call (see `lua/batch.lua`).
-fn add_enqueue(inv: &mut redis::ScriptInvocation<'_>, msg: &NewMessage) {
-    let dests: Vec<ChannelKeys> = msg.destinations.iter().map(ChannelKeys::new).collect();
-    inv.arg("e")
-        .arg(1 + 8 * dests.len())
-        .arg(10 + dests.len())
-        .key(keys::dedupe(msg.sender.as_ref(), &msg.id));
-    for dest in &dests {
-        for key in dest.all() {
-            inv.key(key);
-        }
-    }
-    inv.arg(msg.now)
+/// The arguments of the enqueue of `msg` in a batch call (see
+/// `lua/batch.lua`).
+fn enqueue_args(cmd: &mut redis::Cmd, msg: &NewMessage) {
+    let n = msg.destinations.len();
+    cmd.arg("e")
+        .arg(1 + 8 * n)
+        .arg(10 + n)
+        .arg(msg.now)
         .arg(msg.expires_at)
         .arg(msg.dedupe_until)
         .arg(dedupe_px(msg))
@@ -390,8 +420,11 @@ fn add_enqueue(inv: &mut redis::ScriptInvocation<'_>, msg: &NewMessage) {
         .arg(msg.payload.as_ref())
         .arg(msg.retained_limit)
         .arg(keep_for(msg.now, msg.expires_at, msg.forget_after));
-    for dest in &dests {
-        inv.arg(&dest.tag);
+    let mut tag = Vec::with_capacity(32);
+    for dest in &msg.destinations {
+        tag.clear();
+        keys::push_hex(&mut tag, dest.as_str().as_bytes());
+        cmd.arg(&tag[..]);
     }
 }
 
@@ -432,14 +465,12 @@ pub(crate) fn enqueue_outcome(reply: Value, msg: NewMessage) -> Result<Enqueued,
     }
 }
 
-/// Adds `ack` to a batch call (see `lua/batch.lua`).
-fn add_ack(inv: &mut redis::ScriptInvocation<'_>, ack: &AckRequest) {
-    let keys = ChannelKeys::new(&ack.channel);
-    inv.arg("a").arg(8).arg(7);
-    for key in keys.all() {
-        inv.key(key);
-    }
-    inv.arg(keys::device(&ack.device))
+/// The arguments of `ack` in a batch call (see `lua/batch.lua`).
+fn ack_args(cmd: &mut redis::Cmd, ack: &AckRequest) {
+    cmd.arg("a")
+        .arg(8)
+        .arg(7)
+        .arg(keys::device(&ack.device))
         .arg(ack.id.as_str())
         .arg(ack.now)
         .arg(ack.receipt.as_ref())

@@ -9,7 +9,4 @@
 local ch = keys_at(1, '')
 local dropped, more = drop_expired(ch, ARGV[1], tonumber(ARGV[2]))
 if more then return {dropped, removed_bytes, 1} end
-local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
-local earliest = ''
-if #first > 0 then earliest = first[2] end
-return {dropped, removed_bytes, 0, earliest, redis.call('GET', ch.seq) or '0'}
+return {dropped, removed_bytes, 0, earliest_expiry(ch), redis.call('GET', ch.seq) or '0'}

@@ -166,13 +166,16 @@ local function append(ch, expiring, kind, exp, sender, id, payload, keep)
   local s = string.format('%d', seq)
   redis.call('ZADD', ch.log, s,
     kind .. ' ' .. exp .. ' ' .. #sender .. ' ' .. #id .. ' ' .. s .. '\n' .. sender .. id .. payload)
-  redis.call('ZADD', ch.exp, exp, s)
+  -- Each entry is in one expiry index: a data message no device acked in
+  -- `unacked` (which the queue limit counts), any other entry in `exp`.
   if kind == 'm' then
     redis.call('ZADD', ch.unacked, exp, s)
     pending_delta = pending_delta + 1
     if redis.call('HSETNX', ch.ids, id, s) == 0 then
       redis.call('HSET', ch.ids, id, redis.call('HGET', ch.ids, id) .. ' ' .. s)
     end
+  else
+    redis.call('ZADD', ch.exp, exp, s)
   end
   -- The channel's earliest expiry, kept as a lower bound (once per call
   -- unless it gets lower: only `expire` removes a tag).
@@ -189,13 +192,13 @@ local function append(ch, expiring, kind, exp, sender, id, payload, keep)
 end
 
 -- Removes entry `s` (parsed as `e`) and its index records. `acked`: the
--- entry has acks recorded (its `acks` field exists). `pending`: it may
--- still be in `unacked` (no device acked it). `list`: its id's seq list in
--- `ids`, when the caller read it already.
+-- entry has acks recorded (its `acks` field exists; a message with acks is
+-- in `exp`). `pending`: it may still be in `unacked` (no device acked it).
+-- `list`: its id's seq list in `ids`, when the caller read it already.
 local function remove(ch, s, e, acked, pending, list)
   removed_bytes = removed_bytes + e.size
   redis.call('ZREMRANGEBYSCORE', ch.log, s, s)
-  redis.call('ZREM', ch.exp, s)
+  if acked or e.kind ~= 'm' then redis.call('ZREM', ch.exp, s) end
   if acked then redis.call('HDEL', ch.acks, s) end
   if e.kind ~= 'm' then return end
   if pending then pending_delta = pending_delta - redis.call('ZREM', ch.unacked, s) end
@@ -242,6 +245,10 @@ local function ack_seq(ch, s, e, dev, acks, list)
     remove(ch, s, e, not first, false, list)
   else
     redis.call('HSET', ch.acks, s, now_acks)
+    -- Out of `unacked`, a message waits for its other devices in `exp`.
+    if first and e.kind == 'm' then
+      redis.call('ZADD', ch.exp, string.format('%d', e.exp), s)
+    end
   end
   return first
 end
@@ -267,21 +274,36 @@ local function ack_oldest(ch, dev, id, now)
   return nil
 end
 
--- Drops up to `batch` entries with expires_at <= now (a string). Returns
--- how many were dropped and whether `batch` were due (there may be more).
+-- Drops up to `batch` entries with expires_at <= now (a string) from each
+-- expiry index (`exp` and `unacked`). Returns how many were dropped and
+-- whether `batch` were due in either (there may be more).
 local function drop_expired(ch, now, batch)
-  local due = redis.call('ZRANGE', ch.exp, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
-  local dropped = 0
-  for _, s in ipairs(due) do
-    local v = entry_at(ch, s)
-    if v then
-      remove(ch, s, parse(v, s), true, true, nil)
-      dropped = dropped + 1
-    else
-      redis.call('ZREM', ch.exp, s)
+  local dropped, more = 0, false
+  for _, index in ipairs({ch.exp, ch.unacked}) do
+    local due = redis.call('ZRANGE', index, '-inf', now, 'BYSCORE', 'LIMIT', 0, batch)
+    for _, s in ipairs(due) do
+      local v = entry_at(ch, s)
+      if v then
+        remove(ch, s, parse(v, s), true, true, nil)
+        dropped = dropped + 1
+      else
+        redis.call('ZREM', index, s)
+      end
     end
+    more = more or #due >= batch
   end
-  return dropped, #due >= batch
+  return dropped, more
+end
+
+-- The channel's earliest expiry (a string), '' when it holds no entry.
+local function earliest_expiry(ch)
+  local a = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')[2]
+  local b = redis.call('ZRANGE', ch.unacked, 0, 0, 'WITHSCORES')[2]
+  if a and b then
+    if tonumber(b) < tonumber(a) then return b end
+    return a
+  end
+  return a or b or ''
 end
 
 -- Cluster mode: the marker of a message in one destination's log is

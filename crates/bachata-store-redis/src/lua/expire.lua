@@ -11,10 +11,10 @@ local batch = tonumber(ARGV[3])
 local dropped, more = drop_expired(ch, ARGV[1], batch)
 flush_counts()
 if more then return {dropped, 1} end
-local first = redis.call('ZRANGE', ch.exp, 0, 0, 'WITHSCORES')
-if #first == 0 then
+local earliest = earliest_expiry(ch)
+if earliest == '' then
   redis.call('ZREM', KEYS[9], ch.tag)
 else
-  redis.call('ZADD', KEYS[9], first[2], ch.tag)
+  redis.call('ZADD', KEYS[9], earliest, ch.tag)
 end
 return {dropped, 0}
