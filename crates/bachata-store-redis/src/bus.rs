@@ -37,6 +37,7 @@
 //! A node publishes everything that gathered as one message (one `PUBLISH`
 //! per batch). Every node of one Redis must run the same version.
 
+use std::io::Write;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -48,6 +49,7 @@ use tokio::sync::mpsc;
 
 use crate::conn::{Conn, cluster_seeds};
 use crate::conn::{RedisStoreError, RedisStoreOptions, client, connect_conn, node_id};
+use crate::keys::push_hex;
 
 /// The pub/sub channel all nodes share.
 pub const BUS_CHANNEL: &str = "bachata:bus";
@@ -124,54 +126,69 @@ impl Bus for RedisBus {
 }
 
 /// Appends one event's record to `out` (`false`: the event is local to
-/// each node and has none).
+/// each node and has none): `<body length> <body>`, the body written in
+/// place after a reserved length field (no allocation per event; the
+/// publisher encodes every entry of the node).
 fn encode(event: &BusEvent, out: &mut Vec<u8>) -> bool {
     let start = out.len();
-    let body = match event {
+    // Room for the length, fixed-width for now, moved up once known.
+    out.extend_from_slice(&[b' '; LEN_FIELD]);
+    let body = out.len();
+    let name = |out: &mut Vec<u8>, name: Option<&str>| match name {
+        Some(name) => push_hex(out, name.as_bytes()),
+        None => out.push(b'-'),
+    };
+    match event {
         BusEvent::Entry { channel, entry } => {
-            let (kind, sender, id) = match &entry.kind {
-                EntryKind::Message { sender, id } => (
-                    "m",
-                    sender
-                        .as_ref()
-                        .map_or_else(|| "-".to_owned(), |s| hex::encode(s.as_str())),
-                    hex::encode(id.as_str()),
-                ),
-                EntryKind::Receipt => ("r", "-".to_owned(), "-".to_owned()),
-            };
-            let mut text = format!(
-                "E {} {} {kind} {sender} {id}\n",
-                hex::encode(channel.as_str()),
-                entry.seq
-            )
-            .into_bytes();
-            text.extend_from_slice(&entry.payload);
-            text
+            out.extend_from_slice(b"E ");
+            push_hex(out, channel.as_str().as_bytes());
+            let _ = write!(out, " {} ", entry.seq);
+            match &entry.kind {
+                EntryKind::Message { sender, id } => {
+                    out.extend_from_slice(b"m ");
+                    name(out, sender.as_ref().map(|s| s.as_str()));
+                    out.push(b' ');
+                    push_hex(out, id.as_str().as_bytes());
+                }
+                EntryKind::Receipt => out.extend_from_slice(b"r - -"),
+            }
+            out.push(b'\n');
+            out.extend_from_slice(&entry.payload);
         }
         BusEvent::Acked {
             channel,
             device,
             seq,
-        } => format!(
-            "A {} {} {seq}",
-            hex::encode(channel.as_str()),
-            device
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |d| hex::encode(d.as_str()))
-        )
-        .into_bytes(),
+        } => {
+            out.extend_from_slice(b"A ");
+            push_hex(out, channel.as_str().as_bytes());
+            out.push(b' ');
+            name(out, device.as_ref().map(|d| d.as_str()));
+            let _ = write!(out, " {seq}");
+        }
         BusEvent::Live { channel, payload } => {
-            let mut text = format!("L {}\n", hex::encode(channel.as_str())).into_bytes();
-            text.extend_from_slice(payload);
-            text
+            out.extend_from_slice(b"L ");
+            push_hex(out, channel.as_str().as_bytes());
+            out.push(b'\n');
+            out.extend_from_slice(payload);
         }
         // Resync, loss and reset are local to each node.
-        BusEvent::Resync | BusEvent::Lost | BusEvent::Reset => return false,
-    };
-    out.extend_from_slice(format!("{} ", body.len()).as_bytes());
-    out.extend_from_slice(&body);
-    out.len() > start
+        BusEvent::Resync | BusEvent::Lost | BusEvent::Reset => {
+            out.truncate(start);
+            return false;
+        }
+    }
+    let len = (out.len() - body).to_string();
+    // `<len> ` replaces the reserved field's end; its unused start goes.
+    let field_start = body - len.len() - 1;
+    out[field_start..body - 1].copy_from_slice(len.as_bytes());
+    out.drain(start..field_start);
+    true
 }
+
+/// Bytes reserved for a record's length and its space (a record of up to
+/// 10^19 bytes).
+const LEN_FIELD: usize = 21;
 
 fn unhex(field: &[u8]) -> Option<String> {
     String::from_utf8(hex::decode(field).ok()?).ok()
@@ -458,6 +475,14 @@ mod tests {
             assert!(encode(event, &mut message));
         }
         assert_eq!(decode("n2", &message), events);
+        // The wire form of two records, byte for byte.
+        let mut two = Vec::new();
+        assert!(encode(&events[4], &mut two));
+        assert!(encode(&events[5], &mut two));
+        assert_eq!(
+            two,
+            b"12 A 626f62 - 823 L 626f62\n{\"type\":\"x y\"}".to_vec()
+        );
         assert!(decode("n1", &message).is_empty(), "own events");
         for local in [BusEvent::Resync, BusEvent::Lost, BusEvent::Reset] {
             assert!(!encode(&local, &mut message), "{local:?}");
