@@ -28,8 +28,14 @@ fn mac(key: &[u8]) -> HmacSha256 {
 
 /// The signing secret of `channel` under the server key: lowercase hex.
 pub fn channel_secret(server_key: &[u8], channel: &str) -> String {
-    let mut m = mac(server_key);
-    m.update(channel.as_bytes());
+    hmac_hex(server_key, channel.as_bytes())
+}
+
+/// `hex(HMAC-SHA256(key, data))`, lowercase: also the `X-Bachata-Signature`
+/// of a hook request's body (protocol.md section 10).
+pub fn hmac_hex(key: &[u8], data: &[u8]) -> String {
+    let mut m = mac(key);
+    m.update(data);
     hex::encode(m.finalize().into_bytes())
 }
 

@@ -134,6 +134,11 @@ fn validation(algorithm: Algorithm) -> Box<Validation> {
 }
 
 impl Auth {
+    /// No JWT is configured: `?channel=` names the channel.
+    pub(crate) fn is_anonymous(&self) -> bool {
+        matches!(self, Auth::Anonymous)
+    }
+
     /// From the configuration: a secret, a public key file, or neither;
     /// tokens whose `exp` is more than `max_lifetime` ahead are refused.
     pub(crate) fn new(

@@ -58,6 +58,14 @@ pub struct Config {
     pub rate_limit: Option<u32>,
     /// Burst above the rate limit; defaults to the rate limit itself.
     pub rate_burst: Option<u32>,
+    /// URL that decides who connects without a valid JWT (protocol.md
+    /// section 10).
+    pub connect_hook: Option<String>,
+    /// Bound on one hook call, connection included.
+    #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
+    pub hook_timeout: Duration,
+    /// Calls in flight per hook; past it, callers are refused at once.
+    pub hook_concurrency: usize,
     /// URL that gets a POST for each message not acked in time.
     pub undelivered_webhook: Option<String>,
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
@@ -125,6 +133,9 @@ impl Default for Config {
             rate_burst: None,
             undelivered_webhook: None,
             undelivered_after: Duration::from_secs(60),
+            connect_hook: None,
+            hook_timeout: Duration::from_secs(2),
+            hook_concurrency: 256,
             max_frame_bytes: 65536,
             max_json_depth: 32,
             queue_limit: 10_000,
@@ -273,6 +284,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_burst: Option<u32>,
+    /// POST who connects here when a /messages upgrade has no valid JWT; the answer names the channel (docs/hooks.md).
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_hook: Option<String>,
+    /// Bound on one hook call [default: 2s].
+    #[arg(long, value_name = "DURATION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_timeout: Option<String>,
+    /// Calls in flight per hook; past it, callers get 503 / unavailable at once [default: 256].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_concurrency: Option<usize>,
     /// POST here when a message is not acked within --undelivered-after.
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -415,7 +438,7 @@ impl Config {
 
     /// True when clients connect with `?channel=` instead of a JWT.
     pub fn anonymous(&self) -> bool {
-        self.jwt_secret.is_none() && self.jwt_public_key.is_none()
+        self.jwt_secret.is_none() && self.jwt_public_key.is_none() && self.connect_hook.is_none()
     }
 
     /// Checks what serde cannot: ranges and combinations.
@@ -503,6 +526,12 @@ impl Config {
                 "undelivered_after must be shorter than message_ttl: an expired message \
                  can no longer be reported",
             );
+        }
+        if self.hook_timeout.is_zero() {
+            return invalid("hook_timeout must be longer than 0s");
+        }
+        if self.hook_concurrency == 0 {
+            return invalid("hook_concurrency must be at least 1");
         }
         if self.undelivered_after.is_zero() {
             return invalid("undelivered_after must be longer than 0s");
@@ -719,6 +748,30 @@ mod tests {
                 },
                 "redis_wait_replicas needs --store redis",
             );
+            refused(
+                ServeArgs {
+                    hook_concurrency: Some(0),
+                    ..ServeArgs::default()
+                },
+                "hook_concurrency must be at least 1",
+            );
+            refused(
+                ServeArgs {
+                    hook_timeout: Some("0s".into()),
+                    ..ServeArgs::default()
+                },
+                "hook_timeout must be longer than 0s",
+            );
+            // A connect hook authenticates: a public address is allowed.
+            let hooked = ServeArgs {
+                listen: Some("0.0.0.0:8000".parse().expect("addr")),
+                connect_hook: Some("http://127.0.0.1:9/connect".into()),
+                ..ServeArgs::default()
+            };
+            let c = Config::load(&hooked).expect("valid");
+            assert!(!c.anonymous());
+            assert_eq!(c.hook_timeout, Duration::from_secs(2));
+            assert_eq!(c.hook_concurrency, 256);
             refused(
                 ServeArgs {
                     presence_ttl: Some("500ms".into()),

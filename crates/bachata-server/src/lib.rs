@@ -9,6 +9,7 @@ mod api;
 mod app;
 mod auth;
 mod config;
+mod hooks;
 mod listener;
 mod metrics;
 mod origin;
@@ -123,6 +124,15 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
     })
 }
 
+/// How every application hook is called.
+fn hook_settings(config: &Config) -> hooks::HookSettings {
+    hooks::HookSettings {
+        timeout: config.hook_timeout,
+        concurrency: config.hook_concurrency,
+        api_key: config.api_key.clone(),
+    }
+}
+
 /// The connection settings every Redis connection of the node shares.
 fn redis_options(config: &Config) -> Result<RedisStoreOptions, StartError> {
     let ca_pem = match &config.redis_ca {
@@ -209,9 +219,17 @@ pub async fn start_with(
     })?;
     let shutdown = CancellationToken::new();
     let header_timeout = config.header_timeout;
+    let connect_hook = match &config.connect_hook {
+        Some(url) => Some(hooks::ConnectHook::new(
+            hooks::HookClient::new("connect", url, &hook_settings(&config), &mut metrics)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+        )),
+        None => None,
+    };
     let state = Arc::new(AppState {
         config,
         auth,
+        connect_hook,
         center: center.clone(),
         metrics,
         shutdown: shutdown.clone(),

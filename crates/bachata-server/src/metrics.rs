@@ -188,6 +188,38 @@ impl Metrics {
         }
     }
 
+    /// The metrics of the application hook `name` (`connect`, `route`),
+    /// registered as `bachata_hook_<name>_...`.
+    pub(crate) fn hook(&mut self, name: &str) -> crate::hooks::HookMetrics {
+        let metrics = crate::hooks::HookMetrics {
+            calls: Counter::default(),
+            failures: Counter::default(),
+            busy: Counter::default(),
+            seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+        };
+        self.registry.register(
+            format!("bachata_hook_{name}_calls"),
+            format!("Calls of the {name} hook"),
+            metrics.calls.clone(),
+        );
+        self.registry.register(
+            format!("bachata_hook_{name}_failures"),
+            format!("Calls of the {name} hook that got no answer (timeout, connection)"),
+            metrics.failures.clone(),
+        );
+        self.registry.register(
+            format!("bachata_hook_{name}_busy"),
+            format!("Calls of the {name} hook refused because --hook-concurrency were in flight"),
+            metrics.busy.clone(),
+        );
+        self.registry.register(
+            format!("bachata_hook_{name}_seconds"),
+            format!("Time the {name} hook took to answer, in seconds"),
+            metrics.seconds.clone(),
+        );
+        metrics
+    }
+
     /// Adds the center's counters; called once the center exists.
     pub(crate) fn watch(&mut self, center: Arc<MessagesCenter>) {
         self.registry

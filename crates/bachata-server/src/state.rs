@@ -10,6 +10,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::hooks::ConnectHook;
 use crate::metrics::Metrics;
 
 /// See the module docs.
@@ -18,6 +19,9 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     /// How WebSocket clients prove who they are.
     pub(crate) auth: Auth,
+    /// `--connect-hook`: the application decides who connects without a
+    /// valid JWT.
+    pub(crate) connect_hook: Option<ConnectHook>,
     pub(crate) center: Arc<MessagesCenter>,
     pub(crate) metrics: Metrics,
     /// Cancelled on shutdown: connections close with 1001.

@@ -11,10 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 
 use bachata_core::{Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError};
@@ -25,6 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use crate::auth::{HandshakeQuery, Identity};
+use crate::hooks::ConnectOutcome;
 use crate::state::AppState;
 
 /// Close codes used by the server.
@@ -83,6 +85,7 @@ fn unauthorized(reason: &str) -> Response {
 pub(crate) async fn upgrade(
     State(app): State<Arc<AppState>>,
     RawQuery(query): RawQuery,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -90,9 +93,35 @@ pub(crate) async fn upgrade(
         Ok(query) => query,
         Err(refused) => return unauthorized(&refused.0),
     };
-    let Identity { channel, device } = match app.auth.identify(&query, &headers) {
-        Ok(identity) => identity,
-        Err(refused) => return unauthorized(&refused.0),
+    let identified = match &app.connect_hook {
+        // With a connect hook, `?channel=` proves nothing: the hook decides
+        // unless a valid JWT does.
+        Some(_) if app.auth.is_anonymous() => None,
+        _ => Some(app.auth.identify(&query, &headers)),
+    };
+    let Identity { channel, device } = match (identified, &app.connect_hook) {
+        (Some(Ok(identity)), _) => identity,
+        (Some(Err(refused)), None) => return unauthorized(&refused.0),
+        (_, Some(hook)) => {
+            match hook
+                .connect(&query, &headers, Some(remote), app.center.store().as_ref())
+                .await
+            {
+                ConnectOutcome::Accepted(identity) => identity,
+                ConnectOutcome::Refused { status, reason } => {
+                    return (status, format!("{reason}\n")).into_response();
+                }
+                ConnectOutcome::Unavailable(why) => {
+                    tracing::warn!(%why, "connect hook gave no answer");
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the application's connect hook did not answer; try again\n",
+                    )
+                        .into_response();
+                }
+            }
+        }
+        (None, None) => return unauthorized("no identity"),
     };
     // tungstenite zero-fills its whole read buffer on every socket read
     // (128 KiB by default): with small chat frames that memset was 18% of

@@ -89,7 +89,15 @@ impl TestClient {
     /// did so instead of sending the ready message (e.g. 1011 while its
     /// store is unavailable).
     pub async fn try_connect_url(url: &str) -> Result<TestClient, Closed> {
-        let (ws, _) = tokio::time::timeout(WAIT, connect_async(url))
+        Self::try_connect_request(url).await
+    }
+
+    /// Like [`TestClient::try_connect_url`], for a request of the test's
+    /// making (headers such as `Cookie`).
+    pub async fn try_connect_request(
+        request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+    ) -> Result<TestClient, Closed> {
+        let (ws, _) = tokio::time::timeout(WAIT, connect_async(request))
             .await
             .expect("connect timed out")
             .expect("connect failed");

@@ -1,0 +1,297 @@
+//! The connect hook (protocol.md section 10) against a real hook server: an
+//! axum application started by each test on a loopback port, which records
+//! what it was asked and answers as the test tells it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bachata_testkit::client::{TestClient, refused};
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const KEY: &str = "hook-test-api-key";
+
+/// What the hook answers: a status and a JSON body, after an optional
+/// pause (to time out) or a wait for the test's go (to hold a call open).
+#[derive(Clone)]
+struct Answer {
+    status: StatusCode,
+    body: Value,
+    pause: Duration,
+    hold: Option<Arc<Notify>>,
+    /// Sent instead of `body` when set (JSON the test writes by hand).
+    raw: Option<String>,
+}
+
+impl Answer {
+    fn ok(body: Value) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            body,
+            pause: Duration::ZERO,
+            hold: None,
+            raw: None,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Hook {
+    answer: Mutex<Option<Answer>>,
+    /// Every request: its body, and whether its signature checked out.
+    seen: Mutex<Vec<(Value, bool)>>,
+    arrived: Notify,
+}
+
+impl Hook {
+    fn answer(&self, answer: Answer) {
+        *self.answer.lock().expect("lock") = Some(answer);
+    }
+
+    fn seen(&self) -> Vec<(Value, bool)> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) -> Response {
+    let signed = headers
+        .get("x-bachata-signature")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|s| s == bachata_proto::sign::hmac_hex(KEY.as_bytes(), &body));
+    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    hook.seen.lock().expect("lock").push((request, signed));
+    hook.arrived.notify_one();
+    let answer = hook.answer.lock().expect("lock").clone();
+    let Some(answer) = answer else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    if let Some(hold) = &answer.hold {
+        hold.notified().await;
+    }
+    tokio::time::sleep(answer.pause).await;
+    match answer.raw {
+        Some(raw) => (answer.status, raw).into_response(),
+        None => (answer.status, axum::Json(answer.body)).into_response(),
+    }
+}
+
+/// Starts the hook application; its URL.
+async fn hook_server(hook: Arc<Hook>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let app = Router::new()
+        .route("/connect", post(handle))
+        .with_state(hook);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/connect")
+}
+
+async fn start(
+    hook: &Arc<Hook>,
+    tweak: impl FnOnce(&mut bachata_server::Config),
+) -> common::TestServer {
+    let url = hook_server(hook.clone()).await;
+    common::start_with(move |c| {
+        c.connect_hook = Some(url);
+        c.api_key = Some(KEY.into());
+        c.hook_timeout = Duration::from_millis(300);
+        tweak(c);
+    })
+    .await
+}
+
+/// A `/messages` request with a session cookie (and the query given).
+fn with_cookie(
+    addr: SocketAddr,
+    query: &str,
+    cookie: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = format!("ws://{addr}/messages{query}")
+        .into_client_request()
+        .expect("request");
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().expect("header"));
+    request
+}
+
+#[tokio::test]
+async fn the_hook_names_the_channel_and_its_groups() {
+    let hook = Arc::new(Hook::default());
+    hook.answer(Answer::ok(
+        json!({"channel": "bob", "device": "phone", "groups": ["team"]}),
+    ));
+    let s = start(&hook, |_| {}).await;
+    // `?channel=mallory` proves nothing with a hook: the answer decides.
+    let bob = TestClient::try_connect_request(with_cookie(
+        s.addr(),
+        "?channel=mallory&token=opaque-1",
+        "session=bob",
+    ))
+    .await
+    .expect("accepted");
+    assert_eq!(bob.ready, json!({"channel": "bob", "device": "phone"}));
+    let seen = hook.seen();
+    assert_eq!(seen.len(), 1);
+    let (request, signed) = &seen[0];
+    assert!(signed, "X-Bachata-Signature is HMAC-SHA256 of the body");
+    assert_eq!(request["channel"], "mallory");
+    assert_eq!(request["device"], Value::Null);
+    assert_eq!(request["token"], "opaque-1");
+    assert_eq!(request["headers"]["cookie"], "session=bob");
+    assert!(
+        request["remote_addr"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.1:")),
+        "{request}"
+    );
+    // bob joined the group the hook named.
+    let (status, body) = bachata_testkit::http::send(
+        s.addr(),
+        &format!(
+            "GET /api/groups/team HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\
+             Connection: close\r\n\r\n",
+            s.addr()
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"bob\""), "{body}");
+}
+
+#[tokio::test]
+async fn refusals_carry_the_hooks_status_and_reason() {
+    let hook = Arc::new(Hook::default());
+    let s = start(&hook, |_| {}).await;
+    for status in [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN] {
+        hook.answer(Answer {
+            status,
+            ..Answer::ok(json!({"reason": "session expired"}))
+        });
+        let (got, body) = refused(with_cookie(s.addr(), "", "session=old")).await;
+        assert_eq!(got, status.as_u16());
+        assert!(body.contains("session expired"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn no_usable_answer_is_503() {
+    let hook = Arc::new(Hook::default());
+    let s = start(&hook, |_| {}).await;
+    let cases = [
+        // Slower than --hook-timeout (300 ms).
+        Answer {
+            pause: Duration::from_secs(2),
+            ..Answer::ok(json!({"channel": "bob"}))
+        },
+        Answer {
+            status: StatusCode::BAD_GATEWAY,
+            ..Answer::ok(json!({}))
+        },
+        Answer::ok(json!({"channel": ""})),
+        Answer::ok(json!({"user": "bob"})),
+        Answer {
+            status: StatusCode::NOT_FOUND,
+            ..Answer::ok(json!({}))
+        },
+        // A valid answer, but larger than the 64 KiB an answer may have.
+        Answer {
+            raw: Some(format!("{{\"channel\": \"bob\"{}}}", " ".repeat(70_000))),
+            ..Answer::ok(json!("padded"))
+        },
+    ];
+    // The same answer, small, is accepted: the size alone refuses it.
+    hook.answer(Answer {
+        raw: Some(format!("{{\"channel\": \"bob\"{}}}", " ".repeat(1000))),
+        ..Answer::ok(json!("padded"))
+    });
+    TestClient::try_connect_request(with_cookie(s.addr(), "", "session=bob"))
+        .await
+        .expect("accepted");
+    for answer in cases {
+        let body = answer.body.clone();
+        hook.answer(answer);
+        let (status, text) = refused(with_cookie(s.addr(), "", "session=bob")).await;
+        assert_eq!(status, 503, "{body}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn a_valid_jwt_skips_the_hook() {
+    let hook = Arc::new(Hook::default());
+    let secret = "a-jwt-secret-of-at-least-32-bytes!!";
+    let s = start(&hook, |c| c.jwt_secret = Some(secret.into())).await;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 3600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": "carol", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("encode");
+    let carol = TestClient::connect_url(&format!("ws://{}/messages?token={token}", s.addr())).await;
+    assert_eq!(carol.ready["channel"], "carol");
+    assert!(hook.seen().is_empty(), "the hook was not called");
+    // Without one (or with a bad one), the hook decides.
+    hook.answer(Answer::ok(json!({"channel": "dave"})));
+    let dave =
+        TestClient::try_connect_request(with_cookie(s.addr(), "?token=not-a-jwt", "session=dave"))
+            .await
+            .expect("accepted");
+    assert_eq!(dave.ready["channel"], "dave");
+    assert_eq!(hook.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn calls_beyond_the_concurrency_bound_are_refused_at_once() {
+    let hook = Arc::new(Hook::default());
+    let go = Arc::new(Notify::new());
+    hook.answer(Answer {
+        hold: Some(go.clone()),
+        ..Answer::ok(json!({"channel": "bob"}))
+    });
+    let s = start(&hook, |c| {
+        c.hook_concurrency = 1;
+        c.hook_timeout = Duration::from_secs(10);
+    })
+    .await;
+    let addr = s.addr();
+    let first = tokio::spawn(async move {
+        TestClient::try_connect_request(with_cookie(addr, "", "session=bob")).await
+    });
+    // The first call is at the hook, held there.
+    tokio::time::timeout(Duration::from_secs(5), hook.arrived.notified())
+        .await
+        .expect("the first call arrives");
+    let (status, _) = refused(with_cookie(addr, "", "session=bob")).await;
+    assert_eq!(status, 503, "no queue behind a busy hook");
+    go.notify_one();
+    let bob = first.await.expect("task").expect("accepted");
+    assert_eq!(bob.ready["channel"], "bob");
+    assert_eq!(
+        hook.seen().len(),
+        1,
+        "the refused call never reached the hook"
+    );
+    let (status, metrics) = bachata_testkit::http::get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("bachata_hook_connect_busy_total 1"),
+        "{metrics}"
+    );
+}
