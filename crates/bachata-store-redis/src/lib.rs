@@ -552,25 +552,17 @@ impl Store for RedisStore {
     /// enqueue is several steps on several slots, awaited one message at a
     /// time.
     fn start_enqueue(&self, msg: NewMessage) -> Result<PendingEnqueue, NewMessage> {
-        let Some(writer) = &self.writer else {
-            return Err(msg);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        writer.send(Op::Enqueue(msg, tx));
-        Ok(Box::pin(async move {
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        }))
+        match &self.writer {
+            Some(writer) => Ok(writer.request(|tx| Op::Enqueue(msg, tx))),
+            None => Err(msg),
+        }
     }
 
     fn start_ack(&self, ack: AckRequest) -> Result<PendingAck, AckRequest> {
-        let Some(writer) = &self.writer else {
-            return Err(ack);
-        };
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        writer.send(Op::Ack(ack, tx));
-        Ok(Box::pin(async move {
-            rx.await.unwrap_or(Err(StoreError::Closed))
-        }))
+        match &self.writer {
+            Some(writer) => Ok(writer.request(|tx| Op::Ack(ack, tx))),
+            None => Err(ack),
+        }
     }
 
     async fn read(

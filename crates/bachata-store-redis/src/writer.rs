@@ -136,6 +136,17 @@ impl Writer {
         Writer { queue }
     }
 
+    /// Queues the op `make` builds around its reply channel; its place in
+    /// the order is taken when this returns; the future is its answer.
+    pub(crate) fn request<R: Send + 'static>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<R, StoreError>>) -> Op,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<R, StoreError>> + Send>> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx));
+        Box::pin(async move { rx.await.unwrap_or(Err(StoreError::Closed)) })
+    }
+
     /// Queues `op`; its place in the order is taken when this returns. When
     /// the task is gone (the runtime is shutting down) the op is answered
     /// with an error at once.

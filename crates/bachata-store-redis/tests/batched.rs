@@ -105,11 +105,7 @@ async fn each_connection_keeps_its_order_under_concurrency() {
 async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothing_twice() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let killer = redis::Client::open(server.url()).expect("url");
-    let mut killer = killer
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut killer = raw(&server).await;
     const N: usize = 5000;
     let mut pending = Vec::new();
     for i in 0..N {
@@ -121,15 +117,7 @@ async fn a_connection_dropped_mid_batch_loses_nothing_confirmed_and_stores_nothi
     // The first answer means batches are flowing: drop the store's
     // connection under the ones in flight.
     outcomes.push(pending.next().expect("one").await);
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut killer)
-        .await
-        .expect("CLIENT KILL");
+    let killed = kill_other_clients(&mut killer).await;
     for p in pending {
         outcomes.push(p.await);
     }
@@ -179,24 +167,12 @@ async fn an_ack_survives_its_connection_dropping() {
     // connection is sent again by the writer.
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let killer = redis::Client::open(server.url()).expect("url");
-    let mut killer = killer
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut killer = raw(&server).await;
     assert!(matches!(
         store.enqueue(msg("alice", "m1")).await,
         Ok(Enqueued::Stored(_))
     ));
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("normal")
-        .arg("SKIPME")
-        .arg("yes")
-        .query_async(&mut killer)
-        .await
-        .expect("CLIENT KILL");
+    kill_other_clients(&mut killer).await;
     let acked = store
         .ack(bachata_core::AckRequest {
             channel: ch("bob"),
@@ -217,11 +193,7 @@ async fn an_ack_survives_its_connection_dropping() {
 async fn a_request_that_fails_in_a_batch_fails_alone() {
     let server = RedisServer::start();
     let store = RedisStore::connect(&server.url()).await.expect("connect");
-    let client = redis::Client::open(server.url()).expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
+    let mut conn = raw(&server).await;
     // The dedupe record of alice's "bad" is not a deadline: its enqueue
     // reads corrupt data (the key is `bachata:d:{<hex sender>}:<id>`).
     let _: () = redis::cmd("SET")
@@ -243,6 +215,29 @@ async fn a_request_that_fails_in_a_batch_fails_alone() {
     assert!(matches!(last, Ok(Enqueued::Stored(_))), "{last:?}");
     let ids: Vec<String> = log(&store).await.into_iter().map(|(_, id)| id).collect();
     assert_eq!(ids, ["m1", "m3"]);
+}
+
+/// A connection of the test's own to `server`.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect")
+}
+
+/// Drops every client connection of Redis but `conn`'s (the store's);
+/// how many it dropped.
+async fn kill_other_clients(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
+    redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(conn)
+        .await
+        .expect("CLIENT KILL")
 }
 
 fn hex(s: &str) -> String {
