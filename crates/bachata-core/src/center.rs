@@ -317,6 +317,31 @@ impl MessagesCenter {
         }
     }
 
+    /// Writes at once the connection counts that changed since the presence
+    /// task last wrote them (on shutdown, after the connections closed:
+    /// every count left is then zero, and the other nodes stop counting
+    /// this one's connections without waiting for their time to live).
+    pub async fn flush_presence(&self) {
+        let Some(presence) = &self.presence else {
+            return;
+        };
+        let counts: Vec<(Channel, DeviceCounts)> = self
+            .hub
+            .take_changed()
+            .into_iter()
+            .map(|c| {
+                let online = self.hub.online(&c);
+                (c, online)
+            })
+            .collect();
+        if counts.is_empty() {
+            return;
+        }
+        if let Err(e) = presence.report(counts).await {
+            tracing::warn!(error = %e, "cannot clear this node's connection counts");
+        }
+    }
+
     pub fn stats(&self) -> &Stats {
         &self.stats
     }

@@ -102,6 +102,15 @@ impl RunningServer {
         if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
             tracing::warn!("connections did not close in time; exiting anyway");
         }
+        // Other nodes stop counting this one's connections now rather than
+        // at the end of --presence-ttl (a rolling restart, say).
+        let flushed = self.state.center.flush_presence();
+        if tokio::time::timeout(Duration::from_secs(2), flushed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("could not clear this node's connection counts in time");
+        }
     }
 }
 

@@ -340,3 +340,24 @@ async fn presence_counts_every_node_and_a_killed_node_drops_out_within_its_ttl()
     assert_eq!(presence(addr_a, "bob").await.0, 1, "refreshed, not expired");
     kill9(node_a).await;
 }
+
+#[tokio::test]
+async fn a_node_stopped_gracefully_leaves_the_counts_at_once() {
+    let redis = RedisServer::start();
+    let mut args = redis_args(&redis);
+    // A time to live far beyond the test's wait: only the stopping node's
+    // own clearing can make its count go in time.
+    args.extend(
+        ["--presence-ttl", "10m", "--api-key", "presence-test-key"]
+            .into_iter()
+            .map(String::from),
+    );
+    let (node_a, addr_a) = spawn_bachata(&args).await;
+    let (node_b, addr_b) = spawn_bachata(&args).await;
+    let _bob = TestClient::connect(addr_b, "bob").await;
+    until_online(addr_a, "bob", 1).await;
+    let status = common::terminate(node_b).await;
+    assert!(status.success(), "{status:?}");
+    until_online(addr_a, "bob", 0).await;
+    kill9(node_a).await;
+}

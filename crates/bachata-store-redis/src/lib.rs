@@ -115,7 +115,7 @@
 //! # Retained bytes
 //! `--max-retained-bytes` bounds the payload bytes of every retained entry
 //! over all channels. On standalone Redis, `bachata:retained` counts them:
-//! `append` adds, `remove` subtracts, and `enqueue.lua` refuses a message
+//! `append` adds, `remove` subtracts, and the enqueue of `batch.lua` refuses a message
 //! whose copies would pass the limit (after the dedupe check and the queue
 //! limits, before any write): exact and atomic. On a cluster no script can
 //! reach a global key: the scripts report the bytes they appended or

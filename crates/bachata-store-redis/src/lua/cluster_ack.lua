@@ -1,4 +1,4 @@
--- Cluster ack, step 1, on the acking channel's slot: as ack.lua, but the
+-- Cluster ack, step 1, on the acking channel's slot: as the ack of batch.lua, but the
 -- receipt is left to the caller (the sender's log is on another slot): the
 -- first ack by any device of a message with a sender returns the sender.
 -- KEYS: the channel's 8 keys. ARGV: device, id, now.

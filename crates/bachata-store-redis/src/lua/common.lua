@@ -256,7 +256,7 @@ end
 -- Acks, for `dev`, the oldest entry with id `id` that it has not acked and
 -- that has not expired at `now` (a number). Returns the entry's seq, the
 -- parsed entry and whether this was the first ack by any device; nil when
--- no entry matched (unknown ids are ignored). Shared by ack.lua and
+-- no entry matched (unknown ids are ignored). Shared by batch.lua (its ack) and
 -- cluster_ack.lua, which differ only in where the receipt goes.
 local function ack_oldest(ch, dev, id, now)
   local list = redis.call('HGET', ch.ids, id)
