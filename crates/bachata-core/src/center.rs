@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Weak;
 
 use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
-use crate::hook::{FirstAck, PostProcess, Queued};
+use crate::hook::{FirstAck, HookRoute, PostProcess, Queued, RouteHook};
 use crate::hub::Hub;
 use crate::presence::{DeviceCounts, Presence, merge, report_presence};
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
@@ -62,6 +62,9 @@ pub struct Rejection {
     pub id: Option<MessageId>,
     pub code: ErrorCode,
     pub reason: String,
+    /// An application's own code (`app_*`, from a route hook), sent as the
+    /// `error` instead of `code`'s (which is then `forbidden`).
+    pub app_code: Option<String>,
 }
 
 impl Rejection {
@@ -70,12 +73,18 @@ impl Rejection {
             id,
             code,
             reason: reason.into(),
+            app_code: None,
         }
+    }
+
+    /// The `error` the sender gets.
+    pub fn wire_code(&self) -> &str {
+        self.app_code.as_deref().unwrap_or(self.code.as_str())
     }
 
     /// The 400 frame.
     pub fn to_frame(&self) -> String {
-        bachata_proto::rejected(self.id.as_ref(), self.code, &self.reason)
+        bachata_proto::rejected_as(self.id.as_ref(), self.wire_code(), &self.reason)
     }
 }
 
@@ -102,6 +111,16 @@ enum Prepared {
     Store(Box<(NewMessage, StoreContext)>),
 }
 
+/// What the route hook made of a message.
+enum HookOutcome {
+    /// A resend of an id stored within the dedupe window: not asked again.
+    Duplicate(MessageId),
+    /// Exactly these channels (none: `no_route`).
+    Channels(Vec<Channel>),
+    /// The route chain decides.
+    Pass,
+}
+
 /// What `finish` needs to announce a stored message.
 struct StoreContext {
     sender: Option<Channel>,
@@ -122,9 +141,17 @@ pub struct CenterBuilder {
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
     presence: Option<Arc<dyn Presence>>,
+    route_hook: Option<Arc<dyn RouteHook>>,
 }
 
 impl CenterBuilder {
+    /// Asks an application where clients' messages go, before the route
+    /// chain (see [`RouteHook`]).
+    pub fn route_hook(mut self, hook: Arc<dyn RouteHook>) -> Self {
+        self.route_hook = Some(hook);
+        self
+    }
+
     /// Shares this node's connection counts with the other nodes of its
     /// store, and counts theirs in [`MessagesCenter::online`]. `build` must
     /// then run inside a tokio runtime: it spawns the task that writes the
@@ -182,6 +209,7 @@ impl CenterBuilder {
             },
             bus: self.bus,
             presence: self.presence,
+            route_hook: self.route_hook,
             config: self.config,
             stats: Arc::new(Stats::default()),
             sign_key: self.sign_key,
@@ -210,6 +238,7 @@ pub struct MessagesCenter {
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
     presence: Option<Arc<dyn Presence>>,
+    route_hook: Option<Arc<dyn RouteHook>>,
 }
 
 /// Feeds other nodes' events to the local hub until the bus closes or the
@@ -288,6 +317,7 @@ impl MessagesCenter {
             sign_key: None,
             bus: None,
             presence: None,
+            route_hook: None,
         }
     }
 
@@ -369,9 +399,20 @@ impl MessagesCenter {
     pub async fn submit_pipelined(
         self: &Arc<Self>,
         sender: Option<&Channel>,
+        msg: DataMessage,
+    ) -> PendingSubmit {
+        self.submit_pipelined_from(sender.map(|s| (s, &None)), msg)
+            .await
+    }
+
+    /// [`MessagesCenter::submit_pipelined`] for a message from `device` of
+    /// a client's channel (`None`: by system), which a route hook is told.
+    pub async fn submit_pipelined_from(
+        self: &Arc<Self>,
+        from: Option<(&Channel, &Device)>,
         mut msg: DataMessage,
     ) -> PendingSubmit {
-        let result = match self.prepare(sender, &mut msg).await {
+        let result = match self.prepare(from, &mut msg).await {
             Err(rejection) => Err(rejection),
             Ok(Prepared::Done(accepted)) => Ok(accepted),
             Ok(Prepared::Store(prepared)) => {
@@ -407,9 +448,10 @@ impl MessagesCenter {
     /// Checks, stamps and routes a message; builds its store request.
     async fn prepare(
         &self,
-        sender: Option<&Channel>,
+        from: Option<(&Channel, &Device)>,
         msg: &mut DataMessage,
     ) -> Result<Prepared, Rejection> {
+        let sender = from.map(|(s, _)| s);
         let secret = sender.and_then(|s| self.channel_secret(s));
         if let Some(secret) = secret
             && !bachata_proto::sign::verify(&secret, msg)
@@ -426,12 +468,35 @@ impl MessagesCenter {
             ));
         }
         let now = now_millis();
+        let hooked = match (from, &self.route_hook) {
+            (Some((sender, device)), Some(hook)) if hook.wants(&msg.kind) => {
+                self.ask_hook(hook.as_ref(), sender, device, msg, now)
+                    .await?
+            }
+            _ => HookOutcome::Pass,
+        };
+        let hooked = match hooked {
+            HookOutcome::Duplicate(id) => {
+                // A resend of a stored message: its 100 again, no new copy.
+                return Ok(Prepared::Done(Accepted::Stored {
+                    id,
+                    channels: Vec::new(),
+                }));
+            }
+            HookOutcome::Channels(channels) => Some(channels),
+            HookOutcome::Pass => None,
+        };
         msg.from = sender.map(|c| c.as_str().to_owned());
         if msg.time.is_none() {
             msg.time = Some(now as i64);
         }
         let id = msg.id.clone();
-        let channels = match run_chain(&self.routes, &RouteContext { sender }, msg).await {
+        let routed = match hooked {
+            Some(channels) if channels.is_empty() => Routed::NoRoute,
+            Some(channels) => Routed::To(channels),
+            None => run_chain(&self.routes, &RouteContext { sender }, msg).await,
+        };
+        let channels = match routed {
             Routed::To(channels) => channels,
             Routed::NoRoute => {
                 return Err(Rejection::new(
@@ -481,6 +546,44 @@ impl MessagesCenter {
             now,
         };
         Ok(Prepared::Store(Box::new((request, ctx))))
+    }
+
+    /// Asks the route hook about `msg` (unless it is a resend of a stored
+    /// id); puts the hook's `data` in place of the message's.
+    async fn ask_hook(
+        &self,
+        hook: &dyn RouteHook,
+        sender: &Channel,
+        device: &Device,
+        msg: &mut DataMessage,
+        now: Millis,
+    ) -> Result<HookOutcome, Rejection> {
+        let unavailable = |id: &Option<MessageId>, why: String| {
+            Rejection::new(id.clone(), ErrorCode::Unavailable, why)
+        };
+        if let Some(id) = &msg.id {
+            match self.store.is_duplicate(Some(sender), id, now).await {
+                Ok(true) => return Ok(HookOutcome::Duplicate(id.clone())),
+                Ok(false) => {}
+                Err(e) => return Err(unavailable(&msg.id, format!("store unavailable: {e}"))),
+            }
+        }
+        let verdict = hook.route(sender, device, msg).await;
+        if let Some(data) = verdict.data {
+            msg.data = Some(data);
+        }
+        match verdict.route {
+            HookRoute::Pass => Ok(HookOutcome::Pass),
+            HookRoute::Channels(channels) => Ok(HookOutcome::Channels(channels)),
+            HookRoute::Reject { code, reason } => {
+                let mut rejection = Rejection::new(msg.id.clone(), ErrorCode::Forbidden, reason);
+                if code != ErrorCode::Forbidden.as_str() {
+                    rejection.app_code = Some(code);
+                }
+                Err(rejection)
+            }
+            HookRoute::Unavailable(why) => Err(unavailable(&msg.id, why)),
+        }
     }
 
     /// Turns the store's answer into the sender's, and announces a stored

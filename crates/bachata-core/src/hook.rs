@@ -37,3 +37,48 @@ pub trait PostProcess: Send + Sync + 'static {
     /// no 300). Runs before the 300 is handed to the sender's connections.
     fn first_ack(&self, _ack: &FirstAck) {}
 }
+
+/// What an application's route hook decided about a message (protocol.md
+/// section 10).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookRoute {
+    /// Deliver to exactly these channels (none: `no_route`).
+    Channels(Vec<Channel>),
+    /// Go on with the route chain.
+    Pass,
+    /// Refuse: the sender gets a 400 with this code (`forbidden` or an
+    /// application's own `app_*`) and reason.
+    Reject { code: String, reason: String },
+    /// No usable answer (a timeout, a 5xx, a malformed answer, too many
+    /// calls in flight): the sender gets 400 `unavailable`, nothing is
+    /// stored, and a resend asks again.
+    Unavailable(String),
+}
+
+/// A route hook's answer: where the message goes, and the `data` that
+/// replaces the message's own, if any.
+#[derive(Debug, Clone)]
+pub struct HookVerdict {
+    pub route: HookRoute,
+    pub data: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// Asks an application where a client's message goes, before the route
+/// chain (the server's `--route-hook`). Only messages from clients go to it
+/// (not the HTTP API's, which the application sends itself), signature
+/// checked first, and a resend of an id stored within the dedupe window is
+/// answered from the dedupe record without asking again.
+#[async_trait::async_trait]
+pub trait RouteHook: Send + Sync + 'static {
+    /// Whether messages of this `type` go to the hook.
+    fn wants(&self, kind: &str) -> bool;
+
+    /// The decision about `msg` (as received: before `from` and `time`
+    /// are stamped) from `device` of `sender`.
+    async fn route(
+        &self,
+        sender: &Channel,
+        device: &crate::store::Device,
+        msg: &bachata_proto::DataMessage,
+    ) -> HookVerdict;
+}

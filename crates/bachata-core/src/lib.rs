@@ -10,7 +10,9 @@
 //!   are built in.
 //! - [`Store`] is where the state lives; [`MemoryStore`] keeps it in memory,
 //!   and [`memstate`] is the state machine that the embedded store persists.
-//! - [`PostProcess`] hooks run after a message is queued or first acked.
+//! - [`PostProcess`] hooks run after a message is queued or first acked;
+//!   a [`RouteHook`] (the server's HTTP route hook) is asked before the
+//!   route chain.
 
 pub mod bus;
 mod center;
@@ -28,7 +30,7 @@ pub use bus::{Bus, BusEvent};
 pub use center::{
     Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection,
 };
-pub use hook::{FirstAck, PostProcess, Queued};
+pub use hook::{FirstAck, HookRoute, HookVerdict, PostProcess, Queued, RouteHook};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
 pub use presence::{DeviceCounts, Presence};

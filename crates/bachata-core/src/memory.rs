@@ -4,7 +4,7 @@
 //! process". For ephemeral deployments and tests.
 
 use async_trait::async_trait;
-use bachata_proto::{Channel, GroupId};
+use bachata_proto::{Channel, GroupId, MessageId};
 use parking_lot::Mutex;
 
 use crate::memstate::{Discard, MemState};
@@ -102,6 +102,15 @@ impl Store for MemoryStore {
 
     async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {
         Ok(self.state.lock().ack_state(channel, seq))
+    }
+
+    async fn is_duplicate(
+        &self,
+        sender: Option<&Channel>,
+        id: &MessageId,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(self.state.lock().is_duplicate(sender, id, now))
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

@@ -362,6 +362,12 @@ impl MemState {
         state
     }
 
+    /// Whether `(sender, id)` has a live dedupe record at `now`.
+    pub fn is_duplicate(&self, sender: Option<&Channel>, id: &MessageId, now: Millis) -> bool {
+        let sender = sender.map_or("", |c| c.as_str());
+        self.dedupe.is_live(self.dedupe.key(sender, id), now)
+    }
+
     pub fn enqueue(&mut self, msg: &NewMessage, changes: &mut impl ChangeSink) -> Enqueued {
         let sender = sender_key(&msg.sender);
         let dedupe_key = self.dedupe.key(sender, &msg.id);

@@ -355,6 +355,17 @@ pub trait Store: Send + Sync + 'static {
     /// Whether any device of `channel` acked the entry at `seq`.
     async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError>;
 
+    /// Whether `sender` (`None`: the system) has a live dedupe record for
+    /// `id` at `now`: a resend of a message stored within the dedupe window.
+    /// A route hook is not asked again about such a resend (protocol.md
+    /// section 10).
+    async fn is_duplicate(
+        &self,
+        sender: Option<&Channel>,
+        id: &MessageId,
+        now: Millis,
+    ) -> Result<bool, StoreError>;
+
     /// Adds `member` to `group` (durably). Returns false if it was a member
     /// already.
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError>;

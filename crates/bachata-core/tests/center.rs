@@ -145,6 +145,14 @@ impl Store for DeadStore {
     async fn ack_state(&self, _: &Channel, _: Seq) -> Result<AckState, StoreError> {
         Err(StoreError::backend("disk on fire"))
     }
+    async fn is_duplicate(
+        &self,
+        _: Option<&Channel>,
+        _: &bachata_proto::MessageId,
+        _: Millis,
+    ) -> Result<bool, StoreError> {
+        Err(StoreError::backend("disk on fire"))
+    }
     async fn add_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {
         Err(StoreError::backend("disk on fire"))
     }
@@ -169,6 +177,7 @@ async fn a_failing_store_means_unavailable_never_a_100() {
             id: Some(MessageId::new("m1").expect("id")),
             code: ErrorCode::Unavailable,
             reason: "storage is unavailable; retry later".into(),
+            app_code: None,
         }
     );
     assert!(c.open_session(ch("bob"), None).await.is_err());

@@ -20,4 +20,4 @@ pub mod transport;
 pub use error::{ErrorCode, ProtoError};
 pub use frame::{DataMessage, Extra, Inbound, Limits, Rejected, check_depth, parse_frame};
 pub use ids::{Channel, DeviceId, GroupId, IdError, MessageId};
-pub use outbound::{delivered, pong, ready, received, rejected};
+pub use outbound::{delivered, pong, ready, received, rejected, rejected_as};

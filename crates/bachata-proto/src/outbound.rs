@@ -53,13 +53,19 @@ pub fn pong() -> &'static str {
 
 /// `{"type":400,"data":id|null,"error":code,"reason":text}`
 pub fn rejected(id: Option<&MessageId>, code: ErrorCode, reason: &str) -> String {
+    rejected_as(id, code.as_str(), reason)
+}
+
+/// [`rejected`] with a code of the application's own (`app_*`, from a
+/// route hook: protocol.md section 10) as the `error`.
+pub fn rejected_as(id: Option<&MessageId>, code: &str, reason: &str) -> String {
     let mut out = String::from(r#"{"type":400,"data":"#);
     match id {
         Some(id) => push_json_str(&mut out, id.as_str()),
         None => out.push_str("null"),
     }
     out.push_str(r#","error":"#);
-    push_json_str(&mut out, code.as_str());
+    push_json_str(&mut out, code);
     out.push_str(r#","reason":"#);
     push_json_str(&mut out, reason);
     out.push('}');

@@ -61,6 +61,11 @@ pub struct Config {
     /// URL that decides who connects without a valid JWT (protocol.md
     /// section 10).
     pub connect_hook: Option<String>,
+    /// URL asked where clients' data messages go, before the route chain.
+    pub route_hook: Option<String>,
+    /// The message types that go to the route hook: a comma list, `*` for
+    /// all (the default).
+    pub route_hook_types: Option<String>,
     /// Bound on one hook call, connection included.
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub hook_timeout: Duration,
@@ -134,6 +139,8 @@ impl Default for Config {
             undelivered_webhook: None,
             undelivered_after: Duration::from_secs(60),
             connect_hook: None,
+            route_hook: None,
+            route_hook_types: None,
             hook_timeout: Duration::from_secs(2),
             hook_concurrency: 256,
             max_frame_bytes: 65536,
@@ -288,6 +295,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "URL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_hook: Option<String>,
+    /// POST clients' data messages here before the route chain; the answer names the channels, passes, or refuses (docs/hooks.md).
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_hook: Option<String>,
+    /// Message types that go to --route-hook: a comma list, or * for all [default: *].
+    #[arg(long, value_name = "TYPES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_hook_types: Option<String>,
     /// Bound on one hook call [default: 2s].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]

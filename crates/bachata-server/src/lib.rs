@@ -191,6 +191,12 @@ pub async fn start_with(
     let mut metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
+    if let Some(url) = &config.route_hook {
+        let client = hooks::HookClient::new("route", url, &hook_settings(&config), &mut metrics)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let types = hooks::HookTypes::parse(config.route_hook_types.as_deref());
+        builder = builder.route_hook(Arc::new(hooks::RouteHookClient::new(client, types)));
+    }
     if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
         // Other nodes share this Redis: hear about their messages.
         let options = redis_options(&config)?;

@@ -745,8 +745,15 @@ impl Connection {
                 // while this connection goes on reading. (Those left when
                 // the connection ends finish in a task of their own, see
                 // `run`; one task per message cost CPU under load.)
-                let channel = self.session.channel().clone();
-                let pending = self.app.center.submit_pipelined(Some(&channel), msg).await;
+                let (channel, device) = (
+                    self.session.channel().clone(),
+                    self.session.device().clone(),
+                );
+                let pending = self
+                    .app
+                    .center
+                    .submit_pipelined_from(Some((&channel, &device)), msg)
+                    .await;
                 self.replies.push_back(pending);
                 None
             }

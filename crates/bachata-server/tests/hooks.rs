@@ -1,6 +1,6 @@
-//! The connect hook (protocol.md section 10) against a real hook server: an
-//! axum application started by each test on a loopback port, which records
-//! what it was asked and answers as the test tells it.
+//! The connect and route hooks (protocol.md section 10) against a real hook
+//! server: an axum application started by each test on a loopback port,
+//! which records what it was asked and answers as the test tells it.
 
 mod common;
 
@@ -51,6 +51,8 @@ struct Hook {
     /// Every request: its body, and whether its signature checked out.
     seen: Mutex<Vec<(Value, bool)>>,
     arrived: Notify,
+    /// A message id whose route call is answered 200 ms late.
+    slow: Mutex<Option<String>>,
 }
 
 impl Hook {
@@ -69,6 +71,10 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| s == bachata_proto::sign::hmac_hex(KEY.as_bytes(), &body));
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let slow = hook.slow.lock().expect("lock").clone();
+    if slow.is_some_and(|id| request["message"]["id"] == id.as_str()) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     hook.seen.lock().expect("lock").push((request, signed));
     hook.arrived.notify_one();
     let answer = hook.answer.lock().expect("lock").clone();
@@ -87,15 +93,18 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
 
 /// Starts the hook application; its URL.
 async fn hook_server(hook: Arc<Hook>) -> String {
+    hook_server_at(hook, "/connect").await
+}
+
+/// Starts a hook application answering at `path`; its URL.
+async fn hook_server_at(hook: Arc<Hook>, path: &str) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr: SocketAddr = listener.local_addr().expect("addr");
-    let app = Router::new()
-        .route("/connect", post(handle))
-        .with_state(hook);
+    let app = Router::new().route(path, post(handle)).with_state(hook);
     tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}/connect")
+    format!("http://{addr}{path}")
 }
 
 async fn start(
@@ -294,4 +303,165 @@ async fn calls_beyond_the_concurrency_bound_are_refused_at_once() {
         metrics.contains("bachata_hook_connect_busy_total 1"),
         "{metrics}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Route hook
+
+async fn start_routed(
+    hook: &Arc<Hook>,
+    tweak: impl FnOnce(&mut bachata_server::Config),
+) -> common::TestServer {
+    let url = hook_server_at(hook.clone(), "/route").await;
+    common::start_with(move |c| {
+        c.route_hook = Some(url);
+        c.api_key = Some(KEY.into());
+        c.hook_timeout = Duration::from_millis(300);
+        tweak(c);
+    })
+    .await
+}
+
+fn chat(id: &str, dest: &str, text: &str) -> Value {
+    json!({"type": "chat", "id": id, "dest": dest, "data": {"text": text}})
+}
+
+#[tokio::test]
+async fn the_route_hook_names_channels_and_may_replace_data() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect_device(s.addr(), "alice", "phone").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    let mut carol = TestClient::connect(s.addr(), "carol").await;
+
+    hook.answer(Answer::ok(json!({"channels": ["carol"]})));
+    alice.send(chat("m1", "bob", "hi")).await;
+    alice.expect(100, "m1").await;
+    let m1 = carol.recv().await;
+    assert_eq!(
+        (m1["id"].clone(), m1["from"].clone()),
+        (json!("m1"), json!("alice"))
+    );
+    assert!(bob.sync().await.is_empty(), "exactly the hook's channels");
+    let seen = hook.seen();
+    let (request, signed) = &seen[0];
+    assert!(signed);
+    assert_eq!(request["from"], "alice");
+    assert_eq!(request["device"], "phone");
+    assert_eq!(request["message"], chat("m1", "bob", "hi"), "as received");
+
+    hook.answer(Answer::ok(json!({"pass": true, "data": {"text": "***"}})));
+    alice.send(chat("m2", "bob", "a rude word")).await;
+    alice.expect(100, "m2").await;
+    let m2 = bob.recv().await;
+    assert_eq!(m2["id"], "m2", "the built-in routes took it");
+    assert_eq!(m2["data"], json!({"text": "***"}), "the hook's data");
+}
+
+#[tokio::test]
+async fn the_route_hook_refuses_with_its_codes() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let cases = [
+        (
+            json!({"error": "app_muted", "reason": "you are muted"}),
+            "app_muted",
+        ),
+        (json!({"error": "forbidden"}), "forbidden"),
+        (json!({"channels": []}), "no_route"),
+        // Not a code the application may use: no usable answer.
+        (json!({"error": "queue_full"}), "unavailable"),
+        (json!({"pass": true, "channels": ["bob"]}), "unavailable"),
+    ];
+    for (i, (answer, code)) in cases.into_iter().enumerate() {
+        hook.answer(Answer::ok(answer.clone()));
+        let id = format!("r{i}");
+        alice.send(chat(&id, "bob", "x")).await;
+        let reply = alice.recv().await;
+        assert_eq!(reply["type"], 400, "{answer}: {reply}");
+        assert_eq!(reply["data"], id.as_str());
+        assert_eq!(reply["error"], code, "{answer}: {reply}");
+    }
+    let reply = {
+        hook.answer(Answer::ok(
+            json!({"error": "app_muted", "reason": "you are muted"}),
+        ));
+        alice.send(chat("again", "bob", "x")).await;
+        alice.recv().await
+    };
+    assert_eq!(reply["reason"], "you are muted");
+}
+
+#[tokio::test]
+async fn no_answer_stores_nothing_and_a_resend_is_asked_once() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    for answer in [
+        // Slower than --hook-timeout (300 ms).
+        Answer {
+            pause: Duration::from_secs(2),
+            ..Answer::ok(json!({"pass": true}))
+        },
+        Answer {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            ..Answer::ok(json!({}))
+        },
+    ] {
+        hook.answer(answer);
+        alice.send(chat("m1", "bob", "hi")).await;
+        let reply = alice.recv().await;
+        assert_eq!(reply["error"], "unavailable", "{reply}");
+    }
+    assert!(bob.sync().await.is_empty(), "nothing stored");
+    hook.answer(Answer::ok(json!({"pass": true})));
+    alice.send(chat("m1", "bob", "hi")).await;
+    alice.expect(100, "m1").await;
+    assert_eq!(bob.recv().await["id"], "m1");
+    assert_eq!(hook.seen().len(), 3);
+    // A resend of the stored id: its 100 from the dedupe record, the hook
+    // not asked, no second copy.
+    alice.send(chat("m1", "bob", "hi")).await;
+    alice.expect(100, "m1").await;
+    assert_eq!(hook.seen().len(), 3, "the hook sees each stored id once");
+    assert!(bob.sync().await.is_empty(), "delivered once");
+}
+
+#[tokio::test]
+async fn only_the_listed_types_go_to_the_route_hook() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |c| c.route_hook_types = Some("chat, room".into())).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    hook.answer(Answer::ok(json!({"channels": []})));
+    alice
+        .send(json!({"type": "note", "id": "n1", "dest": "bob", "data": 1}))
+        .await;
+    alice.expect(100, "n1").await;
+    assert_eq!(bob.recv().await["id"], "n1");
+    assert!(hook.seen().is_empty(), "a note is not the hook's");
+    alice.send(chat("c1", "bob", "x")).await;
+    assert_eq!(alice.recv().await["error"], "no_route");
+    assert_eq!(hook.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_slow_hook_call_keeps_the_connections_order() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    hook.answer(Answer::ok(json!({"pass": true})));
+    *hook.slow.lock().expect("lock") = Some("m1".into());
+    for id in ["m1", "m2", "m3"] {
+        alice.send(chat(id, "bob", id)).await;
+    }
+    for id in ["m1", "m2", "m3"] {
+        alice.expect(100, id).await;
+    }
+    for id in ["m1", "m2", "m3"] {
+        assert_eq!(bob.recv().await["id"], id, "sent order, the slow one first");
+    }
 }

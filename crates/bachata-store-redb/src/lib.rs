@@ -60,7 +60,7 @@ use bachata_core::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
     Store, StoreError,
 };
-use bachata_proto::{Channel, GroupId};
+use bachata_proto::{Channel, GroupId, MessageId};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -307,6 +307,18 @@ impl Store for RedbStore {
 
     async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {
         Ok(self.state.lock().ack_state(channel, seq))
+    }
+
+    /// From the memory state, which may run ahead of the disk by the
+    /// commit in progress: a resend racing its original's commit counts as
+    /// a duplicate.
+    async fn is_duplicate(
+        &self,
+        sender: Option<&Channel>,
+        id: &MessageId,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        Ok(self.state.lock().is_duplicate(sender, id, now))
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

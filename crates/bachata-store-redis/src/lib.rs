@@ -302,7 +302,7 @@ use bachata_core::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Epoch, Forgotten, Millis, NewMessage,
     PendingAck, PendingEnqueue, Seq, Store, StoreError,
 };
-use bachata_proto::{Channel, GroupId};
+use bachata_proto::{Channel, GroupId, MessageId};
 use redis::{FromRedisValue, RedisError, Value};
 
 use codec::map_error;
@@ -705,6 +705,28 @@ impl Store for RedisStore {
         let n: Value = self.query("pending_count", cmd).await?;
         u64::try_from(codec::int(&n, "pending_count")?)
             .map_err(|_| StoreError::corrupt("redis pending_count: negative"))
+    }
+
+    /// The dedupe record holds its deadline first (`"<until>"` on
+    /// standalone Redis, `"<until> <attempt>"` on a cluster).
+    async fn is_duplicate(
+        &self,
+        sender: Option<&Channel>,
+        id: &MessageId,
+        now: Millis,
+    ) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys::dedupe(sender, id));
+        let record: Option<String> = self.query("is_duplicate", cmd).await?;
+        let Some(record) = record else {
+            return Ok(false);
+        };
+        let until: Millis = record
+            .split(' ')
+            .next()
+            .and_then(|u| u.parse().ok())
+            .ok_or_else(|| StoreError::corrupt("redis dedupe record: not a deadline"))?;
+        Ok(until > now)
     }
 
     async fn ack_state(&self, channel: &Channel, seq: Seq) -> Result<AckState, StoreError> {

@@ -148,6 +148,7 @@ macro_rules! __store_conformance_checks {
             unknown_ack_is_ignored,
             ack_seqs_marks_receipts,
             dedupe_window,
+            is_duplicate_reads_the_dedupe_record,
             queue_limit_counts_unacked_messages,
             ttl_expiry,
             ttl_expiry_out_of_order,
@@ -1637,6 +1638,43 @@ pub async fn reopen_keeps_groups<B: Backend>(mut backend: B) {
         return;
     };
     assert_eq!(members(&s, "team").await, [ch("alice"), ch("carol")]);
+}
+
+/// `is_duplicate` says whether a sender's id has a live dedupe record: per
+/// sender (the system apart), until the window's deadline, and whatever
+/// became of the message (acked, even gone).
+pub async fn is_duplicate_reads_the_dedupe_record<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    let store = s.handle();
+    let dup = |sender: Option<&str>, id: &str, now: Millis| {
+        let store = store.clone();
+        let (sender, id) = (sender.map(ch), mid(id));
+        async move {
+            store
+                .is_duplicate(sender.as_ref(), &id, now)
+                .await
+                .expect("is_duplicate")
+        }
+    };
+    assert!(!dup(Some("alice"), "m1", T0).await, "nothing stored yet");
+    s.stored_one(msg("alice", "m1", &["bob"], T0)).await;
+    s.stored_one(system_msg("s1", &["bob"], T0)).await;
+    assert!(dup(Some("alice"), "m1", T0 + 1).await);
+    assert!(
+        !dup(Some("carol"), "m1", T0 + 1).await,
+        "another sender's id"
+    );
+    assert!(!dup(None, "m1", T0 + 1).await, "the system's ids apart");
+    assert!(dup(None, "s1", T0 + 1).await);
+    s.ack("bob", &None, "m1", T0 + 2).await;
+    assert!(
+        dup(Some("alice"), "m1", T0 + 3).await,
+        "acked, still deduped"
+    );
+    assert!(
+        !dup(Some("alice"), "m1", T0 + 10 * MIN).await,
+        "past the window's deadline"
+    );
 }
 
 /// `ack_state`: pending until the first ack by any device, then acked, and
