@@ -19,6 +19,7 @@
 mod chaos;
 mod fanout;
 mod fsync;
+mod hook;
 mod http;
 mod idle;
 mod pairs;
@@ -131,6 +132,10 @@ struct PairsArgs {
     /// Upper bound on messages per pair.
     #[arg(long, default_value_t = 1_000_000)]
     max_per_pair: u64,
+    /// After each store's run, run it again with a route hook (served by
+    /// this process) that answers every message `{"pass": true}`.
+    #[arg(long, requires = "spawn")]
+    route_hook_pass: bool,
 }
 
 /// Where the `pairs`, `fanout` and `reconnect` scenarios run.
@@ -254,6 +259,7 @@ fn main() -> anyhow::Result<()> {
                 bachata,
                 store,
                 redis_server,
+                extra_args: Vec::new(),
             };
             let load = ChaosLoad {
                 kills,
@@ -428,7 +434,14 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
     } else {
         results.push(measure_null(&args).await?);
         for store in target.store.split(',') {
-            results.push(measure_nodes(&args, store).await?);
+            results.push(measure_nodes(&args, store, None).await?);
+            if args.route_hook_pass {
+                let hook = hook::PassHook::start().await?;
+                results.push(measure_nodes(&args, store, Some(&hook)).await?);
+                if hook.calls() == 0 {
+                    anyhow::bail!("the route hook was never called");
+                }
+            }
         }
     }
     let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
@@ -467,18 +480,28 @@ async fn measure_null(args: &PairsArgs) -> anyhow::Result<Measured> {
 }
 
 /// `pairs` against `--nodes` spawned bachata nodes on `store`.
-async fn measure_nodes(args: &PairsArgs, store: &str) -> anyhow::Result<Measured> {
+async fn measure_nodes(
+    args: &PairsArgs,
+    store: &str,
+    hook: Option<&hook::PassHook>,
+) -> anyhow::Result<Measured> {
     let t = &args.target;
     let spawn = servers::Spawn {
         bachata: t.spawn.clone().context("give --url or --spawn")?,
         store: store.to_owned(),
         redis_server: t.redis_server.clone(),
+        extra_args: hook.map_or_else(Vec::new, |h| vec!["--route-hook".into(), h.url.clone()]),
     };
     let nodes = servers::Nodes::start(&spawn, t.nodes).await?;
-    let name = match t.nodes {
+    let mut name = match t.nodes {
         1 => format!("bachata-{store}"),
         n => format!("bachata-{store}-x{n}"),
     };
+    if hook.is_some() {
+        // Not `+`: the name prefixes channel names, and a `+` in a query
+        // is a space.
+        name.push_str("-hook");
+    }
     let target = PairsTarget {
         name,
         url: format!("ws://{}", nodes.first().addr),
@@ -633,6 +656,7 @@ fn spawn_of(t: &Target, bachata: PathBuf) -> servers::Spawn {
         bachata,
         store: t.store.clone(),
         redis_server: t.redis_server.clone(),
+        extra_args: Vec::new(),
     }
 }
 

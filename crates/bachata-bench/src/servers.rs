@@ -45,7 +45,16 @@ pub(crate) async fn spawn(
     })
     .await
     .context("start timed out")??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // The rest of its output is dropped, or passed on with
+    // BACHATA_BENCH_SERVER_LOG=1 (to see why a run failed).
+    let show = std::env::var_os("BACHATA_BENCH_SERVER_LOG").is_some();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if show {
+                eprintln!("server: {line}");
+            }
+        }
+    });
     Ok((child, addr))
 }
 
@@ -122,6 +131,8 @@ pub(crate) struct Spawn {
     /// `embedded`, `memory` or `redis`.
     pub(crate) store: String,
     pub(crate) redis_server: PathBuf,
+    /// More `serve` arguments for every node (`--route-hook URL`, say).
+    pub(crate) extra_args: Vec<String>,
 }
 
 /// One or more bachata nodes, and the Redis they share (`--store redis`).
@@ -143,7 +154,7 @@ impl Nodes {
         let mut servers = Vec::with_capacity(count);
         for _ in 0..count.max(1) {
             let url = redis.as_ref().map(|r| r.url.as_str());
-            servers.push(start_server(&spawn.bachata, &spawn.store, url).await?);
+            servers.push(start_server(spawn, url).await?);
         }
         Ok(Nodes { servers, redis })
     }
@@ -200,15 +211,12 @@ impl Cpu {
     }
 }
 
-async fn start_server(
-    bachata: &Path,
-    store: &str,
-    redis_url: Option<&str>,
-) -> anyhow::Result<Server> {
+async fn start_server(what: &Spawn, redis_url: Option<&str>) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
     let api_key = format!("bench-{}", std::process::id());
-    let mut cmd = Command::new(bachata);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+    let mut cmd = Command::new(&what.bachata);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", &what.store])
+        .args(&what.extra_args)
         .arg("--data-dir")
         .arg(dir.path())
         .env("BACHATA_API_KEY", &api_key)

@@ -274,9 +274,12 @@ impl RouteHook for RouteHookClient {
     }
 
     async fn route(&self, sender: &Channel, device: &Device, msg: &DataMessage) -> HookVerdict {
-        let unavailable = |why: String| HookVerdict {
-            route: HookRoute::Unavailable(why),
-            data: None,
+        let unavailable = |why: String| {
+            tracing::warn!(%why, "route hook gave no usable answer");
+            HookVerdict {
+                route: HookRoute::Unavailable(why),
+                data: None,
+            }
         };
         let message = match serde_json::value::RawValue::from_string(msg.to_json()) {
             Ok(message) => message,
