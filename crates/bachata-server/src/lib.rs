@@ -208,8 +208,14 @@ pub async fn start_with(
     }
     if let Some(url) = &config.undelivered_webhook {
         builder = builder.hook(
-            webhook::UndeliveredWebhook::new(url, config.undelivered_after, store, &metrics)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            webhook::UndeliveredWebhook::new(
+                url,
+                config.undelivered_after,
+                config.api_key.as_deref(),
+                store,
+                &metrics,
+            )
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
         );
     }
     let center = builder

@@ -125,6 +125,8 @@ struct Counters {
 struct Poster {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// Signs each body (`X-Bachata-Signature`), as the hooks' requests.
+    api_key: Option<Vec<u8>>,
     retry: RetryPolicy,
     counters: Counters,
     stop: CancellationToken,
@@ -149,6 +151,7 @@ impl UndeliveredWebhook {
     pub(crate) fn new(
         url: &str,
         after: Duration,
+        api_key: Option<&str>,
         store: Arc<dyn Store>,
         metrics: &Metrics,
     ) -> Result<Self, WebhookError> {
@@ -172,6 +175,7 @@ impl UndeliveredWebhook {
         let poster = Arc::new(Poster {
             client,
             url,
+            api_key: api_key.map(|k| k.as_bytes().to_vec()),
             retry: RetryPolicy {
                 attempts: ATTEMPTS,
                 base: MAX_BASE_BACKOFF.min(after / 2),
@@ -339,17 +343,22 @@ enum Outcome {
 /// POSTs `body` with retries; counts the result.
 async fn post(poster: &Poster, body: Bytes, id: &MessageId, dest: &Channel) {
     let mut last = String::new();
+    let signature = poster
+        .api_key
+        .as_deref()
+        .map(|key| crate::hooks::signature(key, &body));
     for attempt in 0..poster.retry.attempts {
         if attempt > 0 {
             tokio::time::sleep(poster.retry.delay_before(attempt)).await;
         }
-        let result = poster
+        let mut request = poster
             .client
             .post(poster.url.clone())
-            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body.clone())
-            .send()
-            .await;
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(signature) = &signature {
+            request = request.header(crate::hooks::SIGNATURE_HEADER, signature);
+        }
+        let result = request.body(body.clone()).send().await;
         let outcome = match result {
             Ok(response) if response.status().is_success() => {
                 poster.counters.sent.inc();
