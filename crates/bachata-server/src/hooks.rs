@@ -94,6 +94,10 @@ pub(crate) struct HookMetrics {
 #[derive(Debug)]
 pub(crate) struct HookClient {
     name: &'static str,
+    /// When a failure was last logged (ms since `created`): at most one
+    /// line per second, however many messages fail during an outage.
+    last_warned: std::sync::atomic::AtomicU64,
+    created: std::time::Instant,
     url: reqwest::Url,
     http: reqwest::Client,
     permits: Arc<Semaphore>,
@@ -131,12 +135,32 @@ impl HookClient {
             .map_err(|source| HookError::Client { name, source })?;
         Ok(HookClient {
             name,
+            last_warned: std::sync::atomic::AtomicU64::new(0),
+            created: std::time::Instant::now(),
             url,
             http,
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             api_key: settings.api_key.as_ref().map(|k| k.as_bytes().to_vec()),
             metrics: metrics.hook(name),
         })
+    }
+
+    /// Logs why a call had no usable answer, at most once a second (the
+    /// metrics count every one); whether it logged.
+    pub(crate) fn warn(&self, why: &str) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_warned.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_warned
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(hook = self.name, %why, "hook gave no usable answer");
+            return true;
+        }
+        false
     }
 
     /// POSTs `body` as JSON; the answer's status and body.
@@ -275,7 +299,7 @@ impl RouteHook for RouteHookClient {
 
     async fn route(&self, sender: &Channel, device: &Device, msg: &DataMessage) -> HookVerdict {
         let unavailable = |why: String| {
-            tracing::warn!(%why, "route hook gave no usable answer");
+            let _ = self.client.warn(&why);
             HookVerdict {
                 route: HookRoute::Unavailable(why),
                 data: None,
@@ -410,6 +434,11 @@ impl ConnectHook {
         ConnectHook { client }
     }
 
+    /// See [`HookClient::warn`].
+    pub(crate) fn warn(&self, why: &str) {
+        let _ = self.client.warn(why);
+    }
+
     /// Asks the application who is connecting, and makes the channel a
     /// member of the groups the answer names.
     pub(crate) async fn connect(
@@ -537,6 +566,31 @@ mod tests {
         ] {
             assert!(route(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn failures_are_logged_at_most_once_a_second() {
+        let settings = HookSettings {
+            timeout: Duration::from_secs(1),
+            concurrency: 1,
+            api_key: None,
+        };
+        let mut client = HookClient::new(
+            "test",
+            "http://127.0.0.1:9/",
+            &settings,
+            &mut Metrics::new(),
+        )
+        .expect("client");
+        assert!(client.warn("first"));
+        assert!(!client.warn("second, at once"));
+        // Two seconds later, as the client's clock sees it.
+        client.created = client
+            .created
+            .checked_sub(Duration::from_secs(2))
+            .expect("an instant 2 s back");
+        assert!(client.warn("two seconds later"));
+        assert!(!client.warn("and at once again"));
     }
 
     #[test]

@@ -112,7 +112,7 @@ pub(crate) async fn upgrade(
                     return (status, format!("{reason}\n")).into_response();
                 }
                 ConnectOutcome::Unavailable(why) => {
-                    tracing::warn!(%why, "connect hook gave no answer");
+                    hook.warn(&why);
                     return (
                         StatusCode::SERVICE_UNAVAILABLE,
                         "the application's connect hook did not answer; try again\n",
