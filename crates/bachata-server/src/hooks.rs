@@ -30,15 +30,13 @@ use axum::http::header::{AUTHORIZATION, COOKIE, ORIGIN, USER_AGENT};
 use bachata_core::{Device, HookRoute, HookVerdict, RouteHook, Store};
 use bachata_proto::{Channel, DataMessage, DeviceId, GroupId};
 use bytes::Bytes;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::histogram::Histogram;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::auth::{HandshakeQuery, Identity};
-use crate::metrics::Metrics;
+use crate::metrics::{HookMetrics, Metrics};
 
 /// The header that carries the body's signature.
 pub(crate) const SIGNATURE_HEADER: &str = "x-bachata-signature";
@@ -79,15 +77,6 @@ pub(crate) struct HookSettings {
     pub concurrency: usize,
     /// The API key, which signs every request body.
     pub api_key: Option<String>,
-}
-
-/// Metrics of one hook (registered by `Metrics::hook`).
-#[derive(Debug, Clone)]
-pub(crate) struct HookMetrics {
-    pub(crate) calls: Counter,
-    pub(crate) failures: Counter,
-    pub(crate) busy: Counter,
-    pub(crate) seconds: Histogram,
 }
 
 /// See the module docs.

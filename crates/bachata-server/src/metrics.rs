@@ -39,6 +39,15 @@ pub(crate) struct Metrics {
     pub refused_connections: Counter,
 }
 
+/// Metrics of one application hook (`Metrics::hook`; used by `hooks.rs`).
+#[derive(Debug, Clone)]
+pub(crate) struct HookMetrics {
+    pub(crate) calls: Counter,
+    pub(crate) failures: Counter,
+    pub(crate) busy: Counter,
+    pub(crate) seconds: Histogram,
+}
+
 #[derive(Debug)]
 struct CenterCollector(Arc<MessagesCenter>);
 
@@ -190,8 +199,8 @@ impl Metrics {
 
     /// The metrics of the application hook `name` (`connect`, `route`),
     /// registered as `bachata_hook_<name>_...`.
-    pub(crate) fn hook(&mut self, name: &str) -> crate::hooks::HookMetrics {
-        let metrics = crate::hooks::HookMetrics {
+    pub(crate) fn hook(&mut self, name: &str) -> HookMetrics {
+        let metrics = HookMetrics {
             calls: Counter::default(),
             failures: Counter::default(),
             busy: Counter::default(),
