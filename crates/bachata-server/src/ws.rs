@@ -71,6 +71,19 @@ fn max_write_buffer(max_frame_bytes: usize) -> usize {
 const INVALID_BURST: u32 = 100;
 const INVALID_PER_SECOND: u32 = 10;
 
+/// The first pause before reading the store again after a failed read; it
+/// doubles up to [`READ_RETRY_MAX`] while reads keep failing.
+const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
+const READ_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Sleeps until `at`; never resolves for `None`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// How long a close frame may wait behind unread data before the socket is
 /// dropped without it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -210,6 +223,8 @@ enum Wake {
     Background(Background),
     Frame(Option<Result<Message, axum::Error>>),
     PingTick,
+    /// Time to read the store again after a failed read.
+    RetryRead,
     Hub(Event),
     Shutdown,
     /// The buffered frames were flushed (or the flush failed or timed out).
@@ -535,20 +550,38 @@ impl Connection {
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
+        // After a failed read (the store unreachable), when to read again
+        // and the pause after that: the session catches up by itself once
+        // the store is back, not only at its next frame or event.
+        let mut read_retry: Option<(tokio::time::Instant, Duration)> = None;
         loop {
             while self.session.wants_read() {
                 match self.session.read().await {
                     Ok(payloads) => {
+                        read_retry = None;
                         if let Err(c) = self.send_payloads(payloads).await {
                             return c;
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "store read failed");
+                        let pause = match read_retry {
+                            None => {
+                                tracing::warn!(error = %e, "store read failed; retrying");
+                                READ_RETRY_FIRST
+                            }
+                            Some((_, pause)) => (pause * 2).min(READ_RETRY_MAX),
+                        };
+                        read_retry = Some((tokio::time::Instant::now() + pause, pause));
                         break;
                     }
                 }
             }
+            if !self.session.wants_read() {
+                // Nothing to read now (the window is full, say): no timer
+                // whose deadline passed may spin the loop.
+                read_retry = None;
+            }
+            let retry_at = read_retry.map(|(at, _)| at);
             if self.unflushed > 0 && tokio::time::Instant::now() >= self.flush_by {
                 // The buffered frames had their time. Checked here as well
                 // as in the select below, whose flush branch a client that
@@ -573,6 +606,7 @@ impl Connection {
                     }
                     frame = stream.next(), if reading => Wake::Frame(frame),
                     _ = pings.tick() => Wake::PingTick,
+                    () = sleep_until_some(retry_at) => Wake::RetryRead,
                     event = self.session.recv() => Wake::Hub(event),
                     () = shutdown.cancelled() => Wake::Shutdown,
                 }
@@ -610,6 +644,8 @@ impl Connection {
                     self.send([Message::Ping(Bytes::new())]).await
                 }
                 Wake::Hub(event) => self.on_events(event).await,
+                // The loop's top reads again.
+                Wake::RetryRead => Ok(()),
                 Wake::Shutdown => {
                     return Closing::Close(close::GOING_AWAY, "server shutting down");
                 }
