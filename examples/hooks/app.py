@@ -174,11 +174,10 @@ connect hook knows you by this page's cookie.</p>"""
 
     def undelivered_hook(self, body):
         event = json.loads(body)
-        print(
-            f"push to {event['dest']}: message {event['id']} from {event['from']} "
-            "is waiting",
-            flush=True,
-        )
+        line = f"push to {event['dest']}: message {event['id']} from {event['from']} is waiting"
+        # One line at a time: the server's threads print concurrently.
+        with self.state.lock:
+            print(line, flush=True)
         self.reply(200, {})
 
 
