@@ -17,7 +17,6 @@ use axum::routing::post;
 use bachata_testkit::client::{TestClient, refused};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const KEY: &str = "hook-test-api-key";
 
@@ -127,13 +126,7 @@ fn with_cookie(
     query: &str,
     cookie: &str,
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = format!("ws://{addr}/messages{query}")
-        .into_client_request()
-        .expect("request");
-    request
-        .headers_mut()
-        .insert("cookie", cookie.parse().expect("header"));
-    request
+    bachata_testkit::client::with_cookie(&format!("ws://{addr}/messages{query}"), cookie)
 }
 
 #[tokio::test]

@@ -15,7 +15,6 @@ use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const KEY: &str = "hooks-example-test-key";
 const WAIT: Duration = Duration::from_secs(10);
@@ -88,13 +87,7 @@ fn messages(
     server: SocketAddr,
     cookie: &str,
 ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    let mut request = format!("ws://{server}/messages")
-        .into_client_request()
-        .expect("request");
-    request
-        .headers_mut()
-        .insert("cookie", cookie.parse().expect("header"));
-    request
+    bachata_testkit::client::with_cookie(&format!("ws://{server}/messages"), cookie)
 }
 
 #[tokio::test]

@@ -60,6 +60,20 @@ pub async fn refused(
     }
 }
 
+/// A handshake request for `url` with a `Cookie` header (a session of the
+/// application's, for a connect hook).
+pub fn with_cookie(
+    url: &str,
+    cookie: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("a ws:// URL");
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().expect("a header value"));
+    request
+}
+
 /// The URL of the messages endpoint for `channel` (and `device`).
 pub fn url(addr: SocketAddr, channel: &str, device: Option<&str>) -> String {
     let mut url = format!("ws://{addr}/messages?channel={}", encode(channel));
