@@ -15,7 +15,7 @@ use std::sync::Weak;
 use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
 use crate::hook::{FirstAck, HookRoute, PostProcess, Queued, RouteHook};
 use crate::hub::Hub;
-use crate::presence::{DeviceCounts, Presence, merge, report_presence};
+use crate::presence::{DeviceCounts, Presence, counts_of, merge_counts, report_presence};
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 use crate::session::Session;
 use crate::stats::Stats;
@@ -342,7 +342,7 @@ impl MessagesCenter {
     pub async fn online(&self, channel: &Channel) -> Result<DeviceCounts, StoreError> {
         let here = self.hub.online(channel);
         match &self.presence {
-            Some(presence) => Ok(merge(here, presence.others(channel).await?)),
+            Some(presence) => Ok(merge_counts(here, presence.others(channel).await?)),
             None => Ok(here),
         }
     }
@@ -355,15 +355,7 @@ impl MessagesCenter {
         let Some(presence) = &self.presence else {
             return;
         };
-        let counts: Vec<(Channel, DeviceCounts)> = self
-            .hub
-            .take_changed()
-            .into_iter()
-            .map(|c| {
-                let online = self.hub.online(&c);
-                (c, online)
-            })
-            .collect();
+        let counts = counts_of(&self.hub, self.hub.take_changed());
         if counts.is_empty() {
             return;
         }

@@ -33,7 +33,7 @@ pub use center::{
 pub use hook::{FirstAck, HookRoute, HookVerdict, PostProcess, Queued, RouteHook};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
-pub use presence::{DeviceCounts, Presence};
+pub use presence::{DeviceCounts, Presence, merge_counts};
 pub use route::{Decision, DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
 pub use session::Session;
 pub use stats::Stats;

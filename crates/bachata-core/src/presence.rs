@@ -63,13 +63,7 @@ pub(crate) async fn report_presence(presence: Arc<dyn Presence>, hub: Weak<Hub>)
         } else {
             hub.take_changed()
         };
-        let counts: Vec<(Channel, DeviceCounts)> = channels
-            .into_iter()
-            .map(|c| {
-                let online = hub.online(&c);
-                (c, online)
-            })
-            .collect();
+        let counts = counts_of(&hub, channels);
         drop(hub);
         for batch in counts.chunks(REPORT_BATCH) {
             if let Err(e) = presence.report(batch.to_vec()).await {
@@ -81,8 +75,19 @@ pub(crate) async fn report_presence(presence: Arc<dyn Presence>, hub: Weak<Hub>)
     }
 }
 
+/// This node's live connections of each of `channels`.
+pub(crate) fn counts_of(hub: &Hub, channels: Vec<Channel>) -> Vec<(Channel, DeviceCounts)> {
+    channels
+        .into_iter()
+        .map(|c| {
+            let online = hub.online(&c);
+            (c, online)
+        })
+        .collect()
+}
+
 /// `a` and `b` added up, per device.
-pub(crate) fn merge(mut a: DeviceCounts, b: DeviceCounts) -> DeviceCounts {
+pub fn merge_counts(mut a: DeviceCounts, b: DeviceCounts) -> DeviceCounts {
     for (device, n) in b {
         match a.iter_mut().find(|(d, _)| *d == device) {
             Some((_, m)) => *m += n,
@@ -172,7 +177,7 @@ mod tests {
 
     #[test]
     fn merge_adds_per_device() {
-        let merged = merge(
+        let merged = merge_counts(
             vec![(None, 1), (dev("phone"), 2)],
             vec![(dev("phone"), 3), (dev("tv"), 1)],
         );

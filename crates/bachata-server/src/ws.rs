@@ -26,7 +26,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
 use crate::auth::{HandshakeQuery, Identity};
-use crate::hooks::ConnectOutcome;
+use crate::hooks::{ConnectHook, ConnectOutcome};
 use crate::state::AppState;
 
 /// Close codes used by the server.
@@ -106,35 +106,27 @@ pub(crate) async fn upgrade(
         Ok(query) => query,
         Err(refused) => return unauthorized(&refused.0),
     };
-    let identified = match &app.connect_hook {
+    let Identity { channel, device } = match &app.connect_hook {
+        None => match app.auth.identify(&query, &headers) {
+            Ok(identity) => identity,
+            Err(refused) => return unauthorized(&refused.0),
+        },
         // With a connect hook, `?channel=` proves nothing: the hook decides
         // unless a valid JWT does.
-        Some(_) if app.auth.is_anonymous() => None,
-        _ => Some(app.auth.identify(&query, &headers)),
-    };
-    let Identity { channel, device } = match (identified, &app.connect_hook) {
-        (Some(Ok(identity)), _) => identity,
-        (Some(Err(refused)), None) => return unauthorized(&refused.0),
-        (_, Some(hook)) => {
-            match hook
-                .connect(&query, &headers, Some(remote), app.center.store().as_ref())
-                .await
-            {
-                ConnectOutcome::Accepted(identity) => identity,
-                ConnectOutcome::Refused { status, reason } => {
-                    return (status, format!("{reason}\n")).into_response();
-                }
-                ConnectOutcome::Unavailable(why) => {
-                    hook.warn(&why);
-                    return (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "the application's connect hook did not answer; try again\n",
-                    )
-                        .into_response();
-                }
+        Some(hook) => {
+            let by_token = if app.auth.is_anonymous() {
+                None
+            } else {
+                app.auth.identify(&query, &headers).ok()
+            };
+            match by_token {
+                Some(identity) => identity,
+                None => match ask_connect_hook(hook, &app, &query, &headers, remote).await {
+                    Ok(identity) => identity,
+                    Err(refusal) => return refusal,
+                },
             }
         }
-        (None, None) => return unauthorized("no identity"),
     };
     // tungstenite zero-fills its whole read buffer on every socket read
     // (128 KiB by default): with small chat frames that memset was 18% of
@@ -147,6 +139,34 @@ pub(crate) async fn upgrade(
         let tracker = app.tracker.clone();
         tracker.track_future(Connection::run(app, socket, channel, device))
     })
+}
+
+/// Asks the connect hook who is connecting; the refusal to answer with
+/// when it says no or gives no usable answer.
+async fn ask_connect_hook(
+    hook: &ConnectHook,
+    app: &AppState,
+    query: &HandshakeQuery,
+    headers: &HeaderMap,
+    remote: SocketAddr,
+) -> Result<Identity, Response> {
+    match hook
+        .connect(query, headers, Some(remote), app.center.store().as_ref())
+        .await
+    {
+        ConnectOutcome::Accepted(identity) => Ok(identity),
+        ConnectOutcome::Refused { status, reason } => {
+            Err((status, format!("{reason}\n")).into_response())
+        }
+        ConnectOutcome::Unavailable(why) => {
+            hook.warn(&why);
+            Err((
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the application's connect hook did not answer; try again\n",
+            )
+                .into_response())
+        }
+    }
 }
 
 /// The WebSocket settings of every upgrade: frame and message size, read and

@@ -22,6 +22,22 @@ pub(crate) fn map_error(what: &str, e: RedisError) -> StoreError {
     }
 }
 
+/// Runs one call against Redis within `timeout`, mapping its error (shared
+/// by the store and presence).
+pub(crate) async fn bounded<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    fut: impl Future<Output = Result<T, RedisError>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(map_error(what, e)),
+        Err(_) => Err(StoreError::backend(format!(
+            "redis {what}: timed out after {timeout:?}"
+        ))),
+    }
+}
+
 /// The error code of the scripts' corrupt-data errors.
 const CORRUPT_CODE: &str = "BACHATA_CORRUPT";
 

@@ -305,7 +305,6 @@ use bachata_core::{
 use bachata_proto::{Channel, GroupId, MessageId};
 use redis::{FromRedisValue, RedisError, Value};
 
-use codec::map_error;
 use conn::{Conn, connect_conn, node_id};
 use keys::{ChannelKeys, EXPIRING, PENDING, RETAINED};
 use lifetimes::{EXPIRE_BATCH, EXPIRE_CHANNELS};
@@ -424,14 +423,7 @@ impl RedisStore {
         what: &'static str,
         fut: impl Future<Output = Result<T, RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.options.call_timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(map_error(what, e)),
-            Err(_) => Err(StoreError::backend(format!(
-                "redis {what}: timed out after {:?}",
-                self.options.call_timeout
-            ))),
-        }
+        codec::bounded(what, self.options.call_timeout, fut).await
     }
 
     /// Runs one command (see [`RedisStore::call`]).

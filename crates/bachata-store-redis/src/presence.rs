@@ -13,12 +13,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bachata_core::{Device, DeviceCounts, Presence, StoreError};
+use bachata_core::{Device, DeviceCounts, Presence, StoreError, merge_counts};
 use bachata_proto::{Channel, DeviceId};
 use futures_util::future::join_all;
 use redis::Script;
 
-use crate::codec::map_error;
 use crate::conn::{Conn, RedisStoreError, RedisStoreOptions, connect_conn, node_id};
 use crate::keys;
 
@@ -74,14 +73,7 @@ impl RedisPresence {
         &self,
         fut: impl Future<Output = Result<T, redis::RedisError>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.options.call_timeout, fut).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(map_error("presence", e)),
-            Err(_) => Err(StoreError::backend(format!(
-                "redis presence: timed out after {:?}",
-                self.options.call_timeout
-            ))),
-        }
+        crate::codec::bounded("presence", self.options.call_timeout, fut).await
     }
 }
 
@@ -118,12 +110,7 @@ impl Presence for RedisPresence {
         let fields: Vec<Vec<u8>> = self.call(invocation.invoke_async(&mut conn)).await?;
         let mut out: DeviceCounts = Vec::new();
         for field in fields {
-            for (device, n) in decode(&field)? {
-                match out.iter_mut().find(|(d, _)| *d == device) {
-                    Some((_, m)) => *m += n,
-                    None => out.push((device, n)),
-                }
-            }
+            out = merge_counts(out, decode(&field)?);
         }
         Ok(out)
     }
