@@ -37,8 +37,8 @@ pub fn device_key(device: &Device) -> &str {
 
 /// The key under which a sender's dedupe records are stored: its channel,
 /// or "" for the system (a channel is never empty).
-fn sender_key(sender: &Option<Channel>) -> &str {
-    sender.as_ref().map_or("", |c| c.as_str())
+fn sender_key(sender: Option<&Channel>) -> &str {
+    sender.map_or("", |c| c.as_str())
 }
 
 /// A dedupe record's key: two `u64` halves rather than a `u128`, which
@@ -364,12 +364,11 @@ impl MemState {
 
     /// Whether `(sender, id)` has a live dedupe record at `now`.
     pub fn is_duplicate(&self, sender: Option<&Channel>, id: &MessageId, now: Millis) -> bool {
-        let sender = sender.map_or("", |c| c.as_str());
-        self.dedupe.is_live(self.dedupe.key(sender, id), now)
+        self.dedupe.is_live(self.dedupe.key(sender_key(sender), id), now)
     }
 
     pub fn enqueue(&mut self, msg: &NewMessage, changes: &mut impl ChangeSink) -> Enqueued {
-        let sender = sender_key(&msg.sender);
+        let sender = sender_key(msg.sender.as_ref());
         let dedupe_key = self.dedupe.key(sender, &msg.id);
         if self.dedupe.is_live(dedupe_key, msg.now) {
             return Enqueued::Duplicate;
