@@ -364,7 +364,8 @@ impl MemState {
 
     /// Whether `(sender, id)` has a live dedupe record at `now`.
     pub fn is_duplicate(&self, sender: Option<&Channel>, id: &MessageId, now: Millis) -> bool {
-        self.dedupe.is_live(self.dedupe.key(sender_key(sender), id), now)
+        self.dedupe
+            .is_live(self.dedupe.key(sender_key(sender), id), now)
     }
 
     pub fn enqueue(&mut self, msg: &NewMessage, changes: &mut impl ChangeSink) -> Enqueued {

@@ -512,6 +512,7 @@ fn accepted(body: &[u8], query: &HandshakeQuery) -> Result<(Identity, Vec<GroupI
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn the_signature_is_hex_hmac_sha256() {
@@ -543,6 +544,9 @@ mod tests {
             data.data.map(|d| d.get().to_owned()),
             Some(r#"{"text": "***"}"#.into())
         );
+        let many: Vec<String> = (0..=MAX_CHANNELS).map(|i| format!("c{i}")).collect();
+        let too_many = json!({"channels": many}).to_string();
+        assert!(route(&too_many).is_err(), "past MAX_CHANNELS");
         for bad in [
             r#"{}"#,
             r#"{"pass": false}"#,
@@ -604,6 +608,10 @@ mod tests {
         let (identity, _) =
             accepted(br#"{"channel": "bob", "device": "tv"}"#, &query).expect("valid");
         assert_eq!(identity.device.as_ref().map(|d| d.as_str()), Some("tv"));
+        let many: Vec<String> = (0..=MAX_GROUPS).map(|i| format!("g{i}")).collect();
+        let too_many =
+            serde_json::to_vec(&json!({"channel": "bob", "groups": many})).expect("json");
+        assert!(accepted(&too_many, &query).is_err(), "past MAX_GROUPS");
         for bad in [
             &br#"{}"#[..],
             br#"{"channel": ""}"#,
