@@ -41,6 +41,7 @@ class State:
         self.sessions = {}  # token -> user
         self.rooms = {}  # room -> set of users
         self.muted = set()
+        self.pushed = set()  # (id, from, dest) already pushed
 
 
 def signed(api_key, body, header):
@@ -174,10 +175,16 @@ connect hook knows you by this page's cookie.</p>"""
 
     def undelivered_hook(self, body):
         event = json.loads(body)
+        # Calls come at least once: a server that crashed after a POST makes
+        # it again. One push per (id, from, dest). (A real application keeps
+        # this in its database, for a day or so.)
+        key = (event["id"], event["from"], event["dest"])
         line = f"push to {event['dest']}: message {event['id']} from {event['from']} is waiting"
         # One line at a time: the server's threads print concurrently.
         with self.state.lock:
-            print(line, flush=True)
+            if key not in self.state.pushed:
+                self.state.pushed.add(key)
+                print(line, flush=True)
         self.reply(200, {})
 
 

@@ -41,6 +41,10 @@ pub struct DeliveryConfig {
     /// Devices and channels unseen for this long, with nothing pending, are
     /// forgotten (protocol.md section 9).
     pub forget_after: Duration,
+    /// With the undelivered webhook: each stored copy is due for it this
+    /// long after it was stored, unless a device acked it
+    /// ([`NewMessage::notify_at`]).
+    pub undelivered_after: Option<Duration>,
 }
 
 impl Default for DeliveryConfig {
@@ -52,6 +56,7 @@ impl Default for DeliveryConfig {
             inflight: 256,
             max_retained_bytes: u64::MAX,
             forget_after: Duration::from_secs(30 * 24 * 3600),
+            undelivered_after: None,
         }
     }
 }
@@ -527,6 +532,10 @@ impl MessagesCenter {
             queue_limit: self.config.queue_limit,
             retained_limit: self.config.max_retained_bytes,
             forget_after: millis(self.config.forget_after),
+            notify_at: self
+                .config
+                .undelivered_after
+                .map(|after| now.saturating_add(millis(after))),
         };
         let ctx = StoreContext {
             sender: sender.cloned(),

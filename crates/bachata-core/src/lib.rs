@@ -39,5 +39,6 @@ pub use session::Session;
 pub use stats::Stats;
 pub use store::{
     AckRequest, AckState, Acked, BoxError, Device, Enqueued, Entry, EntryKind, Epoch, Forgotten,
-    Millis, NewMessage, PendingAck, PendingEnqueue, Seq, Store, StoreError, now_millis,
+    Millis, NewMessage, PendingAck, PendingEnqueue, Seq, Store, StoreError, Undelivered,
+    now_millis,
 };

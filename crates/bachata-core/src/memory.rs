@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::memstate::{Discard, MemState};
 use crate::store::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
-    Store, StoreError,
+    Store, StoreError, Undelivered,
 };
 
 /// See the module docs.
@@ -111,6 +111,20 @@ impl Store for MemoryStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(self.state.lock().is_duplicate(sender, id, now))
+    }
+
+    async fn take_undelivered(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Undelivered>, StoreError> {
+        Ok(self.state.lock().take_undelivered(now, lease_until, limit))
+    }
+
+    async fn finish_undelivered(&self, done: &[(Channel, Seq)]) -> Result<(), StoreError> {
+        self.state.lock().finish_undelivered(done, &mut Discard);
+        Ok(())
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

@@ -26,7 +26,7 @@ use bytes::Bytes;
 
 use crate::store::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Forgotten, Millis, NewMessage,
-    Seq,
+    Seq, Undelivered,
 };
 
 /// The key under which a device is stored: its name, or "" for the default
@@ -95,6 +95,11 @@ pub struct StoredEntry {
     pub expires_at: Millis,
     /// Device keys that acked this entry.
     pub acked_by: Vec<String>,
+    /// When the undelivered webhook is due for this copy if no device acked
+    /// it ([`NewMessage::notify_at`]); `None` when not asked for, or once
+    /// the call was made ([`MemState::finish_undelivered`]). In memory a
+    /// claim moves it to the claim's lease; on disk it keeps the first.
+    pub notify_at: Option<Millis>,
 }
 
 #[derive(Debug)]
@@ -129,6 +134,7 @@ impl ChannelState {
         kind: EntryKind,
         payload: Bytes,
         expires_at: Millis,
+        notify_at: Option<Millis>,
         changes: &mut impl ChangeSink,
     ) -> Seq {
         let seq = self.next_seq;
@@ -142,6 +148,7 @@ impl ChannelState {
             payload,
             expires_at,
             acked_by: Vec::new(),
+            notify_at,
         };
         changes.record(|| Change::PutEntry {
             channel: channel.clone(),
@@ -243,6 +250,12 @@ pub enum Change {
         group: GroupId,
         member: Channel,
     },
+    /// The undelivered webhook's call for this entry was made: its
+    /// `notify_at` is cleared, so it is never due again.
+    Notified {
+        channel: Channel,
+        seq: Seq,
+    },
     DelMember {
         group: GroupId,
         member: Channel,
@@ -280,6 +293,9 @@ pub struct MemState {
     groups: HashMap<GroupId, BTreeSet<Channel>>,
     /// Payload bytes of every retained entry (see the module invariants).
     retained: u64,
+    /// The undelivered webhook's due index: `(notify_at, channel, seq)` of
+    /// every message entry with a `notify_at` that no device acked.
+    undelivered: BTreeSet<(Millis, Channel, Seq)>,
 }
 
 /// Everything a persistent backend loads to rebuild a [`MemState`].
@@ -329,6 +345,9 @@ impl MemState {
             ch.next_seq = ch.next_seq.max(next_seq);
         }
         for (channel, seq, entry) in snapshot.entries {
+            if let (Some(at), true) = (entry.notify_at, entry.acked_by.is_empty()) {
+                state.undelivered.insert((at, channel.clone(), seq));
+            }
             let ch = state.channels.entry(channel).or_default();
             ch.next_seq = ch.next_seq.max(seq + 1);
             if let EntryKind::Message { id, .. } = &entry.kind {
@@ -395,7 +414,17 @@ impl MemState {
                 sender: msg.sender.clone(),
                 id: msg.id.clone(),
             };
-            let seq = ch.append(dest, kind, msg.payload.clone(), msg.expires_at, changes);
+            let seq = ch.append(
+                dest,
+                kind,
+                msg.payload.clone(),
+                msg.expires_at,
+                msg.notify_at,
+                changes,
+            );
+            if let Some(at) = msg.notify_at {
+                self.undelivered.insert((at, dest.clone(), seq));
+            }
             seqs.push((dest.clone(), seq));
         }
         changes.record(|| Change::PutDedupe {
@@ -450,6 +479,9 @@ impl MemState {
         let kind = entry.kind.clone();
         if first && matches!(kind, EntryKind::Message { .. }) {
             ch.pending = ch.pending.saturating_sub(1);
+            if let Some(at) = entry.notify_at {
+                self.undelivered.remove(&(at, channel.clone(), seq));
+            }
         }
         let done = ChannelState::fully_acked(&ch.devices, entry);
         changes.record(|| Change::PutAck {
@@ -504,6 +536,7 @@ impl MemState {
                 EntryKind::Receipt,
                 ack.receipt.clone(),
                 ack.receipt_expires_at,
+                None,
                 changes,
             );
             acked.receipt = Some((sender, rseq));
@@ -626,6 +659,7 @@ impl MemState {
             for seq in expired {
                 if let Some(entry) = ch.remove(seq) {
                     dropped += 1;
+                    unindex(&mut self.undelivered, channel, seq, &entry);
                     self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
                     changes.record(|| Change::DelEntry {
                         channel: channel.clone(),
@@ -643,6 +677,83 @@ impl MemState {
         self.dedupe.records.retain(|_, until| *until > now);
         shrink(&mut self.dedupe.records);
         dropped
+    }
+
+    /// See [`Store::take_undelivered`](crate::Store::take_undelivered).
+    /// The claim lives in memory only: after a restart every copy not
+    /// finished is due again at its first `notify_at`.
+    pub fn take_undelivered(
+        &mut self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Vec<Undelivered> {
+        let mut taken = Vec::new();
+        while taken.len() < limit {
+            let Some((at, channel, seq)) = self.undelivered.first().cloned() else {
+                break;
+            };
+            if at > now {
+                break;
+            }
+            self.undelivered.pop_first();
+            let Some(entry) = self
+                .channels
+                .get_mut(&channel)
+                .and_then(|ch| ch.log.get_mut(&seq))
+            else {
+                continue;
+            };
+            let EntryKind::Message { sender, id } = &entry.kind else {
+                continue;
+            };
+            if !entry.acked_by.is_empty() || entry.expires_at <= now {
+                // Acked (already unindexed) or expired: nobody is told; the
+                // sweep removes the entry.
+                entry.notify_at = None;
+                continue;
+            }
+            entry.notify_at = Some(lease_until);
+            taken.push(Undelivered {
+                channel: channel.clone(),
+                seq,
+                sender: sender.clone(),
+                id: id.clone(),
+                payload: entry.payload.clone(),
+            });
+        }
+        for copy in &taken {
+            self.undelivered
+                .insert((lease_until, copy.channel.clone(), copy.seq));
+        }
+        taken
+    }
+
+    /// See [`Store::finish_undelivered`](crate::Store::finish_undelivered).
+    pub fn finish_undelivered(&mut self, done: &[(Channel, Seq)], changes: &mut impl ChangeSink) {
+        for (channel, seq) in done {
+            let Some(entry) = self
+                .channels
+                .get_mut(channel)
+                .and_then(|ch| ch.log.get_mut(seq))
+            else {
+                continue;
+            };
+            let Some(at) = entry.notify_at.take() else {
+                continue;
+            };
+            self.undelivered.remove(&(at, channel.clone(), *seq));
+            changes.record(|| Change::Notified {
+                channel: channel.clone(),
+                seq: *seq,
+            });
+        }
+    }
+
+    /// Copies in the undelivered webhook's due index (claimed ones
+    /// included), for tests and metrics.
+    pub fn undelivered_len(&self) -> usize {
+        self.undelivered.len()
     }
 
     /// Payload bytes of every retained entry.
@@ -685,6 +796,7 @@ impl MemState {
                     .collect();
                 for seq in done {
                     if let Some(entry) = ch.remove(seq) {
+                        unindex(&mut self.undelivered, channel, seq, &entry);
                         self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
                         changes.record(|| Change::DelEntry {
                             channel: channel.clone(),
@@ -705,6 +817,18 @@ impl MemState {
         }
         shrink(&mut self.channels);
         forgotten
+    }
+}
+
+/// Drops a removed entry from the undelivered webhook's due index.
+fn unindex(
+    undelivered: &mut BTreeSet<(Millis, Channel, Seq)>,
+    channel: &Channel,
+    seq: Seq,
+    entry: &StoredEntry,
+) {
+    if let (Some(at), true) = (entry.notify_at, entry.acked_by.is_empty()) {
+        undelivered.remove(&(at, channel.clone(), seq));
     }
 }
 
@@ -765,6 +889,7 @@ mod tests {
             queue_limit: 10,
             retained_limit: u64::MAX,
             forget_after: 50,
+            notify_at: None,
         };
         assert!(matches!(
             state.enqueue(&message, &mut Discard),

@@ -109,6 +109,12 @@ pub struct NewMessage {
     /// How long a channel's state outlives its last use
     /// (`--forget-after`; the Redis store sets key lifetimes with it).
     pub forget_after: Millis,
+    /// When the undelivered webhook should hear of each copy that no device
+    /// acked by then (`--undelivered-after`); `None` without the webhook.
+    /// The store keeps the copies in a due index until then (see
+    /// [`Store::take_undelivered`]), so the call survives a restart and is
+    /// made by one node.
+    pub notify_at: Option<Millis>,
 }
 
 /// The result of [`Store::enqueue`].
@@ -170,6 +176,20 @@ pub enum AckState {
     Acked,
     /// Not in the log: acked by every known device, or expired.
     Gone,
+}
+
+/// A message copy that no device acked by its `notify_at`
+/// ([`NewMessage::notify_at`]), claimed by [`Store::take_undelivered`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The destination whose devices did not ack it.
+    pub channel: Channel,
+    pub seq: Seq,
+    /// The sender's channel, `None` for messages by system.
+    pub sender: Option<Channel>,
+    pub id: MessageId,
+    /// The stored frame (its `type` and `time` go into the webhook's call).
+    pub payload: Bytes,
 }
 
 /// The cause of a [`StoreError`]: the backend's own error.
@@ -365,6 +385,24 @@ pub trait Store: Send + Sync + 'static {
         id: &MessageId,
         now: Millis,
     ) -> Result<bool, StoreError>;
+
+    /// Claims up to `limit` message copies whose `notify_at` is at or
+    /// before `now`, that no device acked and that have not expired: each is
+    /// handed to this caller and to no other until `lease_until`, and comes
+    /// due again then unless [`Store::finish_undelivered`] marked it done
+    /// (so a node that dies mid-call leaves it to another, or to itself
+    /// after a restart: at least once). Copies found acked, gone or expired
+    /// leave the due index here. Oldest due first.
+    async fn take_undelivered(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Undelivered>, StoreError>;
+
+    /// Marks claimed copies as done: they are never due again. Durable when
+    /// it returns (a crash before that only makes the call again).
+    async fn finish_undelivered(&self, done: &[(Channel, Seq)]) -> Result<(), StoreError>;
 
     /// Adds `member` to `group` (durably). Returns false if it was a member
     /// already.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bachata_core::{
     AckRequest, AckState, Acked, DeliveryConfig, Device, Enqueued, Entry, Forgotten, MemoryStore,
-    MessagesCenter, Millis, NewMessage, Rejection, Seq, Session, Store, StoreError,
+    MessagesCenter, Millis, NewMessage, Rejection, Seq, Session, Store, StoreError, Undelivered,
 };
 use bachata_proto::{Channel, DataMessage, DeviceId, ErrorCode, GroupId, MessageId};
 use bytes::Bytes;
@@ -151,6 +151,17 @@ impl Store for DeadStore {
         _: &bachata_proto::MessageId,
         _: Millis,
     ) -> Result<bool, StoreError> {
+        Err(StoreError::backend("disk on fire"))
+    }
+    async fn take_undelivered(
+        &self,
+        _: Millis,
+        _: Millis,
+        _: usize,
+    ) -> Result<Vec<Undelivered>, StoreError> {
+        Err(StoreError::backend("disk on fire"))
+    }
+    async fn finish_undelivered(&self, _: &[(Channel, Seq)]) -> Result<(), StoreError> {
         Err(StoreError::backend("disk on fire"))
     }
     async fn add_member(&self, _: &GroupId, _: &Channel) -> Result<bool, StoreError> {

@@ -206,18 +206,18 @@ pub async fn start_with(
             RedisPresence::connect_with(url, config.presence_ttl, options).await?,
         ));
     }
-    if let Some(url) = &config.undelivered_webhook {
-        builder = builder.hook(
+    let undelivered = match &config.undelivered_webhook {
+        Some(url) => Some(
             webhook::UndeliveredWebhook::new(
                 url,
                 config.undelivered_after,
                 config.api_key.as_deref(),
-                store,
                 &metrics,
             )
             .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-        );
-    }
+        ),
+        None => None,
+    };
     let center = builder
         .sign_key(config.sign_key.as_deref().map(str::as_bytes))
         .config(DeliveryConfig {
@@ -227,6 +227,7 @@ pub async fn start_with(
             inflight: config.inflight,
             max_retained_bytes,
             forget_after: config.forget_after,
+            undelivered_after: undelivered.is_some().then_some(config.undelivered_after),
         })
         .build();
     metrics.watch(center.clone());
@@ -239,6 +240,9 @@ pub async fn start_with(
         source,
     })?;
     let shutdown = CancellationToken::new();
+    if let Some(webhook) = undelivered {
+        webhook.spawn(store, shutdown.child_token());
+    }
     let header_timeout = config.header_timeout;
     let connect_hook = match &config.connect_hook {
         Some(url) => Some(hooks::ConnectHook::new(

@@ -1,8 +1,9 @@
 //! The undelivered-message webhook: a built-in post-process hook.
 //!
-//! With `--undelivered-webhook URL`, every stored message starts one timer of
-//! `--undelivered-after`. When it runs out, each destination channel that has
-//! still no device ack for the message gets one POST to `URL`:
+//! With `--undelivered-webhook URL`, every stored copy of a message (one
+//! per destination channel) is due `--undelivered-after` after it was
+//! stored. If no device of the channel acked it by then, `URL` gets one
+//! POST:
 //!
 //! ```json
 //! {"id": "m1", "from": "alice", "dest": "bob", "type": "direct", "time": 1700000000000}
@@ -12,41 +13,56 @@
 //! notification, an email). `from` is `null` for messages by system; `time`
 //! is the message's time in Unix milliseconds.
 //!
-//! Nothing here may slow delivery down: [`PostProcess::queued`] only does a
-//! `try_send` into a bounded queue (a full queue drops the timer and counts
-//! it as failed). One task owns the timers; it checks
-//! [`Store::ack_state`] when one is due and hands each POST to a task of its
-//! own, at most [`MAX_CONCURRENT_POSTS`] at a time. Timers live in memory on
-//! the node that stored the message: a restart loses them. See
-//! `docs/operations.md`, "Undelivered webhook".
+//! # Durable, and once across nodes
+//! What is due lives in the store, not in this process: the center gives
+//! each message its due time ([`NewMessage::notify_at`](bachata_core::NewMessage)),
+//! the store keeps its copies in a due index with the message itself, and
+//! this task asks the store for the copies whose time has come
+//! ([`Store::take_undelivered`]) every [`poll_every`]. Taking one is a claim
+//! for [`LEASE`]: on Redis, no other node takes it meanwhile. Once its POST
+//! succeeded (or was refused for good, or ran out of attempts) the copy is
+//! finished ([`Store::finish_undelivered`]) and never due again. A node
+//! that restarts or dies before that leaves it due again: after the
+//! restart (embedded and memory stores keep claims in memory), or after
+//! the lease for the other nodes (Redis). So every call is made at least
+//! once, and may be made twice: the application dedupes by `id` and
+//! `dest`. See `docs/operations.md`, "Undelivered webhook".
+//!
+//! Nothing here is on the path of a message: the index is written with the
+//! message, and the POSTs run on tasks of their own, at most
+//! [`MAX_CONCURRENT_POSTS`] at a time.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bachata_core::{AckState, PostProcess, Queued, Seq, Store};
-use bachata_proto::{Channel, MessageId};
+use bachata_core::{Store, Undelivered, now_millis};
+use bachata_proto::Channel;
 use bytes::Bytes;
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_TYPE, HeaderValue};
-use serde::Serialize;
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// Messages whose timers wait in the queue between the hook and the timer
-/// task. When it is full, new timers are dropped (and counted as failed).
-pub(crate) const QUEUE_CAPACITY: usize = 65_536;
+/// Copies one poll claims at most. A full batch is followed by the next
+/// poll at once.
+pub(crate) const TAKE_BATCH: usize = 256;
 
-/// Messages whose timers the timer task holds at once. When it holds this
-/// many, it stops taking from the queue, which then fills up: memory stays
-/// bounded however fast messages come.
-pub(crate) const MAX_TIMERS: usize = 1 << 19;
+/// How long a claim keeps a copy from the other nodes: longer than every
+/// attempt of a POST with its pauses (5 x 10 s + 7.5 s), so that a live
+/// node finishes its copies before another may take them.
+pub(crate) const LEASE: Duration = Duration::from_secs(120);
+
+/// How often the store is asked for due copies: a tenth of
+/// `--undelivered-after`, between 50 ms and 1 s. A call is made at most
+/// this late (and a store read this often: one call per poll).
+pub(crate) fn poll_every(after: Duration) -> Duration {
+    (after / 10).clamp(Duration::from_millis(50), Duration::from_secs(1))
+}
 
 /// POSTs in flight at once. A due timer waits for a free slot.
 pub(crate) const MAX_CONCURRENT_POSTS: usize = 64;
@@ -69,23 +85,6 @@ pub(crate) enum WebhookError {
     Client(#[from] reqwest::Error),
 }
 
-/// What a POST says about a message (shared by its destinations).
-#[derive(Debug)]
-struct Message {
-    id: MessageId,
-    from: Option<Channel>,
-    kind: String,
-    time: i64,
-}
-
-/// One stored message waiting for its deadline.
-#[derive(Debug)]
-struct Timer {
-    deadline: Instant,
-    message: Arc<Message>,
-    destinations: Vec<(Channel, Seq)>,
-}
-
 /// The JSON body of a POST.
 #[derive(Debug, Serialize)]
 struct Payload<'a> {
@@ -94,6 +93,16 @@ struct Payload<'a> {
     dest: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
+    time: i64,
+}
+
+/// What the body takes from the stored frame (a data message the server
+/// serialized itself).
+#[derive(Debug, Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
     time: i64,
 }
 
@@ -129,30 +138,22 @@ struct Poster {
     api_key: Option<Vec<u8>>,
     retry: RetryPolicy,
     counters: Counters,
-    stop: CancellationToken,
 }
 
-/// The hook. Dropping it (with the center, on shutdown) stops the timer
-/// task and abandons the POSTs in flight.
+/// The webhook's settings, checked; [`UndeliveredWebhook::spawn`] starts it.
 #[derive(Debug)]
 pub(crate) struct UndeliveredWebhook {
-    tx: mpsc::Sender<Timer>,
+    poster: Arc<Poster>,
     after: Duration,
-    failed: Counter,
-    /// Set while the queue is full, so an overload logs once, not per message.
-    overflowing: AtomicBool,
-    _stop: DropGuard,
 }
 
 impl UndeliveredWebhook {
-    /// Starts the timer task. `store` must be the store the center uses;
-    /// `metrics` receives `bachata_webhook_sent` and `bachata_webhook_failed`.
-    /// Needs a tokio runtime.
+    /// Checks the URL and builds the HTTP client. `metrics` receives
+    /// `bachata_webhook_sent` and `bachata_webhook_failed`.
     pub(crate) fn new(
         url: &str,
         after: Duration,
         api_key: Option<&str>,
-        store: Arc<dyn Store>,
         metrics: &Metrics,
     ) -> Result<Self, WebhookError> {
         let url = reqwest::Url::parse(url).map_err(|e| WebhookError::Url(e.to_string()))?;
@@ -167,11 +168,6 @@ impl UndeliveredWebhook {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("bachata/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let counters = Counters {
-            sent: metrics.webhook_sent.clone(),
-            failed: metrics.webhook_failed.clone(),
-        };
-        let stop = CancellationToken::new();
         let poster = Arc::new(Poster {
             client,
             url,
@@ -180,158 +176,145 @@ impl UndeliveredWebhook {
                 attempts: ATTEMPTS,
                 base: MAX_BASE_BACKOFF.min(after / 2),
             },
-            counters: counters.clone(),
-            stop: stop.clone(),
+            counters: Counters {
+                sent: metrics.webhook_sent.clone(),
+                failed: metrics.webhook_failed.clone(),
+            },
         });
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_timers(rx, store, poster));
-        Ok(UndeliveredWebhook {
-            tx,
-            after,
-            failed: counters.failed,
-            overflowing: AtomicBool::new(false),
-            _stop: stop.drop_guard(),
-        })
+        Ok(UndeliveredWebhook { poster, after })
+    }
+
+    /// Starts the task that polls `store` (the center's) and POSTs, until
+    /// `stop`. Needs a tokio runtime.
+    pub(crate) fn spawn(self, store: Arc<dyn Store>, stop: CancellationToken) {
+        tokio::spawn(run(self, store, stop));
     }
 }
 
-impl PostProcess for UndeliveredWebhook {
-    fn queued(&self, msg: &Queued) {
-        if msg.destinations.is_empty() {
-            return;
-        }
-        // A delay too long for the clock never runs out.
-        let Some(deadline) = Instant::now().checked_add(self.after) else {
-            return;
-        };
-        let timer = Timer {
-            deadline,
-            message: Arc::new(Message {
-                id: msg.id.clone(),
-                from: msg.from.clone(),
-                kind: msg.kind.clone(),
-                time: msg.time,
-            }),
-            destinations: msg.destinations.clone(),
-        };
-        match self.tx.try_send(timer) {
-            Ok(()) => {
-                if self.overflowing.load(Ordering::Relaxed) {
-                    self.overflowing.store(false, Ordering::Relaxed);
-                    tracing::info!("undelivered webhook queue has room again");
-                }
-            }
-            Err(TrySendError::Full(timer)) => {
-                self.failed.inc_by(timer.destinations.len() as u64);
-                if !self.overflowing.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        id = %timer.message.id,
-                        "undelivered webhook queue is full; dropping timers (counted in \
-                         bachata_webhook_failed) until it has room"
-                    );
-                }
-            }
-            // The timer task stopped: the server is shutting down.
-            Err(TrySendError::Closed(_)) => {}
-        }
-    }
-}
-
-/// The timer task: owns every timer, fires the due ones.
-///
-/// Every timer has the same delay, so deadlines arrive in order (up to the
-/// microseconds between two hooks computing theirs and sending): a FIFO queue
-/// is a priority queue here.
-async fn run_timers(mut rx: mpsc::Receiver<Timer>, store: Arc<dyn Store>, poster: Arc<Poster>) {
-    let stop = poster.stop.clone();
+/// The poll loop: claims due copies and hands each to a POST task.
+async fn run(webhook: UndeliveredWebhook, store: Arc<dyn Store>, stop: CancellationToken) {
+    let every = poll_every(webhook.after);
+    let lease = u64::try_from(LEASE.as_millis()).unwrap_or(u64::MAX);
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_POSTS));
-    let mut timers: VecDeque<Timer> = VecDeque::new();
+    let warned = Arc::new(Mutex::new(None));
+    let mut full = false;
     loop {
-        let next = timers.front().map(|t| t.deadline);
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                let now = Instant::now();
-                while timers.front().is_some_and(|t| t.deadline <= now) {
-                    let Some(timer) = timers.pop_front() else { break };
-                    if !fire(timer, store.as_ref(), &poster, &slots).await {
-                        return;
-                    }
-                    // The in-memory stores answer without yielding: let a
-                    // long run of due timers share the worker thread.
-                    tokio::task::consume_budget().await;
-                }
+        if !full {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(every) => {}
             }
-            got = rx.recv(), if timers.len() < MAX_TIMERS => match got {
-                Some(timer) => timers.push_back(timer),
-                None => break,
-            },
+        }
+        let now = now_millis();
+        let copies = match store
+            .take_undelivered(now, now.saturating_add(lease), TAKE_BATCH)
+            .await
+        {
+            Ok(copies) => copies,
+            Err(e) => {
+                warn_store(&warned, &e, "cannot read what is due");
+                full = false;
+                continue;
+            }
+        };
+        full = copies.len() >= TAKE_BATCH;
+        for copy in copies {
+            let permit = tokio::select! {
+                () = stop.cancelled() => return,
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return, // never closed
+                },
+            };
+            let (poster, store, stop, warned) = (
+                webhook.poster.clone(),
+                store.clone(),
+                stop.clone(),
+                warned.clone(),
+            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                tokio::select! {
+                    // Not finished: due again after a restart or the lease.
+                    () = stop.cancelled() => {
+                        tracing::debug!(id = %copy.id, dest = %copy.channel, "undelivered webhook abandoned at shutdown");
+                    }
+                    called = call(&poster, &copy) => {
+                        finish(store.as_ref(), &poster, &copy, called, &warned).await;
+                    }
+                }
+            });
         }
     }
-    tracing::debug!(
-        dropped = timers.len() + rx.len(),
-        "undelivered webhook stopped"
-    );
+    tracing::debug!("undelivered webhook stopped");
 }
 
-/// Checks each destination of a due message and POSTs for those still
-/// pending. Returns false when the server is stopping.
-async fn fire(
-    timer: Timer,
+/// Records in the store that `copy`'s call is over, then counts it.
+async fn finish(
     store: &dyn Store,
-    poster: &Arc<Poster>,
-    slots: &Arc<Semaphore>,
-) -> bool {
-    for (channel, seq) in timer.destinations {
-        match store.ack_state(&channel, seq).await {
-            Ok(AckState::Pending) => {}
-            Ok(AckState::Acked | AckState::Gone) => continue,
-            Err(e) => {
-                poster.counters.failed.inc();
-                tracing::warn!(
-                    error = %e, id = %timer.message.id, dest = %channel,
-                    "undelivered webhook: cannot read the ack state; not sent"
-                );
-                continue;
-            }
-        }
-        let payload = Payload {
-            id: timer.message.id.as_str(),
-            from: timer.message.from.as_ref().map(Channel::as_str),
-            dest: channel.as_str(),
-            kind: &timer.message.kind,
-            time: timer.message.time,
-        };
-        let body = match serde_json::to_vec(&payload) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => {
-                poster.counters.failed.inc();
-                tracing::error!(error = %e, "undelivered webhook: cannot encode the payload");
-                continue;
-            }
-        };
-        let permit = tokio::select! {
-            () = poster.stop.cancelled() => return false,
-            permit = slots.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return false, // never closed
-            },
-        };
-        let poster = poster.clone();
-        let id = timer.message.id.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let stop = poster.stop.clone();
-            tokio::select! {
-                () = stop.cancelled() => {
-                    tracing::debug!(%id, dest = %channel, "undelivered webhook abandoned at shutdown");
-                }
-                () = post(&poster, body, &id, &channel) => {}
-            }
-        });
+    poster: &Poster,
+    copy: &Undelivered,
+    called: Called,
+    warned: &Mutex<Option<tokio::time::Instant>>,
+) {
+    if let Err(e) = store
+        .finish_undelivered(&[(copy.channel.clone(), copy.seq)])
+        .await
+    {
+        // Due again after the lease: called twice, never lost.
+        warn_store(warned, &e, "cannot record a call as made");
     }
-    true
+    match called {
+        Called::Sent => poster.counters.sent.inc(),
+        Called::Failed => poster.counters.failed.inc(),
+    };
+}
+
+/// Logs a failed store call, at most once per 10 s.
+fn warn_store(
+    warned: &Mutex<Option<tokio::time::Instant>>,
+    e: &bachata_core::StoreError,
+    what: &str,
+) {
+    let now = tokio::time::Instant::now();
+    let mut warned = warned.lock();
+    if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+        *warned = Some(now);
+        tracing::warn!(error = %e, "undelivered webhook: {what}; trying again");
+    }
+}
+
+/// Whether a call was made, or given up for good (counted once the store
+/// recorded it as done, so the metrics never run ahead of the store).
+#[derive(Debug, Clone, Copy)]
+enum Called {
+    Sent,
+    Failed,
+}
+
+/// Builds the body of `copy`'s POST and sends it (with retries).
+async fn call(poster: &Poster, copy: &Undelivered) -> Called {
+    let frame: Frame<'_> = match serde_json::from_slice(&copy.payload) {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::error!(error = %e, id = %copy.id, "undelivered webhook: the stored message does not parse; not sent");
+            return Called::Failed;
+        }
+    };
+    let payload = Payload {
+        id: copy.id.as_str(),
+        from: copy.sender.as_ref().map(Channel::as_str),
+        dest: copy.channel.as_str(),
+        kind: &frame.kind,
+        time: frame.time,
+    };
+    match serde_json::to_vec(&payload) {
+        Ok(body) => post(poster, Bytes::from(body), copy).await,
+        Err(e) => {
+            tracing::error!(error = %e, "undelivered webhook: cannot encode the payload");
+            Called::Failed
+        }
+    }
 }
 
 /// Why an attempt did not succeed.
@@ -341,7 +324,8 @@ enum Outcome {
 }
 
 /// POSTs `body` with retries; counts the result.
-async fn post(poster: &Poster, body: Bytes, id: &MessageId, dest: &Channel) {
+async fn post(poster: &Poster, body: Bytes, copy: &Undelivered) -> Called {
+    let (id, dest) = (&copy.id, &copy.channel);
     let mut last = String::new();
     let signature = poster
         .api_key
@@ -361,9 +345,8 @@ async fn post(poster: &Poster, body: Bytes, id: &MessageId, dest: &Channel) {
         let result = request.body(body.clone()).send().await;
         let outcome = match result {
             Ok(response) if response.status().is_success() => {
-                poster.counters.sent.inc();
                 tracing::debug!(%id, %dest, attempt, "undelivered webhook sent");
-                return;
+                return Called::Sent;
             }
             Ok(response) => {
                 let status = response.status();
@@ -382,17 +365,16 @@ async fn post(poster: &Poster, body: Bytes, id: &MessageId, dest: &Channel) {
                 last = why;
             }
             Outcome::Permanent(why) => {
-                poster.counters.failed.inc();
                 tracing::warn!(%id, %dest, error = %why, "undelivered webhook refused; not retried");
-                return;
+                return Called::Failed;
             }
         }
     }
-    poster.counters.failed.inc();
     tracing::warn!(
         %id, %dest, attempts = poster.retry.attempts, error = %last,
         "undelivered webhook failed; giving up"
     );
+    Called::Failed
 }
 
 /// An error with its sources ("error sending request: connection refused"),

@@ -14,7 +14,8 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use bachata_proto::{Channel, DataMessage, GroupId, MessageId};
 use bachata_testkit::client::TestClient;
-use common::{TestServer, start_with};
+use bachata_testkit::redis::RedisServer;
+use common::{TestServer, kill9, spawn_bachata, start_with};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -274,4 +275,124 @@ async fn invalid_webhook_url_is_refused_at_start() {
         .await
         .expect_err("invalid URL refused");
     assert!(e.to_string().contains("undelivered_webhook"), "{e}");
+}
+
+/// The arguments of a real `bachata serve` with the webhook.
+fn webhook_args(hook: &Receiver, after: &str) -> Vec<String> {
+    vec![
+        "--undelivered-webhook".into(),
+        hook.url.clone(),
+        "--undelivered-after".into(),
+        after.into(),
+    ]
+}
+
+/// The test: a message stored, the server SIGKILLed before the
+/// call was due, restarted on the same data: the call is made, once,
+/// within `--undelivered-after` of the restart (what is due lives in the
+/// store, not in the process that stored it).
+#[tokio::test]
+async fn a_call_due_after_a_sigkill_is_made_once_after_the_restart() {
+    let mut hook = receiver(0).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = webhook_args(&hook, "2s");
+    args.extend([
+        "--data-dir".into(),
+        dir.path().to_string_lossy().into_owned(),
+    ]);
+    let (child, addr) = spawn_bachata(&args).await;
+    let mut alice = TestClient::connect(addr, "alice").await;
+    alice.send_direct("m1", "bob", json!("hi")).await;
+    alice.expect(100, "m1").await;
+    kill9(child).await;
+    assert_eq!(
+        hook.hits.load(Ordering::SeqCst),
+        0,
+        "killed before it was due"
+    );
+
+    let (_child, _addr) = spawn_bachata(&args).await;
+    let restarted = tokio::time::Instant::now();
+    let body = hook.next().await;
+    // Due 2 s after the send, which came before the restart; one poll
+    // (200 ms) and a loaded machine's slack on top.
+    assert!(
+        restarted.elapsed() < Duration::from_secs(2) + Duration::from_secs(3),
+        "called {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(body["id"], "m1");
+    assert_eq!(body["from"], "alice");
+    assert_eq!(body["dest"], "bob");
+    assert_eq!(body["type"], "direct");
+    hook.assert_no_more().await;
+}
+
+/// A copy whose call was made is not made again after a restart: the
+/// store remembers it (its due time is cleared durably).
+#[tokio::test]
+async fn a_call_made_before_a_sigkill_is_not_made_again() {
+    let mut hook = receiver(0).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut args = webhook_args(&hook, "300ms");
+    args.extend([
+        "--data-dir".into(),
+        dir.path().to_string_lossy().into_owned(),
+    ]);
+    let (child, addr) = spawn_bachata(&args).await;
+    let mut alice = TestClient::connect(addr, "alice").await;
+    alice.send_direct("m1", "bob", json!("hi")).await;
+    alice.expect(100, "m1").await;
+    assert_eq!(hook.next().await["id"], "m1");
+    // A call counts as sent once the store recorded it as made.
+    wait_counter(addr, "bachata_webhook_sent", 1).await;
+    kill9(child).await;
+    let (_child, _addr) = spawn_bachata(&args).await;
+    hook.assert_no_more().await;
+    assert_eq!(hook.hits.load(Ordering::SeqCst), 1);
+}
+
+fn redis_args(redis: &RedisServer) -> Vec<String> {
+    vec![
+        "--store".into(),
+        "redis".into(),
+        "--redis-url".into(),
+        redis.url(),
+    ]
+}
+
+/// Two nodes on one Redis, both with the webhook: each call is made once,
+/// by one of them; and when the node that stored a message dies before
+/// its call is due, the other makes it.
+#[tokio::test]
+async fn two_nodes_on_redis_make_each_call_once_even_when_the_storing_node_dies() {
+    let mut hook = receiver(0).await;
+    let redis = RedisServer::start();
+    let mut args = redis_args(&redis);
+    args.extend(webhook_args(&hook, "1s"));
+    let (node_a, addr_a) = spawn_bachata(&args).await;
+    let (_node_b, _addr_b) = spawn_bachata(&args).await;
+    let mut alice = TestClient::connect(addr_a, "alice").await;
+    for (id, dest) in [("m1", "bob"), ("m2", "carol"), ("m3", "dave")] {
+        alice.send_direct(id, dest, json!(id)).await;
+        alice.expect(100, id).await;
+    }
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..3 {
+        got.push(hook.next().await["id"].as_str().expect("id").to_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["m1", "m2", "m3"]);
+    hook.assert_no_more().await;
+
+    alice.send_direct("m4", "bob", json!(4)).await;
+    alice.expect(100, "m4").await;
+    kill9(node_a).await;
+    let body = hook.next().await;
+    assert_eq!(
+        (body["id"].as_str(), body["dest"].as_str()),
+        (Some("m4"), Some("bob"))
+    );
+    hook.assert_no_more().await;
+    assert_eq!(hook.hits.load(Ordering::SeqCst), 4, "one call per copy");
 }

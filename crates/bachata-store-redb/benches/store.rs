@@ -70,6 +70,7 @@ impl<S: Store> Fixture<S> {
             queue_limit: 100_000,
             retained_limit: u64::MAX,
             forget_after: 86_400_000,
+            notify_at: None,
         }
     }
 

@@ -3,10 +3,13 @@
 //!
 //! An entry:
 //! ```text
-//! u8 version (1) | u8 kind (0 message, 1 receipt) | u64 LE expires_at
+//! u8 version (1 or 2) | u8 kind (0 message, 1 receipt) | u64 LE expires_at
+//! version 2: u64 LE notify_at (the undelivered webhook's due time)
 //! kind 0: u8 has_sender | [u16 LE len | sender] | u16 LE len | id
 //! payload (the rest)
 //! ```
+//! Version 2 is written only for entries with a `notify_at` (format 2), so
+//! the entries of a server without the webhook keep their bytes.
 //! A batch of changes: `u8 version (1)`, then per change a `u8` tag and its
 //! fields (strings as `u16 LE len | bytes`, numbers as `u64 LE`, an entry
 //! as `u32 LE len | entry`).
@@ -20,6 +23,8 @@ use bachata_proto::{Channel, GroupId, MessageId};
 use bytes::Bytes;
 
 const VERSION: u8 = 1;
+/// An entry with a `notify_at`.
+const ENTRY_NOTIFY: u8 = 2;
 
 pub(crate) fn encode(entry: &StoredEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + entry.payload.len());
@@ -28,11 +33,18 @@ pub(crate) fn encode(entry: &StoredEntry) -> Vec<u8> {
 }
 
 fn encode_into(entry: &StoredEntry, out: &mut Vec<u8>) {
-    out.push(VERSION);
+    out.push(if entry.notify_at.is_some() {
+        ENTRY_NOTIFY
+    } else {
+        VERSION
+    });
     match &entry.kind {
         EntryKind::Message { sender, id } => {
             out.push(0);
             out.extend_from_slice(&entry.expires_at.to_le_bytes());
+            if let Some(at) = entry.notify_at {
+                out.extend_from_slice(&at.to_le_bytes());
+            }
             match sender {
                 Some(sender) => {
                     out.push(1);
@@ -45,6 +57,9 @@ fn encode_into(entry: &StoredEntry, out: &mut Vec<u8>) {
         EntryKind::Receipt => {
             out.push(1);
             out.extend_from_slice(&entry.expires_at.to_le_bytes());
+            if let Some(at) = entry.notify_at {
+                out.extend_from_slice(&at.to_le_bytes());
+            }
         }
     }
     out.extend_from_slice(&entry.payload);
@@ -95,11 +110,16 @@ impl<'a> Reader<'a> {
 pub(crate) fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
     let mut r = Reader(bytes);
     let version = r.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != ENTRY_NOTIFY {
         return Err(format!("unknown entry version {version}"));
     }
     let kind = r.u8()?;
     let expires_at = r.u64()?;
+    let notify_at = if version == ENTRY_NOTIFY {
+        Some(r.u64()?)
+    } else {
+        None
+    };
     let kind = match kind {
         0 => {
             let sender = match r.u8()? {
@@ -117,6 +137,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<StoredEntry, String> {
         payload: Bytes::copy_from_slice(r.0),
         expires_at,
         acked_by: Vec::new(),
+        notify_at,
     })
 }
 
@@ -132,6 +153,8 @@ mod tag {
     pub(super) const DEL_MEMBER: u8 = 8;
     pub(super) const DEL_DEVICE: u8 = 9;
     pub(super) const DEL_CHANNEL: u8 = 10;
+    /// Format 2.
+    pub(super) const NOTIFIED: u8 = 11;
 }
 
 /// Appends the encoding of `changes` (one log record) to `out`.
@@ -212,6 +235,11 @@ pub(crate) fn encode_changes(changes: &[Change], out: &mut Vec<u8>) {
                 push_str(out, group.as_str());
                 push_str(out, member.as_str());
             }
+            Change::Notified { channel, seq } => {
+                out.push(tag::NOTIFIED);
+                push_str(out, channel.as_str());
+                out.extend_from_slice(&seq.to_le_bytes());
+            }
         }
     }
 }
@@ -282,6 +310,10 @@ pub(crate) fn decode_changes(bytes: &[u8], mut f: impl FnMut(Change)) -> Result<
                 group: group(r.str()?)?,
                 member: channel(r.str()?)?,
             },
+            tag::NOTIFIED => Change::Notified {
+                channel: channel(r.str()?)?,
+                seq: r.u64()?,
+            },
             other => return Err(format!("unknown wal change tag {other}")),
         };
         f(change);
@@ -335,6 +367,7 @@ mod tests {
                 payload: Bytes::from_static(br#"{"type":"direct"}"#),
                 expires_at: 42,
                 acked_by: Vec::new(),
+                notify_at: None,
             },
             StoredEntry {
                 kind: EntryKind::Message {
@@ -344,12 +377,14 @@ mod tests {
                 payload: Bytes::new(),
                 expires_at: u64::MAX,
                 acked_by: Vec::new(),
+                notify_at: Some(41),
             },
             StoredEntry {
                 kind: EntryKind::Receipt,
                 payload: Bytes::from_static(b"{}"),
                 expires_at: 7,
                 acked_by: Vec::new(),
+                notify_at: None,
             },
         ];
         for entry in entries {
@@ -379,6 +414,7 @@ mod tests {
                     payload: Bytes::from_static(br#"{"type":"direct","data":"hi"}"#),
                     expires_at: 99,
                     acked_by: Vec::new(),
+                    notify_at: None,
                 },
             },
             Change::PutAck {
@@ -415,6 +451,10 @@ mod tests {
             Change::DelMember {
                 group: GroupId::new("g").expect("valid"),
                 member: ch("carol"),
+            },
+            Change::Notified {
+                channel: ch("bob"),
+                seq: 8,
             },
         ];
         let mut bytes = Vec::new();

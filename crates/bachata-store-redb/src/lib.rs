@@ -30,7 +30,9 @@
 //! - `meta`: `"log_generation"` -> the first log file the tables do not
 //!   cover; `"format_version"` -> the format of the tables and the log (see
 //!   the policy in the `tables` module: a newer store is refused)
-//! - `entries`: `(channel, seq)` -> encoded entry (see `codec`)
+//! - `entries`: `(channel, seq)` -> encoded entry (see `codec`), with the
+//!   undelivered webhook's due time when it was asked for: the due index
+//!   is rebuilt from them at open
 //! - `acks`: `(channel, seq, device)` -> `()`
 //! - `devices`: `(channel, device)` -> last seen (ms)
 //! - `dedupe_segments`: `(latest deadline, n)` -> the dedupe records
@@ -58,7 +60,7 @@ use async_trait::async_trait;
 use bachata_core::memstate::MemState;
 use bachata_core::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Forgotten, Millis, NewMessage, Seq,
-    Store, StoreError,
+    Store, StoreError, Undelivered,
 };
 use bachata_proto::{Channel, GroupId, MessageId};
 use parking_lot::Mutex;
@@ -319,6 +321,22 @@ impl Store for RedbStore {
         now: Millis,
     ) -> Result<bool, StoreError> {
         Ok(self.state.lock().is_duplicate(sender, id, now))
+    }
+
+    /// From the memory state; the claim lives there only (a restart makes
+    /// every copy not finished due again at its first `notify_at`).
+    async fn take_undelivered(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Undelivered>, StoreError> {
+        Ok(self.state.lock().take_undelivered(now, lease_until, limit))
+    }
+
+    async fn finish_undelivered(&self, done: &[(Channel, Seq)]) -> Result<(), StoreError> {
+        let done = done.to_vec();
+        self.call(|reply| Request::Notified(done, reply)).await
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

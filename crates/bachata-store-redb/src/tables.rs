@@ -45,7 +45,11 @@ const FORMAT: &str = "format_version";
 /// made before the version was written count as 1, except those that still
 /// hold rows in the tables of the development versions before it
 /// ([`LEGACY_LOG`], [`LEGACY_DEDUPE`]), which are refused.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+///
+/// Version 2 added the undelivered webhook's due time to an entry (entry
+/// encoding 2) and its `Notified` log change. Migrating 1 -> 2 rewrites
+/// nothing: every version-1 entry reads as never asked for the webhook.
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 /// Tables of development versions before format 1 (a log kept in a table,
 /// a dedupe record per row): a store that still has rows in them was never
@@ -144,8 +148,10 @@ pub(crate) fn create(db: &Database) -> Result<(), TablesError> {
         let found = meta.get(FORMAT)?.map(|v| v.value());
         match found {
             Some(found) if found > FORMAT_VERSION => return Err(TablesError::TooNew { found }),
-            Some(_) => {}
-            None => {
+            Some(FORMAT_VERSION) => {}
+            // 1 -> 2: nothing to rewrite (see FORMAT_VERSION). Once this
+            // build wrote to the store, an older one must refuse it.
+            Some(_) | None => {
                 meta.insert(FORMAT, FORMAT_VERSION)?;
             }
         }
@@ -253,6 +259,45 @@ mod tests {
         txn.commit().expect("commit");
         let e = create(&db).expect_err("newer");
         assert!(e.to_string().contains("newer bachata"), "{e}");
+    }
+
+    #[test]
+    fn a_format_1_store_opens_as_format_2_with_its_entries_never_due() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = open(dir.path()).expect("open");
+        // A format-1 store as that version wrote it: the entry's bytes
+        // spelled out (version 1, a message by "al", id "m1", expires 9).
+        let v1_entry: &[u8] = &[
+            1, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1, 2, 0, b'a', b'l', 2, 0, b'm', b'1', b'{', b'}',
+        ];
+        let txn = db.begin_write().expect("txn");
+        txn.open_table(META)
+            .expect("meta")
+            .insert(FORMAT, 1)
+            .expect("version");
+        txn.open_table(ENTRIES)
+            .expect("entries")
+            .insert(("bob", 3), v1_entry)
+            .expect("entry");
+        txn.commit().expect("commit");
+        create(&db).expect("migrates");
+        let version = db
+            .begin_read()
+            .expect("read")
+            .open_table(META)
+            .expect("meta")
+            .get(FORMAT)
+            .expect("get")
+            .map(|v| v.value());
+        assert_eq!(version, Some(2));
+        let snapshot = load(&db).expect("loads");
+        let [(channel, 3, entry)] = snapshot.entries.as_slice() else {
+            panic!("one entry: {:?}", snapshot.entries);
+        };
+        assert_eq!(channel.as_str(), "bob");
+        assert_eq!(entry.expires_at, 9);
+        assert_eq!(entry.notify_at, None);
+        assert_eq!(&entry.payload[..], b"{}");
     }
 
     #[test]

@@ -29,7 +29,7 @@
 //! folds the records of the files the tables do not cover into an overlay
 //! the same way and checkpoints it before the tables are read.
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -87,6 +87,9 @@ pub(crate) struct Overlay {
     pub expired_at: Millis,
     members: HashMap<(GroupId, Channel), bool>,
     next_seqs: HashMap<Channel, NextSeq>,
+    /// Entries older than the last checkpoint whose undelivered webhook
+    /// call was made: the checkpoint clears their `notify_at` in the table.
+    notified: HashSet<(Channel, Seq)>,
     /// Bytes of log written since the last checkpoint.
     pub log_bytes: usize,
 }
@@ -99,6 +102,7 @@ impl Overlay {
             && self.dedupe.is_empty()
             && self.members.is_empty()
             && self.next_seqs.is_empty()
+            && self.notified.is_empty()
     }
 
     /// Folds one committed change in.
@@ -177,6 +181,16 @@ impl Overlay {
             Change::DelMember { group, member } => {
                 self.members.insert((group, member), false);
             }
+            Change::Notified { channel, seq } => {
+                let key = (channel, seq);
+                match self.entries.get_mut(&key) {
+                    Some(EntryOp::Put(entry)) => entry.notify_at = None,
+                    Some(EntryOp::Del) => {}
+                    None => {
+                        self.notified.insert(key);
+                    }
+                }
+            }
         }
     }
 
@@ -207,6 +221,19 @@ impl Overlay {
                     EntryOp::Del => {
                         entries.remove((channel.as_str(), *seq))?;
                     }
+                }
+            }
+            for (channel, seq) in &self.notified {
+                if self.entries.contains_key(&(channel.clone(), *seq)) {
+                    continue; // deleted since: nothing to rewrite
+                }
+                let key = (channel.as_str(), *seq);
+                let stored = entries.get(key)?.map(|v| codec::decode(v.value()));
+                // An entry that does not decode is left for recovery to
+                // report; clearing a due time never needs it.
+                if let Some(Ok(mut entry)) = stored {
+                    entry.notify_at = None;
+                    entries.insert(key, codec::encode(&entry).as_slice())?;
                 }
             }
             for ((channel, seq, device), put) in sorted(&self.acks) {
@@ -345,6 +372,7 @@ mod tests {
             payload: Bytes::from_static(b"{}"),
             expires_at: 9,
             acked_by: Vec::new(),
+            notify_at: None,
         }
     }
 
@@ -502,6 +530,56 @@ mod tests {
             .expect("iter")
             .map(|row| row.expect("row").0.value())
             .collect()
+    }
+
+    #[test]
+    fn a_notified_entry_older_than_the_checkpoint_is_rewritten_without_its_due_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let db = open_with_tables(dir.path());
+        let message = |seq: Seq| Change::PutEntry {
+            channel: channel("bob"),
+            seq,
+            entry: StoredEntry {
+                kind: EntryKind::Message {
+                    sender: None,
+                    id: MessageId::new("m").expect("valid"),
+                },
+                notify_at: Some(77),
+                ..entry()
+            },
+        };
+        let mut first = Overlay::default();
+        first.fold(message(1));
+        first.fold(message(2));
+        first.checkpoint(&db, 1).expect("checkpoint");
+        // In the next overlay: 1 notified; 2 notified, then deleted; 3
+        // born and notified there.
+        let mut next = Overlay::default();
+        for seq in [1, 2] {
+            next.fold(Change::Notified {
+                channel: channel("bob"),
+                seq,
+            });
+        }
+        next.fold(Change::DelEntry {
+            channel: channel("bob"),
+            seq: 2,
+            acked_by: Vec::new(),
+        });
+        next.fold(message(3));
+        next.fold(Change::Notified {
+            channel: channel("bob"),
+            seq: 3,
+        });
+        next.checkpoint(&db, 2).expect("checkpoint");
+        let snapshot = crate::tables::load(&db).expect("load");
+        let mut due: Vec<(Seq, Option<Millis>)> = snapshot
+            .entries
+            .iter()
+            .map(|(_, seq, e)| (*seq, e.notify_at))
+            .collect();
+        due.sort_unstable();
+        assert_eq!(due, vec![(1, None), (3, None)]);
     }
 
     #[test]

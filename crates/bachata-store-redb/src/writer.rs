@@ -61,6 +61,8 @@ pub(crate) enum Request {
     Forget(Millis, Reply<Forgotten>),
     AddMember(GroupId, Channel, Reply<bool>),
     RemoveMember(GroupId, Channel, Reply<bool>),
+    /// The undelivered webhook's calls made for these entries.
+    Notified(Vec<(Channel, Seq)>, Reply<()>),
 }
 
 /// An applied operation's result and where it goes, sent once the changes
@@ -129,7 +131,8 @@ impl Request {
             Request::Ack(_, reply) => refuse(reply, error),
             Request::AckSeqs(.., reply)
             | Request::Touch(.., reply)
-            | Request::Refresh(.., reply) => refuse(reply, error),
+            | Request::Refresh(.., reply)
+            | Request::Notified(.., reply) => refuse(reply, error),
             Request::Expire(_, reply) => refuse(reply, error),
             Request::Forget(_, reply) => refuse(reply, error),
             Request::AddMember(.., reply) | Request::RemoveMember(.., reply) => {
@@ -166,6 +169,10 @@ impl Request {
             }
             Request::RemoveMember(group, member, reply) => {
                 Answer::Changed(reply, state.remove_member(&group, &member, changes))
+            }
+            Request::Notified(done, reply) => {
+                state.finish_undelivered(&done, changes);
+                Answer::Done(reply)
             }
         }
     }

@@ -42,6 +42,7 @@ async fn concurrent_enqueues_share_commits() {
                         queue_limit: u64::MAX,
                         retained_limit: u64::MAX,
                         forget_after: 86_400_000,
+                        notify_at: None,
                     })
                     .await
             })

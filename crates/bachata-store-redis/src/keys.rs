@@ -29,6 +29,24 @@ pub(crate) fn expiring_shard(tag: &str) -> String {
     shard_key(hash % EXPIRING_SHARDS)
 }
 
+/// The undelivered webhook's due index (standalone Redis): message copies
+/// as `"<tag> <seq>"`, scored by when the webhook is due for them (or by
+/// the lease of the node that claimed them).
+pub(crate) const UNDELIVERED: &str = "bachata:undelivered";
+
+/// The shard of the undelivered webhook's due index (Redis Cluster mode)
+/// that holds a channel's copies: `bachata:undelivered:{<n>}`, `n` as for
+/// the expiry index.
+pub(crate) fn undelivered_shard(tag: &str) -> String {
+    let expiring = expiring_shard(tag);
+    format!("{UNDELIVERED}{}", &expiring[EXPIRING.len()..])
+}
+
+/// Every shard of the undelivered webhook's due index (Redis Cluster mode).
+pub(crate) fn undelivered_shards() -> impl Iterator<Item = String> {
+    expiring_shards().map(|s| format!("{UNDELIVERED}{}", &s[EXPIRING.len()..]))
+}
+
 /// The count of retained payload bytes over all channels (standalone
 /// Redis; kept by the scripts).
 pub(crate) const RETAINED: &str = "bachata:retained";

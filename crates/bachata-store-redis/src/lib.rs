@@ -55,6 +55,7 @@
 //! | `bachata:expiring` | zset | channel tag → score ≤ its earliest `expires_at` (global; standalone only) |
 //! | `bachata:retained` | string | payload bytes of every retained entry (global; standalone only; see [Retained bytes](#retained-bytes)) |
 //! | `bachata:pending` | string | messages no device acked, over all channels (global; standalone only; for the `bachata_pending_messages` gauge) |
+//! | `bachata:undelivered` | zset | `"<tag> <seq>"` of message copies → when the undelivered webhook is due for them, or a claiming node's lease (global; see the `undelivered` module) |
 //!
 //! Redis Cluster mode adds (see [Redis Cluster](#redis-cluster)):
 //!
@@ -62,6 +63,7 @@
 //! |---|---|---|
 //! | `bachata:expiring:{<n>}` | zset | replaces `bachata:expiring`: 16 shards, `n` = FNV-1a of the channel tag mod 16 |
 //! | `bachata:retained:{<n>}` | string | replaces `bachata:retained`: 16 shards, `n` as for `expiring`, counted by the node |
+//! | `bachata:undelivered:{<n>}` | zset | replaces `bachata:undelivered`: 16 shards, `n` as for `expiring`, written by the node |
 //! | `bachata:{<tag>}:resv` | zset | attempt → deadline: queue room reserved by group enqueues in progress (lives seconds) |
 //! | `bachata:{<tag>}:got:<hex sender or ->:<id>` | string | `"<dedupe_until> <seq> <attempt>"`: this message is in this log (for retries; 60 s once committed) |
 //! | `bachata:{<sender tag>}:rcpt:<hex receiver>:<seq>` | string | the seq of the receipt for that entry (for retries; 60 s) |
@@ -300,7 +302,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use async_trait::async_trait;
 use bachata_core::{
     AckRequest, AckState, Acked, Device, Enqueued, Entry, Epoch, Forgotten, Millis, NewMessage,
-    PendingAck, PendingEnqueue, Seq, Store, StoreError,
+    PendingAck, PendingEnqueue, Seq, Store, StoreError, Undelivered,
 };
 use bachata_proto::{Channel, GroupId, MessageId};
 use redis::{FromRedisValue, RedisError, Value};
@@ -312,6 +314,7 @@ use retained::RetainedView;
 
 mod cluster;
 mod scripts;
+mod undelivered;
 mod writer;
 
 use scripts::Scripts;
@@ -536,7 +539,21 @@ impl Store for RedisStore {
     async fn enqueue(&self, msg: NewMessage) -> Result<Enqueued, StoreError> {
         match self.start_enqueue(msg) {
             Ok(pending) => pending.await,
-            Err(msg) => self.enqueue_cluster(msg).await,
+            Err(msg) => {
+                let notify_at = msg.notify_at;
+                let outcome = self.enqueue_cluster(msg).await?;
+                if let (Enqueued::Stored(stored), Some(at)) = (&outcome, notify_at)
+                    && let Err(e) = self.index_undelivered(stored, at).await
+                {
+                    // Stored all the same: only the webhook's call is lost.
+                    tracing::warn!(
+                        error = %e,
+                        "enqueue: cannot put the message in the undelivered index; \
+                         the undelivered webhook will not be called for it"
+                    );
+                }
+                Ok(outcome)
+            }
         }
     }
 
@@ -738,6 +755,19 @@ impl Store for RedisStore {
             (true, false) => AckState::Pending,
             (true, true) => AckState::Acked,
         })
+    }
+
+    async fn take_undelivered(
+        &self,
+        now: Millis,
+        lease_until: Millis,
+        limit: usize,
+    ) -> Result<Vec<Undelivered>, StoreError> {
+        self.take_undelivered_redis(now, lease_until, limit).await
+    }
+
+    async fn finish_undelivered(&self, done: &[(Channel, Seq)]) -> Result<(), StoreError> {
+        self.finish_undelivered_redis(done).await
     }
 
     async fn add_member(&self, group: &GroupId, member: &Channel) -> Result<bool, StoreError> {

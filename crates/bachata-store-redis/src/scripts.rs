@@ -34,6 +34,8 @@ pub(crate) struct Scripts {
     pub(crate) ack_seqs: Script,
     pub(crate) expire: Script,
     pub(crate) touch: Script,
+    /// Claims due copies of the undelivered webhook's index.
+    pub(crate) undelivered_take: Script,
     pub(crate) cluster: ClusterScripts,
 }
 
@@ -45,6 +47,7 @@ impl Scripts {
             ack_seqs: script!("ack_seqs.lua"),
             expire: script!("expire.lua"),
             touch: script!("touch.lua"),
+            undelivered_take: script!("undelivered_take.lua"),
             cluster: ClusterScripts::new(),
         }
     }

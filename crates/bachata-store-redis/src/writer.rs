@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec;
 use crate::conn::{Conn, RedisStoreOptions};
-use crate::keys::{self, EXPIRING, PENDING, PREFIX, RETAINED};
+use crate::keys::{self, EXPIRING, PENDING, PREFIX, RETAINED, UNDELIVERED};
 use crate::lifetimes::{dedupe_px, keep_for};
 use crate::scripts::Scripts;
 
@@ -63,9 +63,9 @@ impl Op {
         match self {
             Op::Enqueue(msg, _) => {
                 let n = msg.destinations.len();
-                (14 + 9 * n, 256 + msg.payload.len() + 384 * n)
+                (15 + 9 * n, 256 + msg.payload.len() + 384 * n)
             }
-            Op::Ack(ack, _) => (18, 512 + ack.receipt.len()),
+            Op::Ack(ack, _) => (19, 512 + ack.receipt.len()),
         }
     }
 
@@ -88,10 +88,12 @@ impl Op {
 
     /// Appends this request's part of the arguments: its kind, its number
     /// of keys and of arguments, then its arguments (`lua/batch.lua`).
-    fn write_args(&self, cmd: &mut redis::Cmd) {
+    /// `notifies`: messages of this node went into the undelivered index,
+    /// so a first ack takes its message out of it.
+    fn write_args(&self, cmd: &mut redis::Cmd, notifies: bool) {
         match self {
             Op::Enqueue(msg, _) => enqueue_args(cmd, msg),
-            Op::Ack(ack, _) => ack_args(cmd, ack),
+            Op::Ack(ack, _) => ack_args(cmd, ack, notifies),
         }
     }
 
@@ -120,6 +122,11 @@ struct Settings {
     timeout: Duration,
     wait_replicas: usize,
     wait_timeout: Duration,
+    /// Set once an enqueue asked for the undelivered webhook
+    /// (`NewMessage::notify_at`): from then on acks name their channel's
+    /// tag, for the script to take the acked message out of
+    /// `bachata:undelivered`. Until then acks skip that call.
+    notifies: bool,
 }
 
 impl Writer {
@@ -130,6 +137,7 @@ impl Writer {
             timeout: options.call_timeout + options.wait_timeout,
             wait_replicas: options.wait_replicas,
             wait_timeout: options.wait_timeout,
+            notifies: false,
         };
         let (queue, requests) = mpsc::unbounded_channel();
         tokio::spawn(run(conn, scripts, settings, requests));
@@ -160,11 +168,15 @@ impl Writer {
 async fn run(
     mut conn: Conn,
     scripts: Arc<Scripts>,
-    settings: Settings,
+    mut settings: Settings,
     mut requests: mpsc::UnboundedReceiver<Op>,
 ) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     while requests.recv_many(&mut ops, MAX_BATCH).await > 0 {
+        settings.notifies = settings.notifies
+            || ops
+                .iter()
+                .any(|op| matches!(op, Op::Enqueue(msg, _) if msg.notify_at.is_some()));
         let replies = send_batch(&mut conn, &scripts, &ops, settings).await;
         for (op, reply) in ops.drain(..).zip(replies) {
             op.answer(reply);
@@ -328,16 +340,17 @@ async fn pipeline<'a>(
     let mut cmd = redis::Cmd::with_capacity(args, bytes);
     cmd.arg("EVALSHA")
         .arg(scripts.batch.get_hash())
-        .arg(3 + ops.iter().map(|op| op.key_count()).sum::<usize>())
+        .arg(4 + ops.iter().map(|op| op.key_count()).sum::<usize>())
         .arg(EXPIRING)
         .arg(RETAINED)
-        .arg(PENDING);
+        .arg(PENDING)
+        .arg(UNDELIVERED);
     let mut buf = Vec::with_capacity(128);
     for op in &ops {
         op.write_keys(&mut cmd, &mut buf);
     }
     for op in &ops {
-        op.write_args(&mut cmd);
+        op.write_args(&mut cmd, settings.notifies);
     }
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
@@ -439,7 +452,7 @@ fn enqueue_args(cmd: &mut redis::Cmd, msg: &NewMessage) {
     let n = msg.destinations.len();
     cmd.arg("e")
         .arg(1 + 8 * n)
-        .arg(10 + n)
+        .arg(11 + n)
         .arg(msg.now)
         .arg(msg.expires_at)
         .arg(msg.dedupe_until)
@@ -449,7 +462,8 @@ fn enqueue_args(cmd: &mut redis::Cmd, msg: &NewMessage) {
         .arg(msg.id.as_str())
         .arg(msg.payload.as_ref())
         .arg(msg.retained_limit)
-        .arg(keep_for(msg.now, msg.expires_at, msg.forget_after));
+        .arg(keep_for(msg.now, msg.expires_at, msg.forget_after))
+        .arg(msg.notify_at.unwrap_or(0));
     let mut tag = Vec::with_capacity(32);
     for dest in &msg.destinations {
         tag.clear();
@@ -496,10 +510,10 @@ pub(crate) fn enqueue_outcome(reply: Value, msg: NewMessage) -> Result<Enqueued,
 }
 
 /// The arguments of `ack` in a batch call (see `lua/batch.lua`).
-fn ack_args(cmd: &mut redis::Cmd, ack: &AckRequest) {
+fn ack_args(cmd: &mut redis::Cmd, ack: &AckRequest, notifies: bool) {
     cmd.arg("a")
         .arg(8)
-        .arg(7)
+        .arg(8)
         .arg(keys::device(&ack.device))
         .arg(ack.id.as_str())
         .arg(ack.now)
@@ -507,6 +521,11 @@ fn ack_args(cmd: &mut redis::Cmd, ack: &AckRequest) {
         .arg(ack.receipt_expires_at)
         .arg(PREFIX)
         .arg(keep_for(ack.now, ack.receipt_expires_at, ack.forget_after));
+    let mut tag = Vec::new();
+    if notifies {
+        keys::push_hex(&mut tag, ack.channel.as_str().as_bytes());
+    }
+    cmd.arg(&tag[..]);
 }
 
 /// What the batch script answered for an ack.

@@ -31,6 +31,7 @@ fn msg(sender: &str, id: &str) -> NewMessage {
         queue_limit: 1_000_000,
         retained_limit: u64::MAX,
         forget_after: 86_400_000,
+        notify_at: None,
     }
 }
 

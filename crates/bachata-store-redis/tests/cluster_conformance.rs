@@ -67,6 +67,7 @@ fn msg(sender: &str, id: &str, to: &[&str]) -> NewMessage {
         queue_limit: 1000,
         retained_limit: u64::MAX,
         forget_after: 86_400_000,
+        notify_at: None,
     }
 }
 

@@ -123,6 +123,7 @@ async fn differential(url: &str, cases: u64, mut flush: impl AsyncFnMut()) {
                             u64::MAX
                         },
                         forget_after: 86_400_000,
+                        notify_at: None,
                     };
                     let a = memory.enqueue(m.clone()).await.expect("memory");
                     let b = redis.enqueue(m).await.expect("redis");

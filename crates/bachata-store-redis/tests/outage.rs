@@ -28,6 +28,7 @@ fn msg(id: &str, now: u64) -> NewMessage {
         queue_limit: 1000,
         retained_limit: u64::MAX,
         forget_after: 86_400_000,
+        notify_at: None,
     }
 }
 

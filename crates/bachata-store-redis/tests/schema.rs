@@ -31,6 +31,7 @@ fn msg(sender: Option<&str>, id: &str, to: &[&str], payload: &[u8]) -> NewMessag
         queue_limit: 1000,
         retained_limit: u64::MAX,
         forget_after: 86_400_000,
+        notify_at: None,
     }
 }
 

@@ -44,7 +44,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use bachata_core::{
-    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq, Store,
+    AckRequest, AckState, Acked, Device, Enqueued, Entry, EntryKind, Millis, NewMessage, Seq,
+    Store, Undelivered,
 };
 use bachata_proto::{Channel, DeviceId, GroupId, MessageId};
 use bytes::Bytes;
@@ -164,6 +165,7 @@ macro_rules! __store_conformance_checks {
             retained_bytes_limit,
             reopen_keeps_retained_bytes,
             stale_devices_are_forgotten,
+            undelivered_copies_are_claimed_until_finished,
         ]);
     };
 }
@@ -221,6 +223,7 @@ fn msg(sender: &str, id: &str, to: &[&str], now: Millis) -> NewMessage {
         queue_limit: NO_LIMIT,
         retained_limit: u64::MAX,
         forget_after: FORGET_AFTER,
+        notify_at: None,
     }
 }
 
@@ -1811,4 +1814,115 @@ pub async fn stale_devices_are_forgotten<B: Backend>(mut backend: B) {
         "m1, acked by the only known device, is gone"
     );
     assert_eq!(s.seqs("bob", &live, later).await, [2]);
+}
+
+/// The undelivered webhook's due index (`NewMessage::notify_at`): a copy
+/// that no device acked is claimed once its time has come, by one caller
+/// until the claim's lease ends and again after it, never once finished;
+/// copies acked, expired or not asked for never come; what was not
+/// finished survives a crash (a claim may or may not: both are at least
+/// once).
+pub async fn undelivered_copies_are_claimed_until_finished<B: Backend>(mut backend: B) {
+    let s = fresh(&mut backend).await;
+    let notify = |m: NewMessage| NewMessage {
+        notify_at: Some(m.now + MIN),
+        ..m
+    };
+    let take = |s: &Probe, now: Millis, lease_until: Millis, limit: usize| {
+        let store = s.handle();
+        async move {
+            let mut got = store
+                .take_undelivered(now, lease_until, limit)
+                .await
+                .unwrap_or_else(|e| panic!("take_undelivered at {now} failed: {e}"));
+            got.sort_by(|a, b| (&a.channel, a.seq).cmp(&(&b.channel, b.seq)));
+            got
+        }
+    };
+    let finish = |s: &Probe, done: Vec<(Channel, Seq)>| {
+        let store = s.handle();
+        async move {
+            store
+                .finish_undelivered(&done)
+                .await
+                .unwrap_or_else(|e| panic!("finish_undelivered failed: {e}"));
+        }
+    };
+    let places = |got: &[Undelivered]| -> Vec<(Channel, Seq)> {
+        got.iter().map(|u| (u.channel.clone(), u.seq)).collect()
+    };
+    let m1 = sorted(
+        s.stored(notify(msg("alice", "m1", &["bob", "carol"], T0)))
+            .await,
+    );
+    s.stored_one(notify(msg("alice", "m2", &["bob"], T0))).await;
+    s.stored_one(msg("alice", "m3", &["bob"], T0)).await;
+    s.stored_one(NewMessage {
+        expires_at: T0 + 30 * SEC,
+        ..notify(msg("alice", "short", &["erin"], T0))
+    })
+    .await;
+    let s1 = s
+        .stored_one(notify(system_msg("s1", &["dave"], T0 + SEC)))
+        .await;
+    s.ack("bob", &DEFAULT, "m2", T0 + SEC).await;
+
+    assert!(
+        take(&s, T0 + MIN - 1, T0 + 5 * MIN, ALL).await.is_empty(),
+        "nothing is due before its time"
+    );
+    let got = take(&s, T0 + MIN, T0 + 5 * MIN, ALL).await;
+    assert_eq!(
+        places(&got),
+        m1,
+        "m1's two copies; not m2 (acked), m3 (not asked for), `short` (expired), s1 (later)"
+    );
+    for copy in &got {
+        assert_eq!(copy.sender, Some(ch("alice")));
+        assert_eq!(copy.id, mid("m1"));
+        assert_eq!(copy.payload, payload(Some("alice"), "m1"));
+    }
+    let got = take(&s, T0 + 2 * MIN, T0 + 5 * MIN, ALL).await;
+    assert_eq!(
+        places(&got),
+        vec![at("dave", s1)],
+        "m1 is claimed until T0 + 5 min; s1 has come"
+    );
+    assert_eq!(
+        (got[0].sender.clone(), got[0].id.clone()),
+        (None, mid("s1"))
+    );
+    assert_eq!(
+        take(&s, T0 + 5 * MIN, T0 + 8 * MIN, 1).await.len(),
+        1,
+        "the limit holds once the lease ran out"
+    );
+    assert_eq!(
+        take(&s, T0 + 5 * MIN, T0 + 8 * MIN, ALL).await.len(),
+        2,
+        "the rest, claimed again"
+    );
+    finish(&s, vec![at("bob", m1[0].1), at("dave", s1)]).await;
+    finish(&s, vec![at("nobody", 1)]).await; // unknown copies are ignored
+
+    let Some(s) = reopen(
+        &mut backend,
+        s,
+        "undelivered_copies_are_claimed_until_finished",
+    )
+    .await
+    else {
+        return;
+    };
+    let got = take(&s, T0 + 8 * MIN, T0 + 11 * MIN, ALL).await;
+    assert_eq!(
+        places(&got),
+        vec![at("carol", m1[1].1)],
+        "only carol's copy is left: bob's and dave's were finished"
+    );
+    s.ack("carol", &DEFAULT, "m1", T0 + 9 * MIN).await;
+    assert!(
+        take(&s, T0 + 12 * MIN, T0 + 15 * MIN, ALL).await.is_empty(),
+        "acked while claimed: never comes again"
+    );
 }

@@ -23,6 +23,7 @@ pub(crate) fn message(id: &str) -> NewMessage {
         queue_limit: u64::MAX,
         retained_limit: u64::MAX,
         forget_after: 86_400_000,
+        notify_at: None,
     }
 }
 
