@@ -1,7 +1,8 @@
 //! A route hook for `pairs --route-hook-pass`: an axum server in the bench's
 //! own process that answers every call `{"pass": true}`, so that a run
 //! measures what the hook's round trip costs the server (issue 13: a route
-//! hook must keep at least half the hookless throughput).
+//! hook must keep at least half the hookless throughput). With a delay it
+//! plays an application that takes that long per call.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +17,9 @@ pub(crate) struct PassHook {
 }
 
 impl PassHook {
-    /// Serves on a free loopback port until dropped.
-    pub(crate) async fn start() -> anyhow::Result<PassHook> {
+    /// Serves on a free loopback port until dropped; each answer comes
+    /// `delay` after its call.
+    pub(crate) async fn start(delay: std::time::Duration) -> anyhow::Result<PassHook> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("bind the route hook")?;
@@ -30,6 +32,9 @@ impl PassHook {
                 let counted = counted.clone();
                 async move {
                     counted.fetch_add(1, Ordering::Relaxed);
+                    if !delay.is_zero() {
+                        tokio::time::sleep(delay).await;
+                    }
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],
                         r#"{"pass":true}"#,
@@ -65,7 +70,9 @@ mod tests {
 
     #[tokio::test]
     async fn answers_pass() {
-        let hook = PassHook::start().await.expect("start");
+        let hook = PassHook::start(std::time::Duration::ZERO)
+            .await
+            .expect("start");
         let addr = hook
             .url
             .trim_start_matches("http://")

@@ -136,6 +136,10 @@ struct PairsArgs {
     /// this process) that answers every message `{"pass": true}`.
     #[arg(long, requires = "spawn")]
     route_hook_pass: bool,
+    /// How long the route hook of `--route-hook-pass` takes to answer each
+    /// call (an application that queries its database, say).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "route_hook_pass")]
+    route_hook_delay: Duration,
 }
 
 /// Where the `pairs`, `fanout` and `reconnect` scenarios run.
@@ -436,7 +440,7 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         for store in target.store.split(',') {
             results.push(measure_nodes(&args, store, None).await?);
             if args.route_hook_pass {
-                let hook = hook::PassHook::start().await?;
+                let hook = hook::PassHook::start(args.route_hook_delay).await?;
                 results.push(measure_nodes(&args, store, Some(&hook)).await?);
                 if hook.calls() == 0 {
                     anyhow::bail!("the route hook was never called");

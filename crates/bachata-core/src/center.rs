@@ -1,9 +1,12 @@
 //! The messages center: stamps, routes, stores and announces messages, and
 //! opens delivery sessions for connections. It knows no socket and no disk.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use bachata_proto::{Channel, DataMessage, ErrorCode, MessageId, delivered};
 use bytes::Bytes;
@@ -108,6 +111,59 @@ pub enum Accepted {
 
 /// The outcome of [`MessagesCenter::submit_pipelined`], still on its way.
 pub type PendingSubmit = Pin<Box<dyn Future<Output = Result<Accepted, Rejection>> + Send>>;
+
+/// Hook calls one connection has in flight at most
+/// ([`MessagesCenter::submit_in_order`]); its next messages wait their
+/// turn. A connection's pipeline of submits is bounded besides (the
+/// server's `MAX_PIPELINE`), so nothing waits without bound.
+pub const HOOK_CALLS_PER_CONNECTION: usize = 4;
+
+/// One connection's submits that have not taken their place in the store's
+/// order yet, oldest first (see [`MessagesCenter::submit_in_order`]).
+#[derive(Debug, Default)]
+pub struct SubmitOrder {
+    waiting: VecDeque<(Option<MessageId>, Arc<Semaphore>)>,
+}
+
+impl SubmitOrder {
+    /// Forgets the submits at the front that have their place.
+    fn prune(&mut self) {
+        while self
+            .waiting
+            .front()
+            .is_some_and(|(_, placed)| placed.is_closed())
+        {
+            self.waiting.pop_front();
+        }
+    }
+}
+
+/// A submit's "I have my place in the store's order (or none to take)":
+/// a semaphore without permits, closed when this is dropped, whatever path
+/// the submit took (stored, refused, cancelled with its connection). Those
+/// behind it wait on it with `acquire`, which fails once it is closed.
+struct Placed(Arc<Semaphore>);
+
+impl Placed {
+    fn new() -> Self {
+        Placed(Arc::new(Semaphore::new(0)))
+    }
+
+    fn signal(&self) -> Arc<Semaphore> {
+        self.0.clone()
+    }
+
+    async fn wait(placed: &Semaphore) {
+        // No permit is ever added: this returns when the semaphore closes.
+        let _ = placed.acquire().await;
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// A routed message, ready for the store or already done with.
 enum Prepared {
@@ -409,7 +465,76 @@ impl MessagesCenter {
         from: Option<(&Channel, &Device)>,
         mut msg: DataMessage,
     ) -> PendingSubmit {
-        let result = match self.prepare(from, &mut msg).await {
+        let prepared = self.prepare(from, &mut msg).await;
+        self.place(prepared).await
+    }
+
+    /// [`MessagesCenter::submit_pipelined_from`] for a connection whose
+    /// messages a route hook is asked about: the hook calls of its messages
+    /// run side by side (up to [`HOOK_CALLS_PER_CONNECTION`]), and `order`
+    /// makes each message take its place in the store's order only after
+    /// the one sent before it did. So the order the connection sent is the
+    /// order of its 100s and of delivery (protocol.md section 10), however
+    /// long each call takes, and one slow call no longer holds up the
+    /// calls behind it. A message no hook is asked about, with nothing
+    /// waiting ahead of it, goes straight through.
+    ///
+    /// The returned future does the work (the hook call included): poll it
+    /// with the connection's other submits, in order (a `FuturesOrdered`).
+    pub async fn submit_in_order(
+        self: &Arc<Self>,
+        channel: &Channel,
+        device: &Device,
+        msg: DataMessage,
+        order: &mut SubmitOrder,
+    ) -> PendingSubmit {
+        order.prune();
+        let hooked = self
+            .route_hook
+            .as_ref()
+            .is_some_and(|hook| hook.wants(&msg.kind));
+        if !hooked && order.waiting.is_empty() {
+            return self
+                .submit_pipelined_from(Some((channel, device)), msg)
+                .await;
+        }
+        let ahead = order.waiting.back().map(|(_, placed)| placed.clone());
+        // Before the hook call: a resend of an id still waiting ahead waits
+        // until that one has its place (the store then knows the id, so the
+        // hook sees it once); past the per-connection bound of calls, a
+        // message waits until the call that many places ahead is over.
+        let before_call = if msg.id.is_some() && order.waiting.iter().any(|(id, _)| *id == msg.id) {
+            ahead.clone()
+        } else {
+            order
+                .waiting
+                .len()
+                .checked_sub(HOOK_CALLS_PER_CONNECTION)
+                .map(|i| order.waiting[i].1.clone())
+        };
+        let mine = Placed::new();
+        order.waiting.push_back((msg.id.clone(), mine.signal()));
+        let center = self.clone();
+        let (channel, device) = (channel.clone(), device.clone());
+        Box::pin(async move {
+            let mut msg = msg;
+            if let Some(placed) = before_call {
+                Placed::wait(&placed).await;
+            }
+            let prepared = center.prepare(Some((&channel, &device)), &mut msg).await;
+            if let Some(placed) = ahead {
+                Placed::wait(&placed).await;
+            }
+            let outcome = center.place(prepared).await;
+            drop(mine);
+            outcome.await
+        })
+    }
+
+    /// Takes a prepared message's place in the store's order; returns its
+    /// outcome to come (counted in the stats).
+    async fn place(self: &Arc<Self>, prepared: Result<Prepared, Rejection>) -> PendingSubmit {
+        let result = match prepared {
             Err(rejection) => Err(rejection),
             Ok(Prepared::Done(accepted)) => Ok(accepted),
             Ok(Prepared::Store(prepared)) => {

@@ -28,7 +28,8 @@ mod store;
 
 pub use bus::{Bus, BusEvent};
 pub use center::{
-    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection,
+    Accepted, CenterBuilder, DeliveryConfig, HOOK_CALLS_PER_CONNECTION, MessagesCenter,
+    PendingSubmit, Rejection, SubmitOrder,
 };
 pub use hook::{FirstAck, HookRoute, HookVerdict, PostProcess, Queued, RouteHook};
 pub use hub::{Event, Hub};

@@ -18,7 +18,9 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
-use bachata_core::{Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError};
+use bachata_core::{
+    Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError, SubmitOrder,
+};
 use bachata_proto::{Channel, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStream};
@@ -222,6 +224,9 @@ const EVENT_BATCH: usize = 64;
 struct Connection {
     /// Outcomes of submitted data messages, in the order they were sent.
     replies: FuturesOrdered<PendingSubmit>,
+    /// Keeps the order of this connection's messages while their route
+    /// hook calls run side by side.
+    order: SubmitOrder,
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     session: Session,
@@ -416,6 +421,7 @@ impl Connection {
             invalid: None,
             background: FuturesUnordered::new(),
             replies: FuturesOrdered::new(),
+            order: SubmitOrder::default(),
             unflushed: 0,
             flush_by: tokio::time::Instant::now(),
             app,
@@ -796,9 +802,11 @@ impl Connection {
                 ))
             }
             Ok(Inbound::Data(msg)) => {
-                // The message takes its place in the store's order now; its
-                // 100 (or 400) is sent when its commit completes, in order,
-                // while this connection goes on reading. (Those left when
+                // The message takes its place in the store's order now (or,
+                // when a route hook is asked about it, once its call is over
+                // and the message before it has its place); its 100 (or
+                // 400) is sent when its commit completes, in order, while
+                // this connection goes on reading. (Those left when
                 // the connection ends finish in a task of their own, see
                 // `run`; one task per message cost CPU under load.)
                 let (channel, device) = (
@@ -808,7 +816,7 @@ impl Connection {
                 let pending = self
                     .app
                     .center
-                    .submit_pipelined_from(Some((&channel, &device)), msg)
+                    .submit_in_order(&channel, &device, msg, &mut self.order)
                     .await;
                 self.replies.push_back(pending);
                 None

@@ -5,6 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,8 +51,11 @@ struct Hook {
     /// Every request: its body, and whether its signature checked out.
     seen: Mutex<Vec<(Value, bool)>>,
     arrived: Notify,
-    /// A message id whose route call is answered 200 ms late.
-    slow: Mutex<Option<String>>,
+    /// `(held, releaser)`: the route call about message `held` is answered
+    /// only once the call about message `releaser` has arrived.
+    held: Mutex<Option<(String, String)>>,
+    released: Notify,
+    release_arrived: std::sync::atomic::AtomicBool,
 }
 
 impl Hook {
@@ -70,9 +74,22 @@ async fn handle(State(hook): State<Arc<Hook>>, headers: HeaderMap, body: Bytes) 
         .and_then(|v| v.to_str().ok())
         .is_some_and(|s| s == bachata_proto::sign::hmac_hex(KEY.as_bytes(), &body));
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let slow = hook.slow.lock().expect("lock").clone();
-    if slow.is_some_and(|id| request["message"]["id"] == id.as_str()) {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let held = hook.held.lock().expect("lock").clone();
+    if let Some((held, releaser)) = held {
+        let id = &request["message"]["id"];
+        if *id == releaser.as_str() {
+            hook.release_arrived.store(true, Ordering::SeqCst);
+            hook.released.notify_waiters();
+        }
+        if *id == held.as_str() {
+            loop {
+                let released = hook.released.notified();
+                if hook.release_arrived.load(Ordering::SeqCst) {
+                    break;
+                }
+                released.await;
+            }
+        }
     }
     hook.seen.lock().expect("lock").push((request, signed));
     hook.arrived.notify_one();
@@ -447,7 +464,10 @@ async fn a_slow_hook_call_keeps_the_connections_order() {
     let mut alice = TestClient::connect(s.addr(), "alice").await;
     let mut bob = TestClient::connect(s.addr(), "bob").await;
     hook.answer(Answer::ok(json!({"pass": true})));
-    *hook.slow.lock().expect("lock") = Some("m1".into());
+    // m1's call is answered only once m3's call has arrived: the calls of
+    // one connection run side by side (asked one after the other, m1 would
+    // time out), and the order still holds.
+    *hook.held.lock().expect("lock") = Some(("m1".into(), "m3".into()));
     for id in ["m1", "m2", "m3"] {
         alice.send(chat(id, "bob", id)).await;
     }
@@ -456,5 +476,65 @@ async fn a_slow_hook_call_keeps_the_connections_order() {
     }
     for id in ["m1", "m2", "m3"] {
         assert_eq!(bob.recv().await["id"], id, "sent order, the slow one first");
+    }
+}
+
+#[tokio::test]
+async fn a_resend_while_its_first_call_is_out_is_asked_once() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    hook.answer(Answer::ok(json!({"pass": true})));
+    // m1's call is held until m2's has arrived; the resend of m1 between
+    // them waits for m1's place instead of asking again.
+    *hook.held.lock().expect("lock") = Some(("m1".into(), "m2".into()));
+    for id in ["m1", "m1", "m2"] {
+        alice.send(chat(id, "bob", id)).await;
+    }
+    for id in ["m1", "m1", "m2"] {
+        alice.expect(100, id).await;
+    }
+    for id in ["m1", "m2"] {
+        assert_eq!(bob.recv().await["id"], id);
+    }
+    let asked: Vec<Value> = hook
+        .seen()
+        .into_iter()
+        .map(|(request, _)| request["message"]["id"].clone())
+        .collect();
+    assert_eq!(
+        asked,
+        [json!("m2"), json!("m1")],
+        "m1 once (answered after m2's call arrived)"
+    );
+    assert!(bob.sync().await.is_empty(), "m1 stored once");
+}
+
+#[tokio::test]
+async fn one_connection_has_at_most_its_bound_of_calls_out() {
+    let hook = Arc::new(Hook::default());
+    let s = start_routed(&hook, |_| {}).await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    hook.answer(Answer::ok(json!({"pass": true})));
+    // m1's call would be answered once m{bound + 2}'s arrives; but that
+    // one waits until m2 has its place, which waits for m1: m1's call times
+    // out (300 ms) instead, and the rest goes on in order.
+    let bound = bachata_core::HOOK_CALLS_PER_CONNECTION;
+    let ids: Vec<String> = (1..=bound + 2).map(|i| format!("m{i}")).collect();
+    *hook.held.lock().expect("lock") = Some(("m1".into(), ids[bound + 1].clone()));
+    for id in &ids {
+        alice.send(chat(id, "bob", id)).await;
+    }
+    let first = alice.recv().await;
+    assert_eq!(
+        (first["data"].as_str(), first["error"].as_str()),
+        (Some("m1"), Some("unavailable")),
+        "{first}"
+    );
+    for id in &ids[1..] {
+        alice.expect(100, id).await;
+        assert_eq!(bob.recv().await["id"], id.as_str());
     }
 }
