@@ -24,6 +24,8 @@ echo "## pairs P=50 W=64, embedded store without and with a route hook that answ
 $bench pairs --spawn $server --store embedded --route-hook-pass --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## the same with a route hook that answers each call after 5 ms (an application with a database)"
 $bench pairs --spawn $server --store embedded --route-hook-pass --route-hook-delay 5ms --pairs 50 --window 64 --payload 100 --duration 10s
+echo "## the same with batched route hook calls (--route-hook-batch 64), the hook answering at once"
+$bench pairs --spawn $server --store embedded --route-hook-pass --route-hook-batch 64 --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## pairs P=50 W=64, two nodes on one Redis: senders on node A, receivers on node B"
 $bench pairs --spawn $server --store redis --nodes 2 --pairs 50 --window 64 --payload 100 --duration 10s
 echo "## pairs P=10 W=1 (latency), Redis store"

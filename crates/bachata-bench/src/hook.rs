@@ -28,7 +28,7 @@ impl PassHook {
         let counted = calls.clone();
         let app = axum::Router::new().route(
             "/route",
-            axum::routing::post(move || {
+            axum::routing::post(move |body: axum::body::Bytes| {
                 let counted = counted.clone();
                 async move {
                     counted.fetch_add(1, Ordering::Relaxed);
@@ -37,7 +37,7 @@ impl PassHook {
                     }
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        r#"{"pass":true}"#,
+                        answer(&body),
                     )
                 }
             }),
@@ -52,8 +52,33 @@ impl PassHook {
         })
     }
 
+    /// Calls answered (a batch call counts once).
     pub(crate) fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch call (`--route-hook-batch`, `{"batch": [...]}`) gets one pass
+/// per message; a single call one pass.
+fn answer(body: &[u8]) -> String {
+    #[derive(serde::Deserialize)]
+    struct Batch {
+        batch: Vec<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Batch>(body) {
+        Ok(b) => {
+            let mut out = String::with_capacity(16 + 14 * b.batch.len());
+            out.push_str(r#"{"results":["#);
+            for i in 0..b.batch.len() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(r#"{"pass":true}"#);
+            }
+            out.push_str("]}");
+            out
+        }
+        Err(_) => r#"{"pass":true}"#.to_owned(),
     }
 }
 

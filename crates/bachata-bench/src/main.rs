@@ -140,6 +140,11 @@ struct PairsArgs {
     /// call (an application that queries its database, say).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, requires = "route_hook_pass")]
     route_hook_delay: Duration,
+    /// `--route-hook-batch` of the spawned server for the hooked run: how
+    /// many messages one hook call carries at most (the bench's hook
+    /// answers batches too).
+    #[arg(long, default_value_t = 1, requires = "route_hook_pass")]
+    route_hook_batch: usize,
 }
 
 /// Where the `pairs`, `fanout` and `reconnect` scenarios run.
@@ -494,7 +499,14 @@ async fn measure_nodes(
         bachata: t.spawn.clone().context("give --url or --spawn")?,
         store: store.to_owned(),
         redis_server: t.redis_server.clone(),
-        extra_args: hook.map_or_else(Vec::new, |h| vec!["--route-hook".into(), h.url.clone()]),
+        extra_args: hook.map_or_else(Vec::new, |h| {
+            vec![
+                "--route-hook".into(),
+                h.url.clone(),
+                "--route-hook-batch".into(),
+                args.route_hook_batch.to_string(),
+            ]
+        }),
     };
     let nodes = servers::Nodes::start(&spawn, t.nodes).await?;
     let mut name = match t.nodes {

@@ -113,7 +113,8 @@ pub enum Accepted {
 pub type PendingSubmit = Pin<Box<dyn Future<Output = Result<Accepted, Rejection>> + Send>>;
 
 /// Hook calls one connection has in flight at most
-/// ([`MessagesCenter::submit_in_order`]); its next messages wait their
+/// ([`MessagesCenter::submit_in_order`]) unless the hook says otherwise
+/// ([`RouteHook::in_flight_per_connection`]); its next messages wait their
 /// turn. A connection's pipeline of submits is bounded besides (the
 /// server's `MAX_PIPELINE`), so nothing waits without bound.
 pub const HOOK_CALLS_PER_CONNECTION: usize = 4;
@@ -471,7 +472,7 @@ impl MessagesCenter {
 
     /// [`MessagesCenter::submit_pipelined_from`] for a connection whose
     /// messages a route hook is asked about: the hook calls of its messages
-    /// run side by side (up to [`HOOK_CALLS_PER_CONNECTION`]), and `order`
+    /// run side by side (up to [`RouteHook::in_flight_per_connection`]), and `order`
     /// makes each message take its place in the store's order only after
     /// the one sent before it did. So the order the connection sent is the
     /// order of its 100s and of delivery (protocol.md section 10), however
@@ -493,6 +494,12 @@ impl MessagesCenter {
             .route_hook
             .as_ref()
             .is_some_and(|hook| hook.wants(&msg.kind));
+        let bound = self
+            .route_hook
+            .as_ref()
+            .map_or(HOOK_CALLS_PER_CONNECTION, |hook| {
+                hook.in_flight_per_connection().max(1)
+            });
         if !hooked && order.waiting.is_empty() {
             return self
                 .submit_pipelined_from(Some((channel, device)), msg)
@@ -509,7 +516,7 @@ impl MessagesCenter {
             order
                 .waiting
                 .len()
-                .checked_sub(HOOK_CALLS_PER_CONNECTION)
+                .checked_sub(bound)
                 .map(|i| order.waiting[i].1.clone())
         };
         let mine = Placed::new();

@@ -73,6 +73,13 @@ pub trait RouteHook: Send + Sync + 'static {
     /// Whether messages of this `type` go to the hook.
     fn wants(&self, kind: &str) -> bool;
 
+    /// How many of one connection's messages may be out with the hook at
+    /// once (see `MessagesCenter::submit_in_order`). A hook that carries
+    /// many messages per call is worth more.
+    fn in_flight_per_connection(&self) -> usize {
+        crate::center::HOOK_CALLS_PER_CONNECTION
+    }
+
     /// The decision about `msg` (as received: before `from` and `time`
     /// are stamped) from `device` of `sender`.
     async fn route(

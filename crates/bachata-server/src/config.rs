@@ -66,6 +66,10 @@ pub struct Config {
     /// The message types that go to the route hook: a comma list, `*` for
     /// all (the default).
     pub route_hook_types: Option<String>,
+    /// Messages one route hook call carries at most: 1 asks about each
+    /// message alone; more sends the messages waiting together in one call
+    /// (`{"batch": [...]}`, docs/hooks.md).
+    pub route_hook_batch: usize,
     /// Bound on one hook call, connection included.
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub hook_timeout: Duration,
@@ -143,6 +147,7 @@ impl Default for Config {
             route_hook_types: None,
             hook_timeout: Duration::from_secs(2),
             hook_concurrency: 256,
+            route_hook_batch: 1,
             max_frame_bytes: 65536,
             max_json_depth: 32,
             queue_limit: 10_000,
@@ -303,6 +308,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "TYPES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route_hook_types: Option<String>,
+    /// Messages one --route-hook call carries at most; above 1, the messages waiting go together as {"batch": [...]} (docs/hooks.md) [default: 1].
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_hook_batch: Option<usize>,
     /// Bound on one hook call [default: 2s].
     #[arg(long, value_name = "DURATION")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -419,6 +428,9 @@ pub(crate) const MAX_JSON_DEPTH: usize = 128;
 /// Shortest HS256 secret accepted without `--insecure` (RFC 7518 section
 /// 3.2: a key of at least the hash's size, 256 bits).
 pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// The most messages one route hook call may carry (`route_hook_batch`).
+pub(crate) const MAX_ROUTE_HOOK_BATCH: usize = 1024;
 
 /// A setting that could not be read or makes no sense.
 #[derive(Debug, thiserror::Error)]
@@ -544,6 +556,11 @@ impl Config {
         }
         if self.hook_timeout.is_zero() {
             return invalid("hook_timeout must be longer than 0s");
+        }
+        if !(1..=MAX_ROUTE_HOOK_BATCH).contains(&self.route_hook_batch) {
+            return invalid(&format!(
+                "route_hook_batch must be between 1 and {MAX_ROUTE_HOOK_BATCH}"
+            ));
         }
         if self.hook_concurrency == 0 {
             return invalid("hook_concurrency must be at least 1");
@@ -777,6 +794,15 @@ mod tests {
                 },
                 "hook_timeout must be longer than 0s",
             );
+            for batch in [0, MAX_ROUTE_HOOK_BATCH + 1] {
+                refused(
+                    ServeArgs {
+                        route_hook_batch: Some(batch),
+                        ..ServeArgs::default()
+                    },
+                    "route_hook_batch must be between 1 and 1024",
+                );
+            }
             // A connect hook authenticates: a public address is allowed.
             let hooked = ServeArgs {
                 listen: Some("0.0.0.0:8000".parse().expect("addr")),

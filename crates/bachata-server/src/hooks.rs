@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::auth::{HandshakeQuery, Identity};
+use crate::hook_batch::Batcher;
 use crate::metrics::{HookMetrics, Metrics};
 
 /// The header that carries the body's signature.
@@ -89,6 +90,7 @@ pub(crate) struct HookClient {
     created: std::time::Instant,
     url: reqwest::Url,
     http: reqwest::Client,
+    timeout: Duration,
     permits: Arc<Semaphore>,
     api_key: Option<Vec<u8>>,
     metrics: HookMetrics,
@@ -128,6 +130,7 @@ impl HookClient {
             created: std::time::Instant::now(),
             url,
             http,
+            timeout: settings.timeout,
             permits: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             api_key: settings.api_key.as_ref().map(|k| k.as_bytes().to_vec()),
             metrics: metrics.hook(name),
@@ -158,12 +161,39 @@ impl HookClient {
         body: &impl Serialize,
     ) -> Result<(StatusCode, Bytes), HookFailure> {
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
-            self.metrics.busy.inc();
+            self.busy();
             return Err(HookFailure::Busy(self.name));
         };
+        let body = serde_json::to_vec(body)
+            .map_err(|e| HookFailure::Transport(self.name, e.to_string()))?;
+        self.call(body, MAX_ANSWER).await
+    }
+
+    /// Counts a call refused because the hook is busy.
+    pub(crate) fn busy(&self) {
+        self.metrics.busy.inc();
+    }
+
+    /// The bound on one call (`--hook-timeout`).
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Waits for one of the `--hook-concurrency` places of a call.
+    pub(crate) async fn place(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// POSTs the JSON `body` (its caller holds a place), reading at most
+    /// `limit` bytes of answer; counts the call in the metrics.
+    pub(crate) async fn call(
+        &self,
+        body: Vec<u8>,
+        limit: usize,
+    ) -> Result<(StatusCode, Bytes), HookFailure> {
         self.metrics.calls.inc();
         let started = std::time::Instant::now();
-        let result = self.send(body).await;
+        let result = self.send(body, limit).await;
         self.metrics
             .seconds
             .observe(started.elapsed().as_secs_f64());
@@ -173,9 +203,7 @@ impl HookClient {
         result
     }
 
-    async fn send(&self, body: &impl Serialize) -> Result<(StatusCode, Bytes), HookFailure> {
-        let body = serde_json::to_vec(body)
-            .map_err(|e| HookFailure::Transport(self.name, e.to_string()))?;
+    async fn send(&self, body: Vec<u8>, limit: usize) -> Result<(StatusCode, Bytes), HookFailure> {
         let mut request = self
             .http
             .post(self.url.clone())
@@ -192,13 +220,13 @@ impl HookClient {
         };
         let mut response = request.body(body).send().await.map_err(failed)?;
         let status = response.status();
-        // An answer is a small JSON object: read at most MAX_ANSWER bytes.
+        // An answer is a small JSON object: read at most `limit` bytes.
         let mut answer = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failed)? {
-            if answer.len() + chunk.len() > MAX_ANSWER {
+            if answer.len() + chunk.len() > limit {
                 return Err(HookFailure::Transport(
                     self.name,
-                    format!("an answer larger than {MAX_ANSWER} bytes"),
+                    format!("an answer larger than {limit} bytes"),
                 ));
             }
             answer.extend_from_slice(&chunk);
@@ -206,6 +234,9 @@ impl HookClient {
         Ok((status, Bytes::from(answer)))
     }
 }
+
+/// A connection's messages out with a batching route hook at once.
+pub(crate) const BATCHED_PER_CONNECTION: usize = 16;
 
 /// Channels one route answer may name at most.
 pub(crate) const MAX_CHANNELS: usize = 10_000;
@@ -270,13 +301,28 @@ struct RouteAnswer {
 /// `--route-hook`: see the module docs.
 #[derive(Debug)]
 pub(crate) struct RouteHookClient {
-    client: HookClient,
+    client: Arc<HookClient>,
     types: HookTypes,
+    /// With `--route-hook-batch` above 1: calls carry many messages.
+    batcher: Option<Batcher>,
 }
 
 impl RouteHookClient {
-    pub(crate) fn new(client: HookClient, types: HookTypes) -> RouteHookClient {
-        RouteHookClient { client, types }
+    /// `batch`: messages per call at most (1: each alone). Needs a tokio
+    /// runtime when `batch` is above 1.
+    pub(crate) fn new(
+        client: HookClient,
+        types: HookTypes,
+        batch: usize,
+        concurrency: usize,
+    ) -> RouteHookClient {
+        let client = Arc::new(client);
+        let batcher = (batch > 1).then(|| Batcher::start(client.clone(), batch, concurrency));
+        RouteHookClient {
+            client,
+            types,
+            batcher,
+        }
     }
 }
 
@@ -284,6 +330,17 @@ impl RouteHookClient {
 impl RouteHook for RouteHookClient {
     fn wants(&self, kind: &str) -> bool {
         self.types.contains(kind)
+    }
+
+    /// Batched, a connection's messages wait in the queue rather than hold
+    /// a call each: more of them may be out (measured best at 16,
+    /// docs/performance.md).
+    fn in_flight_per_connection(&self) -> usize {
+        if self.batcher.is_some() {
+            BATCHED_PER_CONNECTION
+        } else {
+            bachata_core::HOOK_CALLS_PER_CONNECTION
+        }
     }
 
     async fn route(&self, sender: &Channel, device: &Device, msg: &DataMessage) -> HookVerdict {
@@ -303,6 +360,13 @@ impl RouteHook for RouteHookClient {
             device: device.as_ref().map(|d| d.as_str()),
             message: &message,
         };
+        if let Some(batcher) = &self.batcher {
+            let request = match serde_json::value::to_raw_value(&request) {
+                Ok(request) => request,
+                Err(e) => return unavailable(format!("the request as JSON: {e}")),
+            };
+            return batcher.ask(request).await.unwrap_or_else(unavailable);
+        }
         let (status, body) = match self.client.post(&request).await {
             Ok(answer) => answer,
             Err(failure) => return unavailable(failure.to_string()),
@@ -318,7 +382,7 @@ impl RouteHook for RouteHookClient {
 }
 
 /// The verdict in a 200 answer of the route hook.
-fn routed(body: &[u8]) -> Result<HookVerdict, String> {
+pub(crate) fn routed(body: &[u8]) -> Result<HookVerdict, String> {
     let answer: RouteAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let route = match (answer.channels, answer.pass, answer.error) {
         (Some(channels), None, None) => {

@@ -9,6 +9,7 @@ mod api;
 mod app;
 mod auth;
 mod config;
+mod hook_batch;
 mod hooks;
 mod listener;
 mod metrics;
@@ -195,7 +196,12 @@ pub async fn start_with(
         let client = hooks::HookClient::new("route", url, &hook_settings(&config), &mut metrics)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let types = hooks::HookTypes::parse(config.route_hook_types.as_deref());
-        builder = builder.route_hook(Arc::new(hooks::RouteHookClient::new(client, types)));
+        builder = builder.route_hook(Arc::new(hooks::RouteHookClient::new(
+            client,
+            types,
+            config.route_hook_batch,
+            config.hook_concurrency,
+        )));
     }
     if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
         // Other nodes share this Redis: hear about their messages.

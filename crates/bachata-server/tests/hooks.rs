@@ -538,3 +538,119 @@ async fn one_connection_has_at_most_its_bound_of_calls_out() {
         assert_eq!(bob.recv().await["id"], id.as_str());
     }
 }
+
+/// `--route-hook-batch`: the hook answers `{"results": [...]}`, one
+/// single-call answer per message of `{"batch": [...]}`, each applied to its
+/// own message; the batch body is signed like a single call.
+async fn batch_hook(calls: Arc<Mutex<Vec<(usize, bool)>>>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr: SocketAddr = listener.local_addr().expect("addr");
+    let app = Router::new().route(
+        "/route",
+        post(move |headers: HeaderMap, body: Bytes| {
+            let calls = calls.clone();
+            async move {
+                let signed = headers
+                    .get("x-bachata-signature")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|s| s == bachata_proto::sign::hmac_hex(KEY.as_bytes(), &body));
+                let request: Value = serde_json::from_slice(&body).expect("JSON");
+                let batch = request["batch"].as_array().expect("a batch").clone();
+                calls.lock().expect("lock").push((batch.len(), signed));
+                let results: Vec<Value> = batch
+                    .iter()
+                    .map(|item| {
+                        let id = item["message"]["id"].as_str().unwrap_or_default();
+                        if id.starts_with("mute") {
+                            json!({"error": "app_muted", "reason": "muted"})
+                        } else if id.starts_with("redact") {
+                            json!({"pass": true, "data": "[redacted]"})
+                        } else {
+                            json!({"channels": [item["message"]["dest"]]})
+                        }
+                    })
+                    .collect();
+                axum::Json(json!({ "results": results }))
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/route")
+}
+
+#[tokio::test]
+async fn batched_calls_answer_each_message_on_its_own() {
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let url = batch_hook(calls.clone()).await;
+    let s = common::start_with(move |c| {
+        c.route_hook = Some(url);
+        c.route_hook_batch = 16;
+        c.api_key = Some(KEY.into());
+    })
+    .await;
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    let ids = ["m1", "mute1", "redact1", "m2", "mute2", "m3"];
+    for id in ids {
+        alice.send(chat(id, "bob", id)).await;
+    }
+    for id in ids {
+        let reply = alice.recv().await;
+        if id.starts_with("mute") {
+            assert_eq!(
+                (reply["data"].as_str(), reply["error"].as_str()),
+                (Some(id), Some("app_muted")),
+                "{reply}"
+            );
+        } else {
+            assert_eq!(
+                (reply["type"].as_u64(), reply["data"].as_str()),
+                (Some(100), Some(id)),
+                "{reply}"
+            );
+        }
+    }
+    for id in ["m1", "redact1", "m2", "m3"] {
+        let got = bob.recv().await;
+        assert_eq!(got["id"], id, "in the order sent");
+        if id == "redact1" {
+            assert_eq!(got["data"], "[redacted]");
+        } else {
+            assert_eq!(got["data"], json!({"text": id}));
+        }
+    }
+    let calls = calls.lock().expect("lock").clone();
+    assert_eq!(
+        calls.iter().map(|(n, _)| n).sum::<usize>(),
+        ids.len(),
+        "each message asked once: {calls:?}"
+    );
+    assert!(
+        calls.iter().all(|(_, signed)| *signed),
+        "every batch signed"
+    );
+}
+
+#[tokio::test]
+async fn a_batched_call_without_a_usable_answer_is_unavailable_for_each_message() {
+    let hook = Arc::new(Hook::default());
+    // The single-call hook answers `{"pass": true}`: not a batch answer.
+    let s = start_routed(&hook, |c| c.route_hook_batch = 4).await;
+    hook.answer(Answer::ok(json!({"pass": true})));
+    let mut alice = TestClient::connect(s.addr(), "alice").await;
+    for id in ["m1", "m2"] {
+        alice.send(chat(id, "bob", id)).await;
+    }
+    for id in ["m1", "m2"] {
+        let reply = alice.recv().await;
+        assert_eq!(
+            (reply["data"].as_str(), reply["error"].as_str()),
+            (Some(id), Some("unavailable")),
+            "{reply}"
+        );
+    }
+    let mut bob = TestClient::connect(s.addr(), "bob").await;
+    assert!(bob.sync().await.is_empty(), "nothing stored");
+}
