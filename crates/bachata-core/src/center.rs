@@ -472,9 +472,9 @@ impl MessagesCenter {
 
     /// [`MessagesCenter::submit_pipelined_from`] for a connection whose
     /// messages a route hook is asked about: the hook calls of its messages
-    /// run side by side (up to [`RouteHook::in_flight_per_connection`]), and `order`
-    /// makes each message take its place in the store's order only after
-    /// the one sent before it did. So the order the connection sent is the
+    /// run side by side (up to [`RouteHook::in_flight_per_connection`]),
+    /// and `order` makes each message take its place in the store's order
+    /// only after the one sent before it did. So the order the connection sent is the
     /// order of its 100s and of delivery (protocol.md section 10), however
     /// long each call takes, and one slow call no longer holds up the
     /// calls behind it. A message no hook is asked about, with nothing

@@ -6,7 +6,7 @@ mod common;
 use bachata_proto::{Channel, GroupId};
 use bachata_testkit::client::TestClient;
 use bachata_testkit::redis::RedisServer;
-use common::{kill9, spawn_bachata, start_on_redis};
+use common::{kill9, redis_args, spawn_bachata, start_on_redis};
 use serde_json::json;
 
 #[tokio::test]
@@ -85,15 +85,6 @@ async fn groups_made_on_one_node_work_on_the_other() {
         .send(json!({"id": "g2", "type": "group", "dest": "team"}))
         .await;
     assert_eq!(mallory.recv().await["error"], "forbidden");
-}
-
-fn redis_args(redis: &RedisServer) -> Vec<String> {
-    vec![
-        "--store".into(),
-        "redis".into(),
-        "--redis-url".into(),
-        redis.url(),
-    ]
 }
 
 #[tokio::test]

@@ -15,7 +15,7 @@ use axum::routing::post;
 use bachata_proto::{Channel, DataMessage, GroupId, MessageId};
 use bachata_testkit::client::TestClient;
 use bachata_testkit::redis::RedisServer;
-use common::{TestServer, kill9, spawn_bachata, start_with};
+use common::{TestServer, kill9, redis_args, spawn_bachata, start_with};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -287,6 +287,25 @@ fn webhook_args(hook: &Receiver, after: &str) -> Vec<String> {
     ]
 }
 
+/// [`webhook_args`] on the embedded store in `dir`.
+fn embedded_webhook_args(hook: &Receiver, after: &str, dir: &tempfile::TempDir) -> Vec<String> {
+    let mut args = webhook_args(hook, after);
+    args.extend([
+        "--data-dir".into(),
+        dir.path().to_string_lossy().into_owned(),
+    ]);
+    args
+}
+
+/// Spawns `bachata serve` with `args`; alice's m1 to bob is stored (100).
+async fn spawn_and_store_m1(args: &[String]) -> (tokio::process::Child, SocketAddr) {
+    let (child, addr) = spawn_bachata(args).await;
+    let mut alice = TestClient::connect(addr, "alice").await;
+    alice.send_direct("m1", "bob", json!("hi")).await;
+    alice.expect(100, "m1").await;
+    (child, addr)
+}
+
 /// The test: a message stored, the server SIGKILLed before the
 /// call was due, restarted on the same data: the call is made, once,
 /// within `--undelivered-after` of the restart (what is due lives in the
@@ -295,15 +314,8 @@ fn webhook_args(hook: &Receiver, after: &str) -> Vec<String> {
 async fn a_call_due_after_a_sigkill_is_made_once_after_the_restart() {
     let mut hook = receiver(0).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut args = webhook_args(&hook, "2s");
-    args.extend([
-        "--data-dir".into(),
-        dir.path().to_string_lossy().into_owned(),
-    ]);
-    let (child, addr) = spawn_bachata(&args).await;
-    let mut alice = TestClient::connect(addr, "alice").await;
-    alice.send_direct("m1", "bob", json!("hi")).await;
-    alice.expect(100, "m1").await;
+    let args = embedded_webhook_args(&hook, "2s", &dir);
+    let (child, _addr) = spawn_and_store_m1(&args).await;
     kill9(child).await;
     assert_eq!(
         hook.hits.load(Ordering::SeqCst),
@@ -334,15 +346,8 @@ async fn a_call_due_after_a_sigkill_is_made_once_after_the_restart() {
 async fn a_call_made_before_a_sigkill_is_not_made_again() {
     let mut hook = receiver(0).await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut args = webhook_args(&hook, "300ms");
-    args.extend([
-        "--data-dir".into(),
-        dir.path().to_string_lossy().into_owned(),
-    ]);
-    let (child, addr) = spawn_bachata(&args).await;
-    let mut alice = TestClient::connect(addr, "alice").await;
-    alice.send_direct("m1", "bob", json!("hi")).await;
-    alice.expect(100, "m1").await;
+    let args = embedded_webhook_args(&hook, "300ms", &dir);
+    let (child, addr) = spawn_and_store_m1(&args).await;
     assert_eq!(hook.next().await["id"], "m1");
     // A call counts as sent once the store recorded it as made.
     wait_counter(addr, "bachata_webhook_sent", 1).await;
@@ -350,15 +355,6 @@ async fn a_call_made_before_a_sigkill_is_not_made_again() {
     let (_child, _addr) = spawn_bachata(&args).await;
     hook.assert_no_more().await;
     assert_eq!(hook.hits.load(Ordering::SeqCst), 1);
-}
-
-fn redis_args(redis: &RedisServer) -> Vec<String> {
-    vec![
-        "--store".into(),
-        "redis".into(),
-        "--redis-url".into(),
-        redis.url(),
-    ]
 }
 
 /// Two nodes on one Redis, both with the webhook: each call is made once,

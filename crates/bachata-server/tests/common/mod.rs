@@ -110,6 +110,16 @@ pub(crate) async fn spawn_bachata_env(
     (child, addr)
 }
 
+/// The arguments of `bachata serve` on `redis`'s store.
+pub(crate) fn redis_args(redis: &bachata_testkit::redis::RedisServer) -> Vec<String> {
+    vec![
+        "--store".into(),
+        "redis".into(),
+        "--redis-url".into(),
+        redis.url(),
+    ]
+}
+
 pub(crate) async fn kill9(mut child: Child) {
     child.start_kill().expect("SIGKILL");
     tokio::time::timeout(WAIT, child.wait())
