@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::sync::Weak;
 
 use crate::bus::{Bus, BusEvent, RESYNC_EVERY};
-use crate::hook::{FirstAck, HookRoute, PostProcess, Queued, RouteHook};
+use crate::hook::{FirstAck, HOOK_CALLS_PER_CONNECTION, HookRoute, PostProcess, Queued, RouteHook};
 use crate::hub::Hub;
 use crate::presence::{DeviceCounts, Presence, counts_of, merge_counts, report_presence};
 use crate::route::{DirectRoute, GroupRoute, Route, RouteContext, Routed, run_chain};
@@ -111,13 +111,6 @@ pub enum Accepted {
 
 /// The outcome of [`MessagesCenter::submit_pipelined`], still on its way.
 pub type PendingSubmit = Pin<Box<dyn Future<Output = Result<Accepted, Rejection>> + Send>>;
-
-/// Hook calls one connection has in flight at most
-/// ([`MessagesCenter::submit_in_order`]) unless the hook says otherwise
-/// ([`RouteHook::in_flight_per_connection`]); its next messages wait their
-/// turn. A connection's pipeline of submits is bounded besides (the
-/// server's `MAX_PIPELINE`), so nothing waits without bound.
-pub const HOOK_CALLS_PER_CONNECTION: usize = 4;
 
 /// One connection's submits that have not taken their place in the store's
 /// order yet, oldest first (see [`MessagesCenter::submit_in_order`]).

@@ -63,6 +63,13 @@ pub struct HookVerdict {
     pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
+/// Hook calls one connection has in flight at most (the center's
+/// `submit_in_order`) unless the hook says otherwise
+/// ([`RouteHook::in_flight_per_connection`]); its next messages wait their
+/// turn. A connection's pipeline of submits is bounded besides (the
+/// server's `MAX_PIPELINE`), so nothing waits without bound.
+pub const HOOK_CALLS_PER_CONNECTION: usize = 4;
+
 /// Asks an application where a client's message goes, before the route
 /// chain (the server's `--route-hook`). Only messages from clients go to it
 /// (not the HTTP API's, which the application sends itself), signature
@@ -77,7 +84,7 @@ pub trait RouteHook: Send + Sync + 'static {
     /// once (see `MessagesCenter::submit_in_order`). A hook that carries
     /// many messages per call is worth more.
     fn in_flight_per_connection(&self) -> usize {
-        crate::center::HOOK_CALLS_PER_CONNECTION
+        HOOK_CALLS_PER_CONNECTION
     }
 
     /// The decision about `msg` (as received: before `from` and `time`

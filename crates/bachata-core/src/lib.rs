@@ -28,10 +28,11 @@ mod store;
 
 pub use bus::{Bus, BusEvent};
 pub use center::{
-    Accepted, CenterBuilder, DeliveryConfig, HOOK_CALLS_PER_CONNECTION, MessagesCenter,
-    PendingSubmit, Rejection, SubmitOrder,
+    Accepted, CenterBuilder, DeliveryConfig, MessagesCenter, PendingSubmit, Rejection, SubmitOrder,
 };
-pub use hook::{FirstAck, HookRoute, HookVerdict, PostProcess, Queued, RouteHook};
+pub use hook::{
+    FirstAck, HOOK_CALLS_PER_CONNECTION, HookRoute, HookVerdict, PostProcess, Queued, RouteHook,
+};
 pub use hub::{Event, Hub};
 pub use memory::MemoryStore;
 pub use presence::{DeviceCounts, Presence, merge_counts};

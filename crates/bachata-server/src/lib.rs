@@ -9,11 +9,11 @@ mod api;
 mod app;
 mod auth;
 mod config;
-mod hook_batch;
 mod hooks;
 mod listener;
 mod metrics;
 mod origin;
+mod route_hook;
 mod state;
 mod webhook;
 mod ws;
@@ -195,8 +195,8 @@ pub async fn start_with(
     if let Some(url) = &config.route_hook {
         let client = hooks::HookClient::new("route", url, &hook_settings(&config), &mut metrics)
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let types = hooks::HookTypes::parse(config.route_hook_types.as_deref());
-        builder = builder.route_hook(Arc::new(hooks::RouteHookClient::new(
+        let types = route_hook::HookTypes::parse(config.route_hook_types.as_deref());
+        builder = builder.route_hook(Arc::new(route_hook::RouteHookClient::new(
             client,
             types,
             config.route_hook_batch,

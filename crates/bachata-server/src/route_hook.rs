@@ -1,4 +1,13 @@
-//! `--route-hook-batch N`: route hook calls that carry up to N messages.
+//! The route hook (`--route-hook URL`, `--route-hook-types`; protocol.md
+//! section 10): a client's data message of those types is POSTed before the
+//! route chain; the answer names the channels, passes to the chain, or
+//! refuses (`forbidden` or an `app_*` code), and may replace `data`. No
+//! usable answer is 400 `unavailable`, nothing stored
+//! ([`RouteHookClient`]). The calls go through the shared
+//! [`HookClient`](crate::hooks::HookClient).
+//!
+//! # Batched calls
+//! `--route-hook-batch N` makes calls carry up to N messages.
 //!
 //! One HTTP exchange per message costs the server ~50 us of CPU
 //! (docs/performance.md); carried together, many messages share it. Each
@@ -18,13 +27,209 @@
 
 use std::sync::Arc;
 
-use bachata_core::HookVerdict;
+use bachata_core::{Device, HookRoute, HookVerdict, RouteHook};
+use bachata_proto::{Channel, DataMessage};
 use reqwest::StatusCode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::hooks::{HookClient, HookFailure, MAX_ANSWER, routed};
+use crate::hooks::{HookClient, HookFailure, MAX_ANSWER};
+
+/// A connection's messages out with a batching route hook at once.
+pub(crate) const BATCHED_PER_CONNECTION: usize = 16;
+
+/// Channels one route answer may name at most.
+pub(crate) const MAX_CHANNELS: usize = 10_000;
+
+/// The message types that go to the route hook: every type, or those listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum HookTypes {
+    All,
+    Only(Vec<String>),
+}
+
+impl HookTypes {
+    /// `*` (or nothing) for every type, else a comma list.
+    pub(crate) fn parse(list: Option<&str>) -> HookTypes {
+        let types: Vec<String> = list
+            .unwrap_or("*")
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if types.is_empty() || types.iter().any(|t| t == "*") {
+            HookTypes::All
+        } else {
+            HookTypes::Only(types)
+        }
+    }
+
+    fn contains(&self, kind: &str) -> bool {
+        match self {
+            HookTypes::All => true,
+            HookTypes::Only(types) => types.iter().any(|t| t == kind),
+        }
+    }
+}
+
+/// What the route hook is told.
+#[derive(Debug, Serialize)]
+struct RouteRequest<'a> {
+    from: &'a str,
+    device: Option<&'a str>,
+    message: &'a serde_json::value::RawValue,
+}
+
+/// A 200 answer of the route hook: exactly one of `channels`, `pass` and
+/// `error`, and optionally `data`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteAnswer {
+    #[serde(default)]
+    channels: Option<Vec<String>>,
+    #[serde(default)]
+    pass: Option<bool>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    data: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `--route-hook`: see the module docs.
+#[derive(Debug)]
+pub(crate) struct RouteHookClient {
+    client: Arc<HookClient>,
+    types: HookTypes,
+    /// With `--route-hook-batch` above 1: calls carry many messages.
+    batcher: Option<Batcher>,
+}
+
+impl RouteHookClient {
+    /// `batch`: messages per call at most (1: each alone). Needs a tokio
+    /// runtime when `batch` is above 1.
+    pub(crate) fn new(
+        client: HookClient,
+        types: HookTypes,
+        batch: usize,
+        concurrency: usize,
+    ) -> RouteHookClient {
+        let client = Arc::new(client);
+        let batcher = (batch > 1).then(|| Batcher::start(client.clone(), batch, concurrency));
+        RouteHookClient {
+            client,
+            types,
+            batcher,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RouteHook for RouteHookClient {
+    fn wants(&self, kind: &str) -> bool {
+        self.types.contains(kind)
+    }
+
+    /// Batched, a connection's messages wait in the queue rather than hold
+    /// a call each: more of them may be out (measured best at 16,
+    /// docs/performance.md).
+    fn in_flight_per_connection(&self) -> usize {
+        if self.batcher.is_some() {
+            BATCHED_PER_CONNECTION
+        } else {
+            bachata_core::HOOK_CALLS_PER_CONNECTION
+        }
+    }
+
+    async fn route(&self, sender: &Channel, device: &Device, msg: &DataMessage) -> HookVerdict {
+        let unavailable = |why: String| {
+            let _ = self.client.warn(&why);
+            HookVerdict {
+                route: HookRoute::Unavailable(why),
+                data: None,
+            }
+        };
+        let message = match serde_json::value::RawValue::from_string(msg.to_json()) {
+            Ok(message) => message,
+            Err(e) => return unavailable(format!("the message as JSON: {e}")),
+        };
+        let request = RouteRequest {
+            from: sender.as_str(),
+            device: device.as_ref().map(|d| d.as_str()),
+            message: &message,
+        };
+        if let Some(batcher) = &self.batcher {
+            let request = match serde_json::value::to_raw_value(&request) {
+                Ok(request) => request,
+                Err(e) => return unavailable(format!("the request as JSON: {e}")),
+            };
+            return batcher.ask(request).await.unwrap_or_else(unavailable);
+        }
+        let (status, body) = match self.client.post(&request).await {
+            Ok(answer) => answer,
+            Err(failure) => return unavailable(failure.to_string()),
+        };
+        if status != StatusCode::OK {
+            return unavailable(format!("the route hook answered {status}"));
+        }
+        match routed(&body) {
+            Ok(verdict) => verdict,
+            Err(why) => unavailable(format!("the route hook's answer: {why}")),
+        }
+    }
+}
+
+/// The verdict in a 200 answer of the route hook.
+pub(crate) fn routed(body: &[u8]) -> Result<HookVerdict, String> {
+    let answer: RouteAnswer = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    let route = match (answer.channels, answer.pass, answer.error) {
+        (Some(channels), None, None) => {
+            if channels.len() > MAX_CHANNELS {
+                return Err(format!("more than {MAX_CHANNELS} channels"));
+            }
+            HookRoute::Channels(
+                channels
+                    .iter()
+                    .map(|c| Channel::new(c).map_err(|e| format!("channel {c:?}: {e}")))
+                    .collect::<Result<_, _>>()?,
+            )
+        }
+        (None, Some(true), None) => HookRoute::Pass,
+        (None, None, Some(code)) => {
+            if !is_app_code(&code) {
+                return Err(format!(
+                    "error {code:?}: must be \"forbidden\" or app_ followed by letters, digits \
+                     or _ (at most 64 bytes)"
+                ));
+            }
+            HookRoute::Reject {
+                code,
+                reason: answer
+                    .reason
+                    .unwrap_or_else(|| "refused by the application".to_owned()),
+            }
+        }
+        _ => return Err("exactly one of channels, pass: true and error".to_owned()),
+    };
+    Ok(HookVerdict {
+        route,
+        data: answer.data,
+    })
+}
+
+/// `forbidden`, or `app_` and `[a-z0-9_]` up to 64 bytes in all.
+fn is_app_code(code: &str) -> bool {
+    code == "forbidden"
+        || (code.len() <= 64
+            && code.len() > "app_".len()
+            && code.starts_with("app_")
+            && code
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'))
+}
 
 /// Answer bytes one batch call may read at most (64 KiB per message, up to
 /// this).
@@ -162,6 +367,7 @@ mod tests {
     use crate::hooks::HookSettings;
     use crate::metrics::Metrics;
     use bachata_core::HookRoute;
+    use serde_json::json;
     use std::sync::Mutex;
     use tokio::sync::Notify;
 
@@ -258,5 +464,50 @@ mod tests {
             "unknown field"
         );
         assert!(results(b"[]", 0).is_err());
+    }
+
+    #[test]
+    fn route_answers_are_checked() {
+        let route = |body: &str| routed(body.as_bytes()).map(|v| v.route);
+        assert_eq!(route(r#"{"pass": true}"#), Ok(HookRoute::Pass));
+        assert_eq!(
+            route(r#"{"channels": []}"#),
+            Ok(HookRoute::Channels(Vec::new()))
+        );
+        assert!(matches!(
+            route(r#"{"error": "app_muted", "reason": "r"}"#),
+            Ok(HookRoute::Reject { code, .. }) if code == "app_muted"
+        ));
+        assert!(matches!(
+            route(r#"{"error": "forbidden"}"#),
+            Ok(HookRoute::Reject { code, .. }) if code == "forbidden"
+        ));
+        let data = routed(br#"{"pass": true, "data": {"text": "***"}}"#).expect("valid");
+        assert_eq!(
+            data.data.map(|d| d.get().to_owned()),
+            Some(r#"{"text": "***"}"#.into())
+        );
+        let many: Vec<String> = (0..=MAX_CHANNELS).map(|i| format!("c{i}")).collect();
+        let too_many = json!({"channels": many}).to_string();
+        assert!(route(&too_many).is_err(), "past MAX_CHANNELS");
+        for bad in [
+            r#"{}"#,
+            r#"{"pass": false}"#,
+            r#"{"pass": true, "channels": ["a"]}"#,
+            r#"{"channels": [""]}"#,
+            r#"{"error": "queue_full"}"#,
+            r#"{"error": "app_"}"#,
+            r#"{"error": "app_Muted"}"#,
+            r#"{"pass": true, "other": 1}"#,
+        ] {
+            assert!(route(bad).is_err(), "{bad}");
+        }
+    }
+    #[test]
+    fn hook_types() {
+        assert_eq!(HookTypes::parse(None), HookTypes::All);
+        assert_eq!(HookTypes::parse(Some("chat, *")), HookTypes::All);
+        let only = HookTypes::parse(Some("chat, room"));
+        assert!(only.contains("room") && !only.contains("typing"));
     }
 }
