@@ -27,8 +27,8 @@ pub(crate) struct ConnectArgs {
     /// Device name.
     #[arg(long)]
     pub device: Option<String>,
-    /// Bound on connecting and on each receipt.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// Bound on connecting and on each receipt: seconds (5) or with a unit (10s, 2m).
+    #[arg(long, default_value = "10s", value_parser = bachata_server::parse_duration)]
     pub timeout: Duration,
 }
 

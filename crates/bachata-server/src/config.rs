@@ -175,13 +175,26 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Seconds(u64),
     }
     match Raw::deserialize(d)? {
-        Raw::Text(text) => humantime::parse_duration(text.trim()).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}); write it like 30s, 15m, 24h, 7d"
-            ))
-        }),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
         Raw::Seconds(s) => Ok(Duration::from_secs(s)),
     }
+}
+
+/// A duration: plain seconds (`5`) or with units (`30s`, `15m`, `24h`,
+/// `7d`, `1h30m`, `250ms`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        return text
+            .parse()
+            .map(Duration::from_secs)
+            .map_err(|e| format!("invalid duration {text:?} ({e})"));
+    }
+    humantime::parse_duration(text).map_err(|e| {
+        format!(
+            "invalid duration {text:?} ({e}); write seconds (5) or with a unit: 30s, 15m, 24h, 7d"
+        )
+    })
 }
 
 /// A size in bytes: an integer, or text with a unit (`512MiB`, `2GB`,
@@ -671,6 +684,16 @@ mod tests {
                 .expect_err("invalid duration")
                 .to_string();
             assert!(e.contains("30s, 15m"), "{e}");
+            // Plain seconds, as a flag or an environment variable gives them.
+            let plain = ServeArgs {
+                hook_timeout: Some("5".into()),
+                ..ServeArgs::default()
+            };
+            let c = Config::load(&plain).expect("plain seconds");
+            assert_eq!(c.hook_timeout, Duration::from_secs(5));
+            assert_eq!(parse_duration(" 250ms "), Ok(Duration::from_millis(250)));
+            assert!(parse_duration("").is_err());
+            assert!(parse_duration("99999999999999999999").is_err(), "overflow");
             Ok(())
         });
     }

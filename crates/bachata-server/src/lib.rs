@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::KeyError;
-pub use config::{Config, ConfigError, ServeArgs, StoreKind};
+pub use config::{Config, ConfigError, ServeArgs, StoreKind, parse_duration};
 pub use listener::{DRAIN_TIMEOUT, raise_open_file_limit};
 
 use crate::metrics::Metrics;
@@ -280,7 +280,27 @@ pub async fn start_with(
         refused: state.metrics.refused_connections.clone(),
     };
     let task = tokio::spawn(listener.run());
-    tracing::info!(%addr, max_connections, "accepting connections");
+    // What a newcomer needs to know is in effect (never a secret or a URL,
+    // which may carry a password).
+    let store = match state.config.store {
+        StoreKind::Embedded => "embedded",
+        StoreKind::Memory => "memory",
+        StoreKind::Redis => "redis",
+    };
+    let auth = match (&state.auth, state.connect_hook.is_some()) {
+        (auth::Auth::Anonymous, false) => "anonymous",
+        (auth::Auth::Anonymous, true) => "connect-hook",
+        (auth::Auth::Jwt { .. }, false) => "jwt",
+        (auth::Auth::Jwt { .. }, true) => "jwt+connect-hook",
+    };
+    if state.config.store == StoreKind::Embedded {
+        tracing::info!(
+            %addr, max_connections, %store, data_dir = %state.config.data_dir.display(), %auth,
+            "accepting connections"
+        );
+    } else {
+        tracing::info!(%addr, max_connections, %store, %auth, "accepting connections");
+    }
     Ok(RunningServer {
         addr,
         shutdown,

@@ -150,14 +150,51 @@ async fn errors_have_exit_codes() {
         "--to",
         "b",
         "--timeout",
-        "2s",
+        "2",
         "x",
     ])
     .await;
-    assert_eq!(code, 4);
+    assert_eq!(code, 4, "plain seconds are a valid --timeout");
     let long = "c".repeat(200);
     let (code, _, err) = run(&["send", "--url", &url, "--channel", &long, "--to", "b", "x"]).await;
     assert_eq!(code, 4);
     assert!(err.contains("401"), "{err}");
     let _ = Duration::ZERO;
+}
+
+/// The ready line says which store, data directory and auth mode are in
+/// effect (a newcomer's first question), and no secret.
+#[tokio::test]
+async fn the_ready_line_names_the_store_the_data_dir_and_the_auth_mode() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let secret = "a-jwt-secret-of-at-least-thirty-two-bytes!";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--jwt-secret", secret])
+        .env("BACHATA_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bachata");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let line = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            if line.contains("accepting connections") {
+                return line;
+            }
+        }
+        panic!("server exited before accepting connections");
+    })
+    .await
+    .expect("server did not start in time");
+    assert!(line.contains("store=embedded"), "{line}");
+    assert!(
+        line.contains(&format!("data_dir={}", dir.path().display())),
+        "{line}"
+    );
+    assert!(line.contains("auth=jwt"), "{line}");
+    assert!(!line.contains(secret), "{line}");
 }
