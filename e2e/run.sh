@@ -50,6 +50,7 @@ start() {
   local log=$1 pid addr
   shift
   env -u BACHATA_LISTEN -u BACHATA_STORE -u BACHATA_JWT_SECRET -u BACHATA_API_KEY -u BACHATA_SIGN_KEY \
+    -u BACHATA_BIN \
     BACHATA_LOG=info "$bin" serve --listen 127.0.0.1:0 "$@" 2>"$log" &
   pid=$!
   pids+=("$pid")

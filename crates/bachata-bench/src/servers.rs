@@ -220,7 +220,9 @@ async fn start_server(what: &Spawn, redis_url: Option<&str>) -> anyhow::Result<S
         .arg("--data-dir")
         .arg(dir.path())
         .env("BACHATA_API_KEY", &api_key)
-        .env("BACHATA_LOG", "warn,bachata_server=info");
+        .env("BACHATA_LOG", "warn,bachata_server=info")
+        // The bench's own switch: the server refuses unknown BACHATA_*.
+        .env_remove("BACHATA_BENCH_SERVER_LOG");
     if let Some(url) = redis_url {
         cmd.args(["--redis-url", url]);
     }

@@ -442,14 +442,125 @@ pub(crate) const MAX_JSON_DEPTH: usize = 128;
 /// 3.2: a key of at least the hash's size, 256 bits).
 pub(crate) const MIN_JWT_SECRET_BYTES: usize = 32;
 
+/// `BACHATA_*` variables that are not `serve` settings: the log filter
+/// and the client commands' server and token.
+const OTHER_VARIABLES: [&str; 3] = ["BACHATA_LOG", "BACHATA_URL", "BACHATA_TOKEN"];
+
+/// Every setting's name (a TOML key; upper-cased after `BACHATA_`, a
+/// variable; with dashes after `--`, a flag).
+fn setting_names() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(fields)) => fields.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The known name closest to `unknown`, if one is close enough to be a typo.
+fn closest<'a>(unknown: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|k| (strsim::jaro_winkler(unknown, k), k))
+        .filter(|(score, _)| *score > 0.85)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+fn did_you_mean(suggestion: Option<&str>) -> String {
+    suggestion.map_or_else(String::new, |s| format!("; did you mean {s}?"))
+}
+
+/// A key of the file that is no setting is a typo or a setting of another
+/// version: refused, named, with the closest setting.
+fn refuse_unknown_keys(
+    toml: &figment::providers::Data<Toml>,
+    file: &std::path::Path,
+) -> Result<(), ConfigError> {
+    use figment::Provider;
+    let data = toml.data().map_err(|e| {
+        ConfigError::Parse(format!("cannot read config file {}: {e}", file.display()))
+    })?;
+    let known = setting_names();
+    for dict in data.values() {
+        for key in dict.keys() {
+            if !known.iter().any(|k| k == key) {
+                return Err(ConfigError::Invalid(format!(
+                    "unknown key {key} in {}{}",
+                    file.display(),
+                    did_you_mean(closest(key, known.iter().map(String::as_str)))
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `BACHATA_*` variable that is no setting is refused the same way.
+fn refuse_unknown_variables(
+    names: impl Iterator<Item = std::ffi::OsString>,
+) -> Result<(), ConfigError> {
+    let known: Vec<String> = setting_names()
+        .iter()
+        .map(|k| format!("BACHATA_{}", k.to_ascii_uppercase()))
+        .chain(OTHER_VARIABLES.iter().map(|v| (*v).to_owned()))
+        .collect();
+    for name in names {
+        let Some(name) = name.to_str().filter(|n| n.starts_with("BACHATA_")) else {
+            continue;
+        };
+        if !known.iter().any(|k| k == name) {
+            return Err(ConfigError::Invalid(format!(
+                "unknown environment variable {name}{}",
+                did_you_mean(closest(name, known.iter().map(String::as_str)))
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A figment error, in the words of what the user wrote: the flag, the
+/// `BACHATA_*` variable or the file's key, and what is wrong with it.
+fn describe(errors: figment::Error) -> String {
+    let lines: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.last().cloned().unwrap_or_default();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            let what = if key.is_empty() {
+                "a setting".to_owned()
+            } else if source.contains("environment") {
+                format!("BACHATA_{}", key.to_ascii_uppercase())
+            } else if source.contains("TOML") {
+                let file = e
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.source.as_ref())
+                    .map(|s| format!(" in {s}"))
+                    .unwrap_or_default();
+                format!("key {key}{file}")
+            } else {
+                format!("--{}", key.replace('_', "-"))
+            };
+            format!("invalid {what}: {}", e.kind)
+        })
+        .collect();
+    lines.join("; ")
+}
+
 /// The most messages one route hook call may carry (`route_hook_batch`).
 pub(crate) const MAX_ROUTE_HOOK_BATCH: usize = 1024;
 
 /// A setting that could not be read or makes no sense.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A value that cannot be read, named as the user wrote it (the flag,
+    /// the variable or the file's key); the text says it all, so it has no
+    /// source to print a second time.
     #[error("{0}")]
-    Parse(#[from] Box<figment::Error>),
+    Parse(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -465,13 +576,16 @@ impl Config {
                     file.display()
                 )));
             }
-            figment = figment.merge(Toml::file(file));
+            let toml = Toml::file(file);
+            refuse_unknown_keys(&toml, file)?;
+            figment = figment.merge(toml);
         }
+        refuse_unknown_variables(std::env::vars_os().map(|(k, _)| k))?;
         let config: Config = figment
             .merge(Env::prefixed("BACHATA_"))
             .merge(Serialized::defaults(args))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -663,6 +777,91 @@ mod tests {
             assert_eq!(c.inflight, 8, "env beats the file");
             assert_eq!(c.max_frame_bytes, 3000, "flags beat env");
             assert_eq!(c.message_ttl, Duration::from_secs(900));
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_refused_with_the_closest_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "queue_limt = 5")?;
+            let args = ServeArgs {
+                config: Some("c.toml".into()),
+                ..ServeArgs::default()
+            };
+            let e = Config::load(&args).expect_err("unknown key").to_string();
+            assert_eq!(
+                e,
+                "unknown key queue_limt in c.toml; did you mean queue_limit?"
+            );
+            jail.create_file("c.toml", "queue_limit = 5")?;
+            jail.set_env("BACHATA_QUEUE_LIMT", "5");
+            let e = Config::load(&args)
+                .expect_err("unknown variable")
+                .to_string();
+            assert_eq!(
+                e,
+                "unknown environment variable BACHATA_QUEUE_LIMT; did you mean BACHATA_QUEUE_LIMIT?"
+            );
+            Ok(())
+        });
+        // Nothing close: no suggestion. The client's and the log's own
+        // variables are not settings, and not refused.
+        let refused = refuse_unknown_variables(["BACHATA_ZZZZZZZZZZZZ".into()].into_iter())
+            .expect_err("unknown");
+        assert_eq!(
+            refused.to_string(),
+            "unknown environment variable BACHATA_ZZZZZZZZZZZZ"
+        );
+        refuse_unknown_variables(
+            [
+                "BACHATA_LOG",
+                "BACHATA_URL",
+                "BACHATA_TOKEN",
+                "PATH",
+                "BACHATA_INFLIGHT",
+            ]
+            .into_iter()
+            .map(Into::into),
+        )
+        .expect("known");
+    }
+
+    #[test]
+    fn bad_values_are_named_as_the_user_wrote_them_once() {
+        figment::Jail::expect_with(|jail| {
+            let flag = ServeArgs {
+                message_ttl: Some("soon".into()),
+                ..ServeArgs::default()
+            };
+            let e = Config::load(&flag).expect_err("bad flag");
+            let text = e.to_string();
+            assert!(
+                text.starts_with("invalid --message-ttl: invalid duration \"soon\""),
+                "{text}"
+            );
+            assert!(
+                std::error::Error::source(&e).is_none(),
+                "the cause is in the text, once"
+            );
+            assert!(
+                !text.contains("config.rs") && !text.contains("default."),
+                "{text}"
+            );
+            jail.set_env("BACHATA_QUEUE_LIMIT", "many");
+            let e = Config::load(&ServeArgs::default())
+                .expect_err("bad variable")
+                .to_string();
+            assert!(e.starts_with("invalid BACHATA_QUEUE_LIMIT: "), "{e}");
+            jail.clear_env();
+            jail.create_file("d.toml", "queue_limit = \"many\"")?;
+            let file = ServeArgs {
+                config: Some("d.toml".into()),
+                ..ServeArgs::default()
+            };
+            let e = Config::load(&file).expect_err("bad key").to_string();
+            assert!(e.starts_with("invalid key queue_limit in "), "{e}");
+            assert!(e.contains("d.toml"), "{e}");
             Ok(())
         });
     }
