@@ -828,6 +828,21 @@ mod tests {
     }
 
     #[test]
+    fn every_flag_of_serve_is_a_setting() {
+        use clap::Args as _;
+        let command = ServeArgs::augment_args(clap::Command::new("serve"));
+        let known = setting_names();
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert!(
+                id == "config" || known.iter().any(|k| k == id),
+                "--{id} has no key in Config (nor BACHATA_ variable)"
+            );
+        }
+        assert!(known.len() > 30);
+    }
+
+    #[test]
     fn bad_values_are_named_as_the_user_wrote_them_once() {
         figment::Jail::expect_with(|jail| {
             let flag = ServeArgs {

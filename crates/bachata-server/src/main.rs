@@ -13,11 +13,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
 use bachata_server::{Config, ServeArgs};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// A reliable chat server: WebSocket clients, routes, durable delivery.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(name = "bachata", version, about)]
 struct Cli {
     #[command(subcommand)]
@@ -34,8 +34,24 @@ enum Command {
     Listen(cli::ListenArgs),
 }
 
+/// The command line, with each `serve` setting's `BACHATA_*` variable in
+/// its help (the library reads the variables itself, through figment, so
+/// clap only shows them).
+fn command() -> clap::Command {
+    Cli::command().mut_subcommand("serve", |serve| {
+        serve.mut_args(|arg| {
+            let id = arg.get_id().as_str().to_owned();
+            if matches!(id.as_str(), "config" | "help" | "version") || arg.is_positional() {
+                return arg;
+            }
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [env: BACHATA_{}]", id.to_ascii_uppercase()))
+        })
+    })
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("BACHATA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),

@@ -198,3 +198,25 @@ async fn the_ready_line_names_the_store_the_data_dir_and_the_auth_mode() {
     assert!(line.contains("auth=jwt"), "{line}");
     assert!(!line.contains(secret), "{line}");
 }
+
+/// `serve --help` names each setting's `BACHATA_*` variable (that each flag
+/// is a setting is checked in `config.rs`).
+#[tokio::test]
+async fn serve_help_names_each_settings_variable() {
+    let (code, help, _) = run(&["serve", "--help"]).await;
+    assert_eq!(code, 0);
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .filter_map(|l| l.split([' ', '=']).next())
+        .filter(|f| !matches!(*f, "config" | "help"))
+        .collect();
+    assert!(flags.len() > 30, "{help}");
+    for flag in flags {
+        let variable = format!(
+            "[env: BACHATA_{}]",
+            flag.replace('-', "_").to_ascii_uppercase()
+        );
+        assert!(help.contains(&variable), "{variable} missing:\n{help}");
+    }
+}
