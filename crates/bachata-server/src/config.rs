@@ -24,6 +24,18 @@ pub enum StoreKind {
     Redis,
 }
 
+/// How log lines are written (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For people: one line per event, fields as `key=value`.
+    #[default]
+    Text,
+    /// For log pipelines: one JSON object per line (`timestamp`, `level`,
+    /// `fields`, `target`).
+    Json,
+}
+
 /// The server's settings, after merging every source.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Config {
@@ -121,6 +133,7 @@ pub struct Config {
     #[serde(deserialize_with = "duration", serialize_with = "show_duration")]
     pub forget_after: Duration,
     pub insecure: bool,
+    pub log_format: LogFormat,
 }
 
 impl Default for Config {
@@ -163,6 +176,7 @@ impl Default for Config {
             max_token_lifetime: Duration::from_secs(30 * 24 * 3600),
             forget_after: Duration::from_secs(30 * 24 * 3600),
             insecure: false,
+            log_format: LogFormat::Text,
         }
     }
 }
@@ -401,6 +415,10 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure: bool,
+    /// Log lines as text or one JSON object per line [default: text].
+    #[arg(long, value_name = "FORMAT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
 }
 
 /// `--max-retained-bytes` when unset: a quarter of the memory this process

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::KeyError;
-pub use config::{Config, ConfigError, ServeArgs, StoreKind, parse_duration};
+pub use config::{Config, ConfigError, LogFormat, ServeArgs, StoreKind, parse_duration};
 pub use listener::{DRAIN_TIMEOUT, raise_open_file_limit};
 
 use crate::metrics::Metrics;

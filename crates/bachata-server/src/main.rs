@@ -12,7 +12,7 @@ mod cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::Context;
-use bachata_server::{Config, ServeArgs};
+use bachata_server::{Config, LogFormat, ServeArgs};
 use clap::{CommandFactory, FromArgMatches, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -52,23 +52,41 @@ fn command() -> clap::Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit());
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("BACHATA_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
         Command::Serve(args) => {
+            // A configuration error is printed by `main`'s error, before
+            // any log line: the log format is a setting too.
+            let config = Config::load(&args).context("invalid configuration")?;
+            init_logging(config.log_format);
             // Before the limit is read for --max-connections: the soft
             // limit is often 1024 where the hard one is far higher.
             bachata_server::raise_open_file_limit();
-            let config = Config::load(&args).context("invalid configuration")?;
             runtime()?.block_on(serve(config))
         }
-        Command::Send(args) => exit_with(runtime()?.block_on(cli::send(args))),
-        Command::Listen(args) => exit_with(runtime()?.block_on(cli::listen(args))),
+        Command::Send(args) => {
+            init_logging(LogFormat::Text);
+            exit_with(runtime()?.block_on(cli::send(args)))
+        }
+        Command::Listen(args) => {
+            init_logging(LogFormat::Text);
+            exit_with(runtime()?.block_on(cli::listen(args)))
+        }
+    }
+}
+
+/// Logs to stderr at `BACHATA_LOG` (an `EnvFilter` directive; `info` by
+/// default), as text or JSON lines. No secret is ever a field of a log
+/// event (tested in `tests/cli.rs`).
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("BACHATA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
     }
 }
 

@@ -221,7 +221,19 @@ const FLUSH_EVERY: usize = 64;
 /// work.
 const EVENT_BATCH: usize = 64;
 
+/// A device as a log field: its name, or "" for the channel's default
+/// device.
+fn device_name(device: &Device) -> &str {
+    device.as_ref().map_or("", |d| d.as_str())
+}
+
+/// Numbers connections in log lines (`conn`), from 1, per process.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 struct Connection {
+    /// This connection's number in log lines; with `channel` and `device`
+    /// on every event about it.
+    conn: u64,
     /// Outcomes of submitted data messages, in the order they were sent.
     replies: FuturesOrdered<PendingSubmit>,
     /// Keeps the order of this connection's messages while their route
@@ -403,7 +415,7 @@ impl Connection {
         {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(%channel, error = %e, "cannot register connection");
+                tracing::warn!(%channel, device = device_name(&device), error = %e, "cannot register connection");
                 let frame = CloseFrame {
                     code: close::INTERNAL,
                     reason: "store unavailable".into(),
@@ -412,8 +424,10 @@ impl Connection {
                 return;
             }
         };
-        tracing::debug!(%channel, ?device, "connected");
+        let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(conn = conn_id, %channel, device = device_name(&device), "connected");
         let mut conn = Connection {
+            conn: conn_id,
             limits: Limits {
                 max_depth: app.config.max_json_depth,
             },
@@ -449,7 +463,7 @@ impl Connection {
             tokio::spawn(async move { while left.next().await.is_some() {} });
         }
         Box::pin(conn.close(closing, stream)).await;
-        tracing::debug!(%channel, ?device, "disconnected");
+        tracing::debug!(conn = conn_id, %channel, device = device_name(&device), "disconnected");
     }
 
     /// Hands frames to the socket's write buffer. They are flushed when the
@@ -592,7 +606,13 @@ impl Connection {
                     Err(e) => {
                         let pause = match read_retry {
                             None => {
-                                tracing::warn!(error = %e, "store read failed; retrying");
+                                tracing::warn!(
+                                    conn = self.conn,
+                                    channel = %self.session.channel(),
+                                    device = device_name(self.session.device()),
+                                    error = %e,
+                                    "store read failed; retrying"
+                                );
                                 READ_RETRY_FIRST
                             }
                             Some((_, pause)) => (pause * 2).min(READ_RETRY_MAX),
@@ -710,7 +730,13 @@ impl Connection {
         match done {
             Background::Acked(_, Ok(())) | Background::Receipts(Ok(())) => Ok(()),
             Background::Acked(id, Err(e)) => {
-                tracing::warn!(error = %e, "ack failed");
+                tracing::warn!(
+                    conn = self.conn,
+                    channel = %self.session.channel(),
+                    device = device_name(self.session.device()),
+                    error = %e,
+                    "ack failed"
+                );
                 let reply = bachata_proto::rejected(
                     Some(&id),
                     ErrorCode::Unavailable,
@@ -720,7 +746,13 @@ impl Connection {
             }
             Background::Receipts(Err(e)) => {
                 // They stay pending and come again on the next connection.
-                tracing::warn!(error = %e, "cannot record delivered receipts");
+                tracing::warn!(
+                    conn = self.conn,
+                    channel = %self.session.channel(),
+                    device = device_name(self.session.device()),
+                    error = %e,
+                    "cannot record delivered receipts"
+                );
                 Ok(())
             }
         }

@@ -220,3 +220,93 @@ async fn serve_help_names_each_settings_variable() {
         assert!(help.contains(&variable), "{variable} missing:\n{help}");
     }
 }
+
+/// `--log-format json`: every line is one JSON object; connection events
+/// carry the connection's number, channel and device; no secret is ever in
+/// a line (the API key, the signing key, the API's bearer header).
+#[tokio::test]
+async fn json_logs_parse_line_by_line_and_hold_no_secret() {
+    let api_key = "api-key-that-must-never-be-logged-0123456789";
+    let sign_key = "sign-key-that-must-never-be-logged-0123456789";
+    let mut child = bachata()
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .args([
+            "--log-format",
+            "json",
+            "--api-key",
+            api_key,
+            "--sign-key",
+            sign_key,
+        ])
+        .env("BACHATA_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn bachata");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut seen = Vec::new();
+    let addr: std::net::SocketAddr = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            seen.push(line.clone());
+            let event: Value = serde_json::from_str(&line).expect("a JSON line");
+            if event["fields"]["message"] == "accepting connections" {
+                return event["fields"]["addr"]
+                    .as_str()
+                    .expect("addr")
+                    .parse()
+                    .expect("addr");
+            }
+        }
+        panic!("server exited before accepting connections");
+    })
+    .await
+    .expect("server did not start in time");
+    let mut alice = bachata_testkit::client::TestClient::connect(addr, "alice").await;
+    alice
+        .send(serde_json::json!({"id": "m1", "type": "direct", "dest": "bob"}))
+        .await;
+    assert_eq!(alice.recv().await["error"], "bad_signature");
+    let (status, _) = bachata_testkit::http::send(
+        addr,
+        &format!(
+            "GET /api/channels/bob HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\n\
+             Connection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 200);
+    drop(alice);
+    let pid = child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill -TERM");
+    assert!(sent.success());
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read stderr") {
+            seen.push(line);
+        }
+    })
+    .await
+    .expect("the server exits on SIGTERM");
+    let mut connected = None;
+    for line in &seen {
+        let event: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            event["level"].is_string() && event["timestamp"].is_string(),
+            "{line}"
+        );
+        assert!(
+            !line.contains(api_key) && !line.contains(sign_key),
+            "a secret: {line}"
+        );
+        if event["fields"]["message"] == "connected" {
+            connected = Some(event);
+        }
+    }
+    let connected = connected.expect("a connected event at debug");
+    assert_eq!(connected["fields"]["channel"], "alice", "{connected}");
+    assert_eq!(connected["fields"]["device"], "", "{connected}");
+    assert!(connected["fields"]["conn"].is_u64(), "{connected}");
+}
