@@ -16,9 +16,18 @@ use bachata_server::{Config, LogFormat, ServeArgs};
 use clap::{CommandFactory, FromArgMatches, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+/// `bachata --version`: the crate's version and the commit it was built
+/// from (`unknown` outside a git checkout, e.g. from a published crate).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BACHATA_GIT_COMMIT"),
+    ")"
+);
+
 /// A reliable chat server: WebSocket clients, routes, durable delivery.
 #[derive(Debug, clap::Parser)]
-#[command(name = "bachata", version, about)]
+#[command(name = "bachata", version = VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

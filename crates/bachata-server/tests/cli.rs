@@ -310,3 +310,18 @@ async fn json_logs_parse_line_by_line_and_hold_no_secret() {
     assert_eq!(connected["fields"]["device"], "", "{connected}");
     assert!(connected["fields"]["conn"].is_u64(), "{connected}");
 }
+
+#[tokio::test]
+async fn version_names_the_version_and_the_commit() {
+    let (code, out, _) = run(&["--version"]).await;
+    assert_eq!(code, 0);
+    let line = out.trim();
+    let rest = line
+        .strip_prefix(&format!("bachata {} (commit ", env!("CARGO_PKG_VERSION")))
+        .and_then(|r| r.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(
+        rest == "unknown" || (rest.len() == 12 && rest.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{line}"
+    );
+}
