@@ -1,5 +1,7 @@
 //! Puts the commit the binary is built from into `bachata --version`
-//! (`BACHATA_GIT_COMMIT`, `unknown` where there is no git checkout).
+//! (`BUILD_GIT_COMMIT`, `unknown` where there is no git checkout). Not
+//! `BACHATA_*`: cargo sets it in the environment of tests and `cargo run`,
+//! where the server refuses unknown `BACHATA_*` variables.
 
 use std::path::Path;
 use std::process::Command;
@@ -14,7 +16,7 @@ fn main() {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| "unknown".to_owned());
-    println!("cargo:rustc-env=BACHATA_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
     // Run again when HEAD moves (a path that does not exist would make it
     // run on every build, so only those that do).
     for path in [

@@ -30,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use auth::KeyError;
-pub use config::{Config, ConfigError, LogFormat, ServeArgs, StoreKind, parse_duration};
+pub use config::{
+    Config, ConfigError, LogFormat, ServeArgs, StoreKind, configuration_page, example_toml,
+    parse_duration,
+};
 pub use listener::{DRAIN_TIMEOUT, raise_open_file_limit};
 
 use crate::metrics::Metrics;
@@ -155,6 +158,76 @@ fn redis_options(config: &Config) -> Result<RedisStoreOptions, StartError> {
         ca_pem,
         ..RedisStoreOptions::default()
     })
+}
+
+/// What `serve` checks before it opens anything (the store, a socket, a
+/// connection to Redis): the keys and files the settings name and the
+/// hooks' URLs. For `bachata check-config`.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    auth::Auth::new(
+        config.jwt_secret.as_deref(),
+        config.jwt_public_key.as_deref(),
+        config.max_token_lifetime,
+    )?;
+    if let Some(list) = &config.allowed_origins {
+        origin::AllowedOrigins::parse(list).map_err(ConfigError::Invalid)?;
+    }
+    if config.store == StoreKind::Redis {
+        redis_options(config)?;
+    }
+    let settings = hook_settings(config);
+    let mut metrics = Metrics::new();
+    for (name, url) in [
+        ("connect_hook", &config.connect_hook),
+        ("route_hook", &config.route_hook),
+    ] {
+        if let Some(url) = url {
+            hooks::HookClient::new(name, url, &settings, &mut metrics)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
+    }
+    if let Some(url) = &config.undelivered_webhook {
+        webhook::UndeliveredWebhook::new(url, config.undelivered_after, None, &metrics)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The settings in effect, one `key = value` line each (TOML), secrets
+/// masked: for `bachata check-config`.
+pub fn describe_settings(config: &Config) -> String {
+    const SECRETS: [&str; 3] = ["jwt_secret", "api_key", "sign_key"];
+    let fields = match serde_json::to_value(config) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        _ => return String::new(),
+    };
+    let mut out = String::new();
+    for (key, value) in fields {
+        let shown = match (&value, key.as_str()) {
+            (serde_json::Value::Null, _) => {
+                out.push_str(&format!("# {key} is not set\n"));
+                continue;
+            }
+            (_, k) if SECRETS.contains(&k) => "\"********\"".to_owned(),
+            (serde_json::Value::String(url), "redis_url") => format!("{:?}", mask_password(url)),
+            (serde_json::Value::String(s), _) => format!("{s:?}"),
+            (other, _) => other.to_string(),
+        };
+        out.push_str(&format!("{key} = {shown}\n"));
+    }
+    out
+}
+
+/// `scheme://user:password@host...` with the password masked.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((credentials, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    let user = credentials.split_once(':').map_or(credentials, |(u, _)| u);
+    format!("{scheme}://{user}:********@{host}")
 }
 
 /// Starts a server with `config`; returns once it accepts connections.

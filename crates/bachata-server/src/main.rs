@@ -21,7 +21,7 @@ use tracing_subscriber::EnvFilter;
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("BACHATA_GIT_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ")"
 );
 
@@ -37,6 +37,16 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(Box<ServeArgs>),
+    /// Print the settings `serve` would run with (secrets masked), or fail
+    /// with the errors it would give.
+    CheckConfig(Box<ServeArgs>),
+    /// Print docs/configuration.md (with --toml, bachata.example.toml) as
+    /// generated from the settings' definitions.
+    #[command(hide = true)]
+    ConfigReference {
+        #[arg(long)]
+        toml: bool,
+    },
     /// Send one message and wait for its 100 (and 300 with --wait-delivered).
     Send(cli::SendArgs),
     /// Print received messages, one JSON object per line, and ack them.
@@ -47,7 +57,7 @@ enum Command {
 /// its help (the library reads the variables itself, through figment, so
 /// clap only shows them).
 fn command() -> clap::Command {
-    Cli::command().mut_subcommand("serve", |serve| {
+    let with_variables = |serve: clap::Command| {
         serve.mut_args(|arg| {
             let id = arg.get_id().as_str().to_owned();
             if matches!(id.as_str(), "config" | "help" | "version") || arg.is_positional() {
@@ -56,7 +66,10 @@ fn command() -> clap::Command {
             let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
             arg.help(format!("{help} [env: BACHATA_{}]", id.to_ascii_uppercase()))
         })
-    })
+    };
+    Cli::command()
+        .mut_subcommand("serve", with_variables)
+        .mut_subcommand("check-config", with_variables)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +84,20 @@ fn main() -> anyhow::Result<()> {
             // limit is often 1024 where the hard one is far higher.
             bachata_server::raise_open_file_limit();
             runtime()?.block_on(serve(config))
+        }
+        Command::CheckConfig(args) => {
+            let config = Config::load(&args).context("invalid configuration")?;
+            bachata_server::check(&config).context("invalid configuration")?;
+            print!("{}", bachata_server::describe_settings(&config));
+            Ok(())
+        }
+        Command::ConfigReference { toml } => {
+            if toml {
+                print!("{}", bachata_server::example_toml());
+            } else {
+                print!("{}", bachata_server::configuration_page());
+            }
+            Ok(())
         }
         Command::Send(args) => {
             init_logging(LogFormat::Text);

@@ -325,3 +325,84 @@ async fn version_names_the_version_and_the_commit() {
         "{line}"
     );
 }
+
+/// docs/configuration.md and bachata.example.toml are generated from the
+/// settings' definitions (`bachata config-reference`): they match the code,
+/// so they match `serve --help`.
+#[tokio::test]
+async fn the_configuration_page_and_the_example_match_the_code() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    for (args, file) in [
+        (&["config-reference"][..], "docs/configuration.md"),
+        (&["config-reference", "--toml"][..], "bachata.example.toml"),
+    ] {
+        let (code, generated, err) = run(args).await;
+        assert_eq!(code, 0, "{err}");
+        let committed = std::fs::read_to_string(format!("{root}/{file}")).expect("read");
+        assert!(
+            generated == committed,
+            "{file} is out of date: run `cargo run -p bachata-server -- {} > {file}`",
+            args.join(" ")
+        );
+    }
+    // The example is a valid file (every key commented out: the defaults).
+    let (code, out, err) = run(&[
+        "check-config",
+        "--config",
+        &format!("{root}/bachata.example.toml"),
+    ])
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("queue_limit = 10000"), "{out}");
+}
+
+/// `check-config` prints the settings in effect, from every source, with
+/// secrets masked; and fails with the errors `serve` would give.
+#[tokio::test]
+async fn check_config_prints_the_settings_in_effect_with_secrets_masked() {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("b.toml");
+    std::fs::write(
+        &file,
+        "queue_limit = 7\napi_key = \"file-api-key-secret\"\n",
+    )
+    .expect("write");
+    let secret = "jwt-secret-of-at-least-thirty-two-bytes-x";
+    let mut command = bachata();
+    command
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .args(["--jwt-secret", secret, "--store", "redis"])
+        .args(["--redis-url", "redis://user:redis-password@127.0.0.1:1"])
+        .env("BACHATA_INFLIGHT", "9");
+    let out = command.output().await.expect("ran");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "queue_limit = 7",
+        "inflight = 9",
+        "store = \"redis\"",
+        "jwt_secret = \"********\"",
+        "api_key = \"********\"",
+        "redis_url = \"redis://user:********@127.0.0.1:1\"",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    for secret in [secret, "file-api-key-secret", "redis-password"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+    // The errors serve gives, and its exit code.
+    let (code, _, err) = run(&["check-config", "--message-ttl", "soon"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("invalid --message-ttl"), "{err}");
+    let (code, _, err) = run(&["check-config", "--jwt-public-key", "/nonexistent.pem"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("nonexistent.pem"), "{err}");
+    let (code, _, err) = run(&["check-config", "--route-hook", "ftp://x"]).await;
+    assert_ne!(code, 0);
+    assert!(err.contains("route_hook"), "{err}");
+}
