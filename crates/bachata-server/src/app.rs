@@ -51,7 +51,7 @@ async fn index() -> Html<&'static str> {
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 async fn bachata_js() -> impl IntoResponse {
-    static_asset(JAVASCRIPT, include_str!("../../../clients/js/bachata.js"))
+    static_asset(JAVASCRIPT, include_str!("../assets/bachata.js"))
 }
 
 async fn app_js() -> impl IntoResponse {
