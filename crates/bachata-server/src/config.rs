@@ -134,6 +134,10 @@ pub struct Config {
     pub forget_after: Duration,
     pub insecure: bool,
     pub log_format: LogFormat,
+    /// PEM certificate chain of the TLS listener (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -177,6 +181,8 @@ impl Default for Config {
             forget_after: Duration::from_secs(30 * 24 * 3600),
             insecure: false,
             log_format: LogFormat::Text,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -419,6 +425,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<LogFormat>,
+    /// PEM certificate chain: serve HTTPS and wss:// (with --tls-key); SIGHUP reloads both files.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `--max-retained-bytes` when unset: a quarter of the memory this process
@@ -828,6 +842,9 @@ impl Config {
             return invalid(&format!(
                 "route_hook_batch must be between 1 and {MAX_ROUTE_HOOK_BATCH}"
             ));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert and tls_key go together: give both or neither");
         }
         if self.hook_concurrency == 0 {
             return invalid("hook_concurrency must be at least 1");

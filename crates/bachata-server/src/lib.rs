@@ -15,6 +15,7 @@ mod metrics;
 mod origin;
 mod route_hook;
 mod state;
+mod tls;
 mod webhook;
 mod ws;
 
@@ -52,6 +53,8 @@ pub enum StartError {
     Redis(#[from] bachata_store_redis::RedisStoreError),
     #[error("{0}")]
     Limits(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -164,6 +167,7 @@ fn redis_options(config: &Config) -> Result<RedisStoreOptions, StartError> {
 /// connection to Redis): the keys and files the settings name and the
 /// hooks' URLs. For `bachata check-config`.
 pub fn check(config: &Config) -> Result<(), StartError> {
+    load_tls(config)?;
     auth::Auth::new(
         config.jwt_secret.as_deref(),
         config.jwt_public_key.as_deref(),
@@ -230,6 +234,45 @@ fn mask_password(url: &str) -> String {
     format!("{scheme}://{user}:********@{host}")
 }
 
+/// The TLS listener's files, read (with both `--tls-cert` and `--tls-key`).
+fn load_tls(config: &Config) -> Result<Option<Arc<tls::Tls>>, StartError> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(Arc::new(tls::Tls::load(cert, key)?))),
+        _ => Ok(None),
+    }
+}
+
+/// Reads the TLS files again on each SIGHUP, until shutdown.
+fn spawn_tls_reload(tls: Arc<tls::Tls>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files are not reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                got = hangups.recv() => {
+                    if got.is_none() {
+                        break;
+                    }
+                    match tls.reload() {
+                        Ok(()) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::warn!(
+                            error = %e,
+                            "TLS certificate not reloaded; the one in use stays"
+                        ),
+                    }
+                }
+                () = shutdown.cancelled() => break,
+            }
+        }
+    });
+}
+
 /// Starts a server with `config`; returns once it accepts connections.
 pub async fn start(config: Config) -> Result<RunningServer, StartError> {
     start_with(config, |center| center).await
@@ -261,7 +304,9 @@ pub async fn start_with(
             None => origin::AllowedOrigins::List(Vec::new()),
         },
         loopback_hosts_only: config.anonymous() && config.listen.ip().is_loopback(),
+        tls: config.tls_cert.is_some(),
     };
+    let tls = load_tls(&config)?;
     let mut metrics = Metrics::new();
     let store = open_store(&config, &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
@@ -322,6 +367,9 @@ pub async fn start_with(
     if let Some(webhook) = undelivered {
         webhook.spawn(store, shutdown.child_token());
     }
+    if let Some(tls) = &tls {
+        spawn_tls_reload(tls.clone(), shutdown.clone());
+    }
     let header_timeout = config.header_timeout;
     let connect_hook = match &config.connect_hook {
         Some(url) => Some(hooks::ConnectHook::new(
@@ -351,7 +399,9 @@ pub async fn start_with(
         connections: connections.clone(),
         open: state.metrics.open_connections.clone(),
         refused: state.metrics.refused_connections.clone(),
+        tls,
     };
+    let tls_on = listener.tls.is_some();
     let task = tokio::spawn(listener.run());
     // What a newcomer needs to know is in effect (never a secret or a URL,
     // which may carry a password).
@@ -369,10 +419,10 @@ pub async fn start_with(
     if state.config.store == StoreKind::Embedded {
         tracing::info!(
             %addr, max_connections, %store, data_dir = %state.config.data_dir.display(), %auth,
-            "accepting connections"
+            tls = tls_on, "accepting connections"
         );
     } else {
-        tracing::info!(%addr, max_connections, %store, %auth, "accepting connections");
+        tracing::info!(%addr, max_connections, %store, %auth, tls = tls_on, "accepting connections");
     }
     Ok(RunningServer {
         addr,
@@ -417,6 +467,7 @@ pub async fn start_echo(
         connections: TaskTracker::new(),
         open: metrics.open_connections.clone(),
         refused: metrics.refused_connections.clone(),
+        tls: None,
     };
     Ok((addr, tokio::spawn(listener.run())))
 }

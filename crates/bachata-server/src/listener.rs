@@ -140,6 +140,9 @@ pub(crate) struct Listener {
     pub connections: TaskTracker,
     pub open: Gauge,
     pub refused: Counter,
+    /// With `--tls-cert`: every connection does a TLS handshake first,
+    /// within the header timeout.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Listener {
@@ -179,13 +182,22 @@ impl Listener {
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
                     let socket = Counted::new(tcp, slot, self.open.clone());
-                    self.connections.spawn(serve(
+                    let served = serve(
                         socket,
                         remote,
                         self.app.clone(),
                         http1(self.header_timeout, true),
                         self.shutdown.clone(),
-                    ));
+                    );
+                    match &self.tls {
+                        None => {
+                            self.connections.spawn(served.plain());
+                        }
+                        Some(tls) => {
+                            self.connections
+                                .spawn(served.tls(tls.acceptor(), self.header_timeout));
+                        }
+                    }
                 }
                 Err(_) => {
                     self.refused.inc();
@@ -200,6 +212,7 @@ impl Listener {
                             pool: overflow.clone(),
                             id,
                         },
+                        self.tls.as_ref().map(|tls| tls.acceptor()),
                     ));
                 }
             }
@@ -227,9 +240,65 @@ fn http1(header_timeout: Duration, keep_alive: bool) -> hyper::server::conn::htt
     builder
 }
 
+/// One accepted connection, to serve as it is or after a TLS handshake.
+struct Serve<S> {
+    socket: S,
+    remote: SocketAddr,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    shutdown: CancellationToken,
+}
+
+fn serve<S>(
+    socket: S,
+    remote: SocketAddr,
+    app: Router,
+    http: hyper::server::conn::http1::Builder,
+    shutdown: CancellationToken,
+) -> Serve<S> {
+    Serve {
+        socket,
+        remote,
+        app,
+        http,
+        shutdown,
+    }
+}
+
+impl<S> Serve<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn plain(self) {
+        serve_http(self.socket, self.remote, self.app, self.http, self.shutdown).await;
+    }
+
+    /// The TLS handshake first, within `limit` (the header timeout: a
+    /// client that stalls it holds its slot no longer than a slow request
+    /// would), or shutdown.
+    async fn tls(self, acceptor: tokio_rustls::TlsAcceptor, limit: Duration) {
+        let handshake = tokio::time::timeout(limit, acceptor.accept(self.socket));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(remote = %self.remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(remote = %self.remote, "TLS handshake timed out");
+                    return;
+                }
+            },
+            () = self.shutdown.cancelled() => return,
+        };
+        serve_http(stream, self.remote, self.app, self.http, self.shutdown).await;
+    }
+}
+
 /// Serves one connection until it closes, is upgraded, or shutdown has
 /// waited [`DRAIN_TIMEOUT`] for it.
-async fn serve<S>(
+async fn serve_http<S>(
     socket: S,
     remote: SocketAddr,
     app: Router,
@@ -272,9 +341,16 @@ async fn serve_overflow(
     http: hyper::server::conn::http1::Builder,
     evicted: CancellationToken,
     _slot: OverflowSlot,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let never = CancellationToken::new();
     let served = serve(tcp, remote, app, http, never);
+    let served = async move {
+        match tls {
+            None => served.plain().await,
+            Some(acceptor) => served.tls(acceptor, OVERFLOW_TIMEOUT).await,
+        }
+    };
     tokio::select! {
         _ = tokio::time::timeout(2 * OVERFLOW_TIMEOUT, served) => {}
         () = evicted.cancelled() => {}

@@ -113,6 +113,8 @@ pub(crate) struct OriginPolicy {
     pub allowed: AllowedOrigins,
     /// Refuse a `Host` that is not loopback (anonymous mode on loopback).
     pub loopback_hosts_only: bool,
+    /// The listener speaks TLS: a same-site page's origin is `https`.
+    pub tls: bool,
 }
 
 /// Whether `host` (a name or an address, without port) is loopback.
@@ -136,11 +138,12 @@ fn host(headers: &HeaderMap) -> Result<Option<Authority>, ()> {
 }
 
 /// The origin a same-site page of this server would send.
-fn own_origin(headers: &HeaderMap, host: &Authority) -> Option<Origin> {
-    let https = headers
-        .get("x-forwarded-proto")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
+fn own_origin(headers: &HeaderMap, host: &Authority, tls: bool) -> Option<Origin> {
+    let https = tls
+        || headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"));
     let scheme = if https { "https" } else { "http" };
     Some(Origin {
         scheme: scheme.to_owned(),
@@ -185,7 +188,9 @@ pub(crate) async fn guard(
         && let Some(origin) = headers.get(header::ORIGIN)
     {
         let origin = origin.to_str().ok().and_then(|o| Origin::parse(o).ok());
-        let own = host.as_ref().and_then(|h| own_origin(headers, h));
+        let own = host
+            .as_ref()
+            .and_then(|h| own_origin(headers, h, policy.tls));
         let allowed = origin
             .as_ref()
             .is_some_and(|o| own.as_ref() == Some(o) || policy.allowed.allows(o));

@@ -29,6 +29,16 @@ impl TestCa {
     /// `server.pem` and `server.key` into a new temporary directory.
     /// Panics when that fails (a test fixture).
     pub fn new() -> TestCa {
+        TestCa::make(false)
+    }
+
+    /// Like [`TestCa::new`], with a server certificate that expired in
+    /// 2001 (for the tests of refusing it).
+    pub fn expired() -> TestCa {
+        TestCa::make(true)
+    }
+
+    fn make(expired: bool) -> TestCa {
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca_params
@@ -43,6 +53,10 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "localhost");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        }
         let key = KeyPair::generate().expect("server key");
         let cert = params.signed_by(&key, &ca).expect("server certificate");
         let n = NEXT_DIR.fetch_add(1, Ordering::Relaxed);
