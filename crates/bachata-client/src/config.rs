@@ -30,6 +30,9 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Give up after this many failed reconnects in a row (`None`: never).
     pub max_reconnects: Option<u32>,
+    /// With a `wss://` URL: CA certificates (PEM) to trust besides the
+    /// system's roots (a private CA, a test one).
+    pub ca_pem: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -44,6 +47,7 @@ impl ClientConfig {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
             max_reconnects: None,
+            ca_pem: None,
         }
     }
 
@@ -60,6 +64,42 @@ impl ClientConfig {
     pub fn device(mut self, device: &str) -> Self {
         self.device = Some(device.to_owned());
         self
+    }
+
+    /// Trusts the CA certificates in `pem` besides the system's roots
+    /// (`wss://` only).
+    pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// The TLS settings of a `wss://` connection: the system's roots and
+    /// [`ClientConfig::ca_pem`]. An unreadable PEM is an error; system
+    /// roots that cannot be read are skipped (a private CA may be all
+    /// there is).
+    pub(crate) fn tls(&self) -> Result<rustls::ClientConfig, String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        let native = rustls_native_certs::load_native_certs();
+        roots.add_parsable_certificates(native.certs);
+        if let Some(pem) = &self.ca_pem {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("the CA file: {e}"))?;
+            if certs.is_empty() {
+                return Err("the CA file holds no certificate".to_owned());
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("the CA file: {e}"))?;
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        Ok(rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
     }
 
     /// The full `/messages` URL with the query.

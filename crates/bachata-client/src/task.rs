@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async_tls_with_config};
 
 use crate::config::ClientConfig;
 use crate::error::{ClientError, Rejected};
@@ -55,7 +55,20 @@ pub(crate) fn new_id() -> MessageId {
 }
 
 async fn connect_once(config: &ClientConfig) -> Result<(Ws, Value), ClientError> {
-    let attempt = tokio::time::timeout(config.timeout, connect_async(config.endpoint())).await;
+    let endpoint = config.endpoint();
+    let connector = if endpoint.starts_with("wss://") {
+        let tls = config.tls().map_err(ClientError::Connect)?;
+        Some(tokio_tungstenite::Connector::Rustls(std::sync::Arc::new(
+            tls,
+        )))
+    } else {
+        None
+    };
+    let attempt = tokio::time::timeout(
+        config.timeout,
+        connect_async_tls_with_config(endpoint, None, false, connector),
+    )
+    .await;
     let (mut ws, _) = match attempt {
         Err(_) => return Err(ClientError::Timeout("the connection")),
         Ok(Err(tokio_tungstenite::tungstenite::Error::Http(resp))) => {

@@ -30,10 +30,13 @@ pub(crate) struct ConnectArgs {
     /// Bound on connecting and on each receipt: seconds (5) or with a unit (10s, 2m).
     #[arg(long, default_value = "10s", value_parser = bachata_server::parse_duration)]
     pub timeout: Duration,
+    /// With a wss:// URL: a CA certificate (PEM) to trust besides the system's roots.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl ConnectArgs {
-    fn config(&self) -> ClientConfig {
+    fn config(&self) -> Result<ClientConfig, Failed> {
         let mut config = match &self.token {
             Some(token) => ClientConfig::token(&self.url, token),
             None => {
@@ -49,7 +52,12 @@ impl ConnectArgs {
         config.timeout = self.timeout;
         // A command-line run should fail fast rather than retry forever.
         config.max_reconnects = Some(3);
-        config
+        if let Some(path) = &self.ca {
+            let pem = std::fs::read(path)
+                .map_err(|e| usage(format!("cannot read --ca {}: {e}", path.display())))?;
+            config = config.ca_pem(pem);
+        }
+        Ok(config)
     }
 }
 
@@ -134,7 +142,7 @@ pub(crate) async fn send(args: SendArgs) -> Result<(), Failed> {
     if let Some(id) = &args.id {
         outgoing = outgoing.id(id)?;
     }
-    let client = Client::connect(args.connect.config()).await?;
+    let client = Client::connect(args.connect.config()?).await?;
     let mut sent = client.send(outgoing).await?;
     sent.stored().await?;
     let mut report = json!({"id": sent.id(), "stored": true});
@@ -147,7 +155,7 @@ pub(crate) async fn send(args: SendArgs) -> Result<(), Failed> {
 }
 
 pub(crate) async fn listen(args: ListenArgs) -> Result<(), Failed> {
-    let mut config = args.connect.config();
+    let mut config = args.connect.config()?;
     config.auto_ack = !args.no_ack;
     config.max_reconnects = None;
     let mut client = Client::connect(config).await?;

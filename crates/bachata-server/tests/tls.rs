@@ -216,6 +216,57 @@ async fn wss_and_https_on_one_listener_and_a_reload_on_sighup() {
     let _carol = wss(port, &second, "carol").await;
 }
 
+/// The Rust client (through `bachata send`) over `wss://`: with `--ca` it
+/// trusts a private CA; without it, the system's roots, which do not know
+/// the test CA.
+#[tokio::test]
+async fn the_cli_sends_over_wss_trusting_the_ca_it_is_given() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ca = TestCa::new();
+    install(&ca, dir.path());
+    let server = spawn(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).await;
+    let url = format!("wss://localhost:{}", server.port);
+    let send = |ca_file: Option<std::path::PathBuf>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bachata"));
+        command
+            .args([
+                "send",
+                "--url",
+                &url,
+                "--channel",
+                "alice",
+                "--to",
+                "bob",
+                "--timeout",
+                "5",
+            ])
+            .env("BACHATA_LOG", "warn")
+            .kill_on_drop(true);
+        if let Some(file) = ca_file {
+            command.arg("--ca").arg(file);
+        }
+        command.arg("hi over TLS");
+        command.output()
+    };
+    let out = tokio::time::timeout(WAIT, send(Some(ca.ca_file())))
+        .await
+        .expect("in time")
+        .expect("ran");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains(r#""stored":true"#), "{stdout}");
+    let out = tokio::time::timeout(WAIT, send(None))
+        .await
+        .expect("in time")
+        .expect("ran");
+    assert_eq!(out.status.code(), Some(4), "an unknown CA cannot connect");
+    drop(server);
+}
+
 /// What `serve` (and `check-config`) refuses at start, with the reason.
 #[tokio::test]
 async fn bad_tls_files_refuse_to_start_with_the_reason() {
