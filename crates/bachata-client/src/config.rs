@@ -94,7 +94,7 @@ impl ClientConfig {
                 roots.add(cert).map_err(|e| format!("the CA file: {e}"))?;
             }
         }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let provider = std::sync::Arc::new(ring_provider());
         Ok(rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
@@ -114,6 +114,15 @@ impl ClientConfig {
         }
         url
     }
+}
+
+/// rustls with *ring*, bachata's crypto provider (no C toolchain needed,
+/// unlike aws-lc-rs). rustls 0.23.48 deprecates it for lacking
+/// post-quantum key exchange; choosing another provider is a decision of
+/// its own (docs/security.md), so the deprecation is not a warning here.
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// Percent-encodes a query value (every byte but letters and digits).

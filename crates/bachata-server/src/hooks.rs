@@ -111,7 +111,7 @@ impl HookClient {
         }
         // reqwest is built without a crypto provider: install ring as the
         // process default once (an error means one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = crate::tls::ring_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(settings.timeout)
             .redirect(reqwest::redirect::Policy::none())

@@ -89,7 +89,7 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
         path: key.to_owned(),
         reason: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(ring_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| cert_error(e.to_string()))?
@@ -103,6 +103,16 @@ fn server_config(cert: &Path, key: &Path) -> Result<ServerConfig, TlsError> {
     // HTTP/1.1 only (WebSockets and the API need nothing else).
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// rustls with *ring*: bachata's crypto provider, for the TLS listener and
+/// the HTTP clients of the hooks and the webhook (no C toolchain needed,
+/// unlike aws-lc-rs). rustls 0.23.48 deprecates it for lacking post-quantum
+/// key exchange; choosing another provider is a decision of its own
+/// (docs/security.md), so the deprecation is not a warning here.
+#[allow(deprecated)]
+pub(crate) fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
 }
 
 /// Refuses an expired leaf certificate; warns when it ends soon.

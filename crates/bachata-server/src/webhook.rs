@@ -162,7 +162,7 @@ impl UndeliveredWebhook {
         }
         // reqwest is built without a crypto provider: install ring as the
         // process default once (an error means one is installed already).
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        let _ = crate::tls::ring_provider().install_default();
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
