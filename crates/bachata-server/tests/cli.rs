@@ -168,28 +168,14 @@ async fn errors_have_exit_codes() {
 async fn the_ready_line_names_the_store_the_data_dir_and_the_auth_mode() {
     let dir = tempfile::tempdir().expect("temp dir");
     let secret = "a-jwt-secret-of-at-least-thirty-two-bytes!";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path())
-        .args(["--jwt-secret", secret])
-        .env("BACHATA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn bachata");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let line = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            if line.contains("accepting connections") {
-                return line;
-            }
-        }
-        panic!("server exited before accepting connections");
-    })
-    .await
-    .expect("server did not start in time");
+    let args = [
+        "--data-dir".to_owned(),
+        dir.path().display().to_string(),
+        "--jwt-secret".to_owned(),
+        secret.to_owned(),
+    ];
+    let server = common::spawn_logged(&args, &[]).await;
+    let line = server.ready;
     assert!(line.contains("store=embedded"), "{line}");
     assert!(
         line.contains(&format!("data_dir={}", dir.path().display())),
@@ -228,40 +214,20 @@ async fn serve_help_names_each_settings_variable() {
 async fn json_logs_parse_line_by_line_and_hold_no_secret() {
     let api_key = "api-key-that-must-never-be-logged-0123456789";
     let sign_key = "sign-key-that-must-never-be-logged-0123456789";
-    let mut child = bachata()
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
-        .args([
-            "--log-format",
-            "json",
-            "--api-key",
-            api_key,
-            "--sign-key",
-            sign_key,
-        ])
-        .env("BACHATA_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn bachata");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let mut seen = Vec::new();
-    let addr: std::net::SocketAddr = tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
-            seen.push(line.clone());
-            let event: Value = serde_json::from_str(&line).expect("a JSON line");
-            if event["fields"]["message"] == "accepting connections" {
-                return event["fields"]["addr"]
-                    .as_str()
-                    .expect("addr")
-                    .parse()
-                    .expect("addr");
-            }
-        }
-        panic!("server exited before accepting connections");
-    })
-    .await
-    .expect("server did not start in time");
+    let args: Vec<String> = [
+        "--store",
+        "memory",
+        "--log-format",
+        "json",
+        "--api-key",
+        api_key,
+        "--sign-key",
+        sign_key,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut server = common::spawn_logged(&args, &[("BACHATA_LOG", "debug")]).await;
+    let (addr, mut seen) = (server.addr, server.before.clone());
     let mut alice = bachata_testkit::client::TestClient::connect(addr, "alice").await;
     alice
         .send(serde_json::json!({"id": "m1", "type": "direct", "dest": "bob"}))
@@ -277,14 +243,14 @@ async fn json_logs_parse_line_by_line_and_hold_no_secret() {
     .await;
     assert_eq!(status, 200);
     drop(alice);
-    let pid = child.id().expect("running").to_string();
+    let pid = server.child.id().expect("running").to_string();
     let sent = std::process::Command::new("kill")
         .args(["-TERM", &pid])
         .status()
         .expect("kill -TERM");
     assert!(sent.success());
     tokio::time::timeout(WAIT, async {
-        while let Some(line) = lines.next_line().await.expect("read stderr") {
+        while let Some(line) = server.lines.recv().await {
             seen.push(line);
         }
     })

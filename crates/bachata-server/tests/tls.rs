@@ -2,68 +2,33 @@
 //! `wss://` and HTTPS on one address, a reload on SIGHUP while a `wss://`
 //! client stays connected, and the start refused for bad files.
 
+mod common;
+
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
 use bachata_testkit::client::WAIT;
 use bachata_testkit::tls::TestCa;
+use common::Logged;
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
 
-/// A running `bachata serve` and its log lines from the ready line on.
-struct Server {
-    child: Child,
-    port: u16,
-    lines: mpsc::UnboundedReceiver<String>,
-}
-
-async fn spawn(cert: &Path, key: &Path) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "memory",
-            "--tls-cert",
-        ])
-        .arg(cert)
-        .arg("--tls-key")
-        .arg(key)
-        .env("BACHATA_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn bachata");
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let port = tokio::time::timeout(WAIT, async {
-        while let Some(line) = stderr.next_line().await.expect("read stderr") {
-            if line.contains("accepting connections") {
-                assert!(line.contains("tls=true"), "{line}");
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .expect("addr");
-                return addr.parse::<std::net::SocketAddr>().expect("addr").port();
-            }
-        }
-        panic!("server exited before accepting connections");
-    })
-    .await
-    .expect("server did not start in time");
-    let (tx, lines) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = stderr.next_line().await {
-            let _ = tx.send(line);
-        }
-    });
-    Server { child, port, lines }
+/// `bachata serve` on the memory store with the TLS files.
+async fn spawn(cert: &Path, key: &Path) -> Logged {
+    let args = [
+        "--store".to_owned(),
+        "memory".to_owned(),
+        "--tls-cert".to_owned(),
+        cert.display().to_string(),
+        "--tls-key".to_owned(),
+        key.display().to_string(),
+    ];
+    let server = common::spawn_logged(&args, &[]).await;
+    assert!(server.ready.contains("tls=true"), "{}", server.ready);
+    server
 }
 
 /// A TLS connection to `localhost:port` that trusts only `ca` (rustls with
@@ -127,6 +92,26 @@ async fn next_json(ws: &mut Wss) -> serde_json::Value {
     }
 }
 
+/// Sends SIGHUP and waits for the log line that says what came of it.
+async fn hang_up(server: &mut Logged, outcome: &str) {
+    let pid = server.child.id().expect("running").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill -HUP");
+    assert!(sent.success());
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = server.lines.recv().await {
+            if line.contains(outcome) {
+                return;
+            }
+        }
+        panic!("the server stopped");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {outcome:?} in time"));
+}
+
 fn install(ca: &TestCa, dir: &Path) {
     std::fs::copy(ca.cert_file(), dir.join("cert.pem")).expect("copy cert");
     std::fs::copy(ca.key_file(), dir.join("key.pem")).expect("copy key");
@@ -138,7 +123,7 @@ async fn wss_and_https_on_one_listener_and_a_reload_on_sighup() {
     let (first, second) = (TestCa::new(), TestCa::new());
     install(&first, dir.path());
     let mut server = spawn(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).await;
-    let port = server.port;
+    let port = server.addr.port();
 
     // wss:// carries the protocol.
     let mut alice = wss(port, &first, "alice").await;
@@ -170,22 +155,7 @@ async fn wss_and_https_on_one_listener_and_a_reload_on_sighup() {
 
     // New files, SIGHUP: the server says it reloaded them.
     install(&second, dir.path());
-    let pid = server.child.id().expect("running").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill -HUP");
-    assert!(sent.success());
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = server.lines.recv().await {
-            if line.contains("TLS certificate reloaded") {
-                return;
-            }
-        }
-        panic!("the server stopped");
-    })
-    .await
-    .expect("reloaded in time");
+    hang_up(&mut server, "TLS certificate reloaded").await;
 
     // The open connection goes on; new ones get the new certificate.
     alice
@@ -201,21 +171,7 @@ async fn wss_and_https_on_one_listener_and_a_reload_on_sighup() {
 
     // A reload with files that do not go together keeps the certificate.
     std::fs::copy(first.key_file(), dir.path().join("key.pem")).expect("copy");
-    let sent = std::process::Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .expect("kill -HUP");
-    assert!(sent.success());
-    tokio::time::timeout(WAIT, async {
-        while let Some(line) = server.lines.recv().await {
-            if line.contains("TLS certificate not reloaded") {
-                return;
-            }
-        }
-        panic!("the server stopped");
-    })
-    .await
-    .expect("refused in time");
+    hang_up(&mut server, "TLS certificate not reloaded").await;
     let _carol = wss(port, &second, "carol").await;
 }
 
@@ -228,7 +184,7 @@ async fn the_cli_sends_over_wss_trusting_the_ca_it_is_given() {
     let ca = TestCa::new();
     install(&ca, dir.path());
     let server = spawn(&dir.path().join("cert.pem"), &dir.path().join("key.pem")).await;
-    let url = format!("wss://localhost:{}", server.port);
+    let url = format!("wss://localhost:{}", server.addr.port());
     let send = |ca_file: Option<std::path::PathBuf>| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_bachata"));
         command

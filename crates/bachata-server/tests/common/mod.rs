@@ -79,11 +79,29 @@ pub(crate) async fn spawn_bachata_env(
     args: &[String],
     envs: &[(&str, &str)],
 ) -> (Child, std::net::SocketAddr) {
+    let server = spawn_logged(args, envs).await;
+    (server.child, server.addr)
+}
+
+/// A `bachata serve` process with its log: the lines up to the ready line
+/// (included), and the ones after it as they come.
+pub(crate) struct Logged {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub ready: String,
+    pub before: Vec<String>,
+    pub lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+/// Starts `bachata serve --listen 127.0.0.1:0` with `args` and `envs`
+/// (`BACHATA_LOG=info` unless `envs` says otherwise) and waits for its ready
+/// line, in text or JSON.
+pub(crate) async fn spawn_logged(args: &[String], envs: &[(&str, &str)]) -> Logged {
     let mut child = Command::new(env!("CARGO_BIN_EXE_bachata"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(args)
-        .envs(envs.iter().copied())
         .env("BACHATA_LOG", "info")
+        .envs(envs.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
@@ -91,23 +109,48 @@ pub(crate) async fn spawn_bachata_env(
         .expect("spawn bachata");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let addr = tokio::time::timeout(WAIT, async {
+    let mut before = Vec::new();
+    let (ready, addr) = tokio::time::timeout(WAIT, async {
         while let Some(line) = lines.next_line().await.expect("read stderr") {
+            before.push(line.clone());
             if line.contains("accepting connections") {
-                let addr = line
-                    .split_whitespace()
-                    .find_map(|w| w.strip_prefix("addr="))
-                    .expect("addr in the log line");
-                return addr.parse().expect("socket address");
+                let addr = ready_addr(&line).expect("addr in the ready line");
+                return (line, addr);
             }
         }
-        panic!("server exited before accepting connections");
+        panic!(
+            "server exited before accepting connections:\n{}",
+            before.join("\n")
+        );
     })
     .await
     .expect("server did not start in time");
     // Keep draining stderr so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    Logged {
+        child,
+        addr,
+        ready,
+        before,
+        lines: rx,
+    }
+}
+
+/// The address in a ready line: `addr=...` as text, `fields.addr` as JSON.
+fn ready_addr(line: &str) -> Option<SocketAddr> {
+    if line.starts_with('{') {
+        let event: serde_json::Value = serde_json::from_str(line).ok()?;
+        return event["fields"]["addr"].as_str()?.parse().ok();
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("addr="))?
+        .parse()
+        .ok()
 }
 
 /// The arguments of `bachata serve` on `redis`'s store.
