@@ -750,12 +750,6 @@ impl MemState {
         }
     }
 
-    /// Copies in the undelivered webhook's due index (claimed ones
-    /// included), for tests and metrics.
-    pub fn undelivered_len(&self) -> usize {
-        self.undelivered.len()
-    }
-
     /// Payload bytes of every retained entry.
     pub fn retained_bytes(&self) -> u64 {
         self.retained

@@ -155,12 +155,21 @@ impl HookClient {
         &self,
         body: &impl Serialize,
     ) -> Result<(StatusCode, Bytes), HookFailure> {
+        let body = serde_json::to_vec(body)
+            .map_err(|e| HookFailure::Transport(self.name, e.to_string()))?;
+        self.post_body(body).await
+    }
+
+    /// POSTs `body`, JSON already written; refused at once when
+    /// `--hook-concurrency` calls are in flight.
+    pub(crate) async fn post_body(
+        &self,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), HookFailure> {
         let Ok(_permit) = self.permits.clone().try_acquire_owned() else {
             self.busy();
             return Err(HookFailure::Busy(self.name));
         };
-        let body = serde_json::to_vec(body)
-            .map_err(|e| HookFailure::Transport(self.name, e.to_string()))?;
         self.call(body, MAX_ANSWER).await
     }
 

@@ -201,10 +201,7 @@ pub fn check(config: &Config) -> Result<(), StartError> {
 /// masked: for `bachata check-config`.
 pub fn describe_settings(config: &Config) -> String {
     const SECRETS: [&str; 3] = ["jwt_secret", "api_key", "sign_key"];
-    let fields = match serde_json::to_value(config) {
-        Ok(serde_json::Value::Object(fields)) => fields,
-        _ => return String::new(),
-    };
+    let fields = config::fields(config);
     let mut out = String::new();
     for (key, value) in fields {
         let shown = match (&value, key.as_str()) {

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use bachata_core::{Device, HookRoute, HookVerdict, RouteHook};
 use bachata_proto::{Channel, DataMessage};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
@@ -72,14 +72,6 @@ impl HookTypes {
             HookTypes::Only(types) => types.iter().any(|t| t == kind),
         }
     }
-}
-
-/// What the route hook is told.
-#[derive(Debug, Serialize)]
-struct RouteRequest<'a> {
-    from: &'a str,
-    device: Option<&'a str>,
-    message: &'a serde_json::value::RawValue,
 }
 
 /// A 200 answer of the route hook: exactly one of `channels`, `pass` and
@@ -152,23 +144,14 @@ impl RouteHook for RouteHookClient {
                 data: None,
             }
         };
-        let message = match serde_json::value::RawValue::from_string(msg.to_json()) {
-            Ok(message) => message,
-            Err(e) => return unavailable(format!("the message as JSON: {e}")),
-        };
-        let request = RouteRequest {
-            from: sender.as_str(),
-            device: device.as_ref().map(|d| d.as_str()),
-            message: &message,
+        let request = match route_request(sender, device, msg) {
+            Ok(request) => request,
+            Err(e) => return unavailable(format!("the request as JSON: {e}")),
         };
         if let Some(batcher) = &self.batcher {
-            let request = match serde_json::value::to_raw_value(&request) {
-                Ok(request) => request,
-                Err(e) => return unavailable(format!("the request as JSON: {e}")),
-            };
             return batcher.ask(request).await.unwrap_or_else(unavailable);
         }
-        let (status, body) = match self.client.post(&request).await {
+        let (status, body) = match self.client.post_body(request).await {
             Ok(answer) => answer,
             Err(failure) => return unavailable(failure.to_string()),
         };
@@ -180,6 +163,27 @@ impl RouteHook for RouteHookClient {
             Err(why) => unavailable(format!("the route hook's answer: {why}")),
         }
     }
+}
+
+/// What the route hook is told about `msg`,
+/// `{"from": ..., "device": ..., "message": ...}`, written once: the
+/// message as the server serializes it goes in as it is (it is not parsed
+/// again to be embedded).
+fn route_request(
+    sender: &Channel,
+    device: &Device,
+    msg: &DataMessage,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let message = msg.to_json();
+    let mut out = Vec::with_capacity(message.len() + 64);
+    out.extend_from_slice(br#"{"from":"#);
+    serde_json::to_writer(&mut out, sender.as_str())?;
+    out.extend_from_slice(br#","device":"#);
+    serde_json::to_writer(&mut out, &device.as_ref().map(|d| d.as_str()))?;
+    out.extend_from_slice(br#","message":"#);
+    out.extend_from_slice(message.as_bytes());
+    out.push(b'}');
+    Ok(out)
 }
 
 /// The verdict in a 200 answer of the route hook.
@@ -242,7 +246,8 @@ const MAX_QUEUE: usize = 65_536;
 type Verdict = Result<HookVerdict, String>;
 
 struct Item {
-    request: Box<RawValue>,
+    /// The request's JSON ([`route_request`]).
+    request: Vec<u8>,
     reply: oneshot::Sender<Verdict>,
 }
 
@@ -265,7 +270,7 @@ impl Batcher {
     }
 
     /// The application's verdict on one message's request.
-    pub(crate) async fn ask(&self, request: Box<RawValue>) -> Verdict {
+    pub(crate) async fn ask(&self, request: Vec<u8>) -> Verdict {
         let (reply, answer) = oneshot::channel();
         if self.queue.try_send(Item { request, reply }).is_err() {
             self.client.busy();
@@ -304,14 +309,14 @@ async fn run(client: Arc<HookClient>, max: usize, mut queue: mpsc::Receiver<Item
 
 /// One call with `batch`; answers each item.
 async fn call(client: &HookClient, batch: Vec<Item>) {
-    let size: usize = batch.iter().map(|i| i.request.get().len() + 1).sum();
+    let size: usize = batch.iter().map(|i| i.request.len() + 1).sum();
     let mut body = Vec::with_capacity(size + 16);
     body.extend_from_slice(br#"{"batch":["#);
     for (i, item) in batch.iter().enumerate() {
         if i > 0 {
             body.push(b',');
         }
-        body.extend_from_slice(item.request.get().as_bytes());
+        body.extend_from_slice(&item.request);
     }
     body.extend_from_slice(b"]}");
     let limit = MAX_ANSWER.saturating_mul(batch.len()).min(MAX_BATCH_ANSWER);
@@ -421,7 +426,7 @@ mod tests {
         let client =
             HookClient::new("route", &url, &settings, &mut Metrics::new()).expect("client");
         let batcher = Arc::new(Batcher::start(Arc::new(client), 8, 1));
-        let request = || RawValue::from_string(r#"{"from":"a"}"#.to_owned()).expect("raw");
+        let request = || br#"{"from":"a"}"#.to_vec();
         let ask = |batcher: &Arc<Batcher>| {
             let (batcher, request) = (batcher.clone(), request());
             tokio::spawn(async move { batcher.ask(request).await })
@@ -443,6 +448,27 @@ mod tests {
             assert!(matches!(verdict.route, HookRoute::Pass));
         }
         assert_eq!(*held.sizes.lock().expect("lock"), [1, 2]);
+    }
+
+    #[test]
+    fn the_request_is_the_sender_the_device_and_the_message_as_received() {
+        let mut msg = DataMessage::new("chat");
+        msg.id = Some(bachata_proto::MessageId::new("m\"1").expect("id"));
+        msg.dest = Some("room-7".into());
+        let sender = Channel::new("al\"ice é").expect("channel");
+        for (device, expected) in [(None, json!(null)), (Some("phone"), json!("phone"))] {
+            let device = device.map(|d| bachata_proto::DeviceId::new(d).expect("device"));
+            let request = route_request(&sender, &device, &msg).expect("JSON");
+            let request: serde_json::Value = serde_json::from_slice(&request).expect("valid JSON");
+            assert_eq!(
+                request,
+                json!({
+                    "from": "al\"ice é",
+                    "device": expected,
+                    "message": serde_json::from_str::<serde_json::Value>(&msg.to_json()).expect("message"),
+                })
+            );
+        }
     }
 
     #[test]

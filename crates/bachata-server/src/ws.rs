@@ -18,6 +18,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
+use bachata_core::memstate::device_key;
 use bachata_core::{
     Accepted, Device, Event, PendingSubmit, Rejection, Session, StoreError, SubmitOrder,
 };
@@ -221,12 +222,6 @@ const FLUSH_EVERY: usize = 64;
 /// work.
 const EVENT_BATCH: usize = 64;
 
-/// A device as a log field: its name, or "" for the channel's default
-/// device.
-fn device_name(device: &Device) -> &str {
-    device.as_ref().map_or("", |d| d.as_str())
-}
-
 /// Numbers connections in log lines (`conn`), from 1, per process.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -415,7 +410,7 @@ impl Connection {
         {
             Ok(session) => session,
             Err(e) => {
-                tracing::warn!(%channel, device = device_name(&device), error = %e, "cannot register connection");
+                tracing::warn!(%channel, device = device_key(&device), error = %e, "cannot register connection");
                 let frame = CloseFrame {
                     code: close::INTERNAL,
                     reason: "store unavailable".into(),
@@ -425,7 +420,7 @@ impl Connection {
             }
         };
         let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        tracing::debug!(conn = conn_id, %channel, device = device_name(&device), "connected");
+        tracing::debug!(conn = conn_id, %channel, device = device_key(&device), "connected");
         let mut conn = Connection {
             conn: conn_id,
             limits: Limits {
@@ -463,7 +458,7 @@ impl Connection {
             tokio::spawn(async move { while left.next().await.is_some() {} });
         }
         Box::pin(conn.close(closing, stream)).await;
-        tracing::debug!(conn = conn_id, %channel, device = device_name(&device), "disconnected");
+        tracing::debug!(conn = conn_id, %channel, device = device_key(&device), "disconnected");
     }
 
     /// Hands frames to the socket's write buffer. They are flushed when the
@@ -606,13 +601,7 @@ impl Connection {
                     Err(e) => {
                         let pause = match read_retry {
                             None => {
-                                tracing::warn!(
-                                    conn = self.conn,
-                                    channel = %self.session.channel(),
-                                    device = device_name(self.session.device()),
-                                    error = %e,
-                                    "store read failed; retrying"
-                                );
+                                self.warn(&e, "store read failed; retrying");
                                 READ_RETRY_FIRST
                             }
                             Some((_, pause)) => (pause * 2).min(READ_RETRY_MAX),
@@ -726,17 +715,23 @@ impl Connection {
         self.send([Message::Text(frame.into())]).await
     }
 
+    /// A warning about this connection, with its number, channel and
+    /// device.
+    fn warn(&self, error: &StoreError, what: &str) {
+        tracing::warn!(
+            conn = self.conn,
+            channel = %self.session.channel(),
+            device = device_key(self.session.device()),
+            %error,
+            "{what}"
+        );
+    }
+
     async fn on_background(&mut self, done: Background) -> Result<(), Closing> {
         match done {
             Background::Acked(_, Ok(())) | Background::Receipts(Ok(())) => Ok(()),
             Background::Acked(id, Err(e)) => {
-                tracing::warn!(
-                    conn = self.conn,
-                    channel = %self.session.channel(),
-                    device = device_name(self.session.device()),
-                    error = %e,
-                    "ack failed"
-                );
+                self.warn(&e, "ack failed");
                 let reply = bachata_proto::rejected(
                     Some(&id),
                     ErrorCode::Unavailable,
@@ -746,13 +741,7 @@ impl Connection {
             }
             Background::Receipts(Err(e)) => {
                 // They stay pending and come again on the next connection.
-                tracing::warn!(
-                    conn = self.conn,
-                    channel = %self.session.channel(),
-                    device = device_name(self.session.device()),
-                    error = %e,
-                    "cannot record delivered receipts"
-                );
+                self.warn(&e, "cannot record delivered receipts");
                 Ok(())
             }
         }
