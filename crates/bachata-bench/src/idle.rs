@@ -1,7 +1,12 @@
 //! The `idle` scenario: N connections that do nothing, spread over several
 //! loopback source addresses (127.0.0.x, so more than one address's ~28k
 //! ephemeral ports are available); reports the server's RSS growth per
-//! connection.
+//! connection and the kernel's TCP buffer memory.
+//!
+//! A host limit (open files, ports, the server's `--max-connections`) ends
+//! the opening early instead of failing the run: what was opened is
+//! measured, and the report names the limit that stopped it, so a run sized
+//! for a bigger host says where this one ends.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
@@ -18,6 +23,57 @@ pub(crate) struct Report {
     pub rss_before_kb: u64,
     pub rss_after_kb: u64,
     pub kb_per_connection: f64,
+    /// Asked for; `connections` is how many were opened.
+    pub asked: usize,
+    /// Why the opening stopped before `asked`: the error of the first
+    /// connection that failed.
+    pub limit_hit: Option<String>,
+    /// The kernel's TCP buffer memory (`/proc/net/sockstat`, `mem`, in
+    /// pages of 4 KiB) before and after, for both ends of every loopback
+    /// connection.
+    pub kernel_tcp_kb_before: Option<u64>,
+    pub kernel_tcp_kb_after: Option<u64>,
+    /// The kernel's slab memory (`/proc/meminfo`, `Slab`: sockets, files,
+    /// epoll entries) before and after, machine-wide, for both ends.
+    pub kernel_slab_kb_before: Option<u64>,
+    pub kernel_slab_kb_after: Option<u64>,
+    /// This process's open-file limit (soft, after raising it to the hard
+    /// one); the server inherits it.
+    pub open_file_limit: Option<u64>,
+}
+
+/// The kernel's TCP buffer memory in KiB, from `/proc/net/sockstat`
+/// (`TCP: inuse N orphan N tw N alloc N mem PAGES`).
+pub(crate) fn kernel_tcp_kb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "mem")?;
+    let pages: u64 = words.next()?.parse().ok()?;
+    Some(pages * 4)
+}
+
+/// The kernel's slab memory in KiB (`Slab:` of `/proc/meminfo`).
+pub(crate) fn kernel_slab_kb() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Slab:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Raises this process's soft open-file limit to the hard one (what a
+/// shell's `ulimit -n` would allow) and returns it.
+pub(crate) fn raise_open_file_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        // Kept as it was when refused: the report shows the limit in effect.
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 async fn connect_idle(
@@ -47,22 +103,43 @@ pub(crate) async fn run(
     n: usize,
     sources: u8,
     rss_kb: impl Fn() -> Option<u64>,
+    open_file_limit: Option<u64>,
 ) -> anyhow::Result<Report> {
     let before = rss_kb().unwrap_or(0);
+    let kernel_before = kernel_tcp_kb();
+    let slab_before = kernel_slab_kb();
     let mut open = Vec::with_capacity(n);
+    let mut limit_hit = None;
     for i in 0..n {
         let source = Ipv4Addr::new(127, 0, 0, 1 + (i % usize::from(sources.max(1))) as u8);
-        open.push(connect_idle(server, source, &format!("idle{i}")).await?);
+        match connect_idle(server, source, &format!("idle{i}")).await {
+            Ok(ws) => open.push(ws),
+            Err(e) if i == 0 => return Err(e.context("the first idle connection failed")),
+            Err(e) => {
+                limit_hit = Some(format!("connection {} failed: {e:#}", i + 1));
+                break;
+            }
+        }
     }
     // Let the server settle (allocators return nothing, but lazy buffers
     // are in place by now); this is a measurement wait, not a sync.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kb().unwrap_or(0);
+    let kernel_after = kernel_tcp_kb();
+    let slab_after = kernel_slab_kb();
+    let opened = open.len();
     drop(open);
     Ok(Report {
-        connections: n,
+        connections: opened,
         rss_before_kb: before,
         rss_after_kb: after,
-        kb_per_connection: after.saturating_sub(before) as f64 / n.max(1) as f64,
+        kb_per_connection: after.saturating_sub(before) as f64 / opened.max(1) as f64,
+        asked: n,
+        limit_hit,
+        kernel_tcp_kb_before: kernel_before,
+        kernel_tcp_kb_after: kernel_after,
+        kernel_slab_kb_before: slab_before,
+        kernel_slab_kb_after: slab_after,
+        open_file_limit,
     })
 }

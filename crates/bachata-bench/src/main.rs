@@ -17,6 +17,7 @@
 //! connection) and `chaos` (SIGKILL and restart under load, lost = 0).
 
 mod chaos;
+mod cpu_check;
 mod fanout;
 mod fsync;
 mod hook;
@@ -145,6 +146,23 @@ struct PairsArgs {
     /// answers batches too).
     #[arg(long, default_value_t = 1, requires = "route_hook_pass")]
     route_hook_batch: usize,
+    /// Repeat the whole run (the null relay, then each store) this many
+    /// times; the CPU check takes the median of the rounds' ratios.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
+    /// Fail when the first store's server CPU per 100k messages, as a ratio
+    /// to the null relay's in the same round (the median over `--rounds`),
+    /// is more than `--cpu-tolerance` above the ratio in this baseline file
+    /// (written by `--write-cpu-baseline`; CI's regression check).
+    #[arg(long, requires = "spawn")]
+    cpu_baseline: Option<PathBuf>,
+    /// How far above the baseline ratio `--cpu-baseline` lets a run go.
+    #[arg(long, default_value_t = 0.30, requires = "cpu_baseline")]
+    cpu_tolerance: f64,
+    /// Write the measured CPU ratio (median over `--rounds`) to this file as
+    /// the new baseline for `--cpu-baseline`.
+    #[arg(long, requires = "spawn")]
+    write_cpu_baseline: Option<PathBuf>,
 }
 
 /// Where the `pairs`, `fanout` and `reconnect` scenarios run.
@@ -429,6 +447,7 @@ fn print(m: &Measured) {
 
 async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
     let mut results = Vec::new();
+    let mut ratios = Vec::new();
     let target = &args.target;
     if let Some(url) = &target.url {
         let server = PairsTarget {
@@ -441,16 +460,23 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         };
         results.push(measure(server, &args).await?);
     } else {
-        results.push(measure_null(&args).await?);
-        for store in target.store.split(',') {
-            results.push(measure_nodes(&args, store, None).await?);
-            if args.route_hook_pass {
-                let hook = hook::PassHook::start(args.route_hook_delay).await?;
-                results.push(measure_nodes(&args, store, Some(&hook)).await?);
-                if hook.calls() == 0 {
-                    anyhow::bail!("the route hook was never called");
+        for _ in 0..args.rounds {
+            let null = measure_null(&args).await?;
+            let round_start = results.len();
+            for store in target.store.split(',') {
+                results.push(measure_nodes(&args, store, None).await?);
+                if args.route_hook_pass {
+                    let hook = hook::PassHook::start(args.route_hook_delay).await?;
+                    results.push(measure_nodes(&args, store, Some(&hook)).await?);
+                    if hook.calls() == 0 {
+                        anyhow::bail!("the route hook was never called");
+                    }
                 }
             }
+            if let Some(ratio) = cpu_check::ratio(&null, &results[round_start]) {
+                ratios.push(ratio);
+            }
+            results.insert(round_start, null);
         }
     }
     let ok = results.iter().all(|m| m.report.exactness_errors.is_empty());
@@ -468,7 +494,40 @@ async fn pairs_cmd(args: PairsArgs) -> anyhow::Result<bool> {
         };
         print_verdict(ratio, "msgs/s", ok, "no loss, duplicate or reorder");
     }
-    Ok(ok)
+    let load = cpu_check::Load {
+        store: target
+            .store
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        pairs: args.pairs,
+        window: args.window,
+        payload: args.payload,
+        duration_ms: u64::try_from(args.duration.as_millis()).unwrap_or(u64::MAX),
+        rounds: args.rounds,
+    };
+    let mut cpu_ok = true;
+    if args.cpu_baseline.is_some() || args.write_cpu_baseline.is_some() {
+        let median = cpu_check::median(&ratios).context(
+            "no CPU ratio was measured (the server's or the relay's CPU time is unreadable)",
+        )?;
+        println!(
+            "cpu ratio: {median:.2} (server CPU-s per 100k / the null relay's, median of {:?})",
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>()
+        );
+        if let Some(path) = &args.write_cpu_baseline {
+            cpu_check::Baseline::new(load.clone(), median, ratios.clone()).write(path)?;
+            println!("cpu baseline written to {}", path.display());
+        }
+        if let Some(path) = &args.cpu_baseline {
+            let verdict =
+                cpu_check::Baseline::read(path)?.check(&load, median, args.cpu_tolerance)?;
+            println!("{verdict}");
+            cpu_ok = verdict.passed();
+        }
+    }
+    Ok(ok && cpu_ok)
 }
 
 /// `pairs` against the null relay, the machine's limit.
@@ -530,15 +589,30 @@ async fn measure_nodes(
 }
 
 async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow::Result<()> {
+    // Both ends of every connection are this host's: this process and the
+    // server (which inherits the limit) need a descriptor each.
+    let open_file_limit = idle::raise_open_file_limit();
     let dir = tempfile::tempdir()?;
     let mut cmd = Command::new(bachata);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
         .arg("--data-dir")
         .arg(dir.path())
         .env("BACHATA_LOG", "warn,bachata_server=info");
+    if n > 10_000 {
+        // Past the server's default; it refuses to start, saying why, when
+        // the open-file limit has no room for this many.
+        cmd.args(["--max-connections", &n.to_string()]);
+    }
     let (server, addr) = servers::spawn(cmd, "addr=", true).await?;
     let pid = server.id().context("server pid")?;
-    let report = idle::run(addr.parse()?, n, sources, || servers::rss_kb(pid)).await?;
+    let report = idle::run(
+        addr.parse()?,
+        n,
+        sources,
+        || servers::rss_kb(pid),
+        open_file_limit,
+    )
+    .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -546,6 +620,27 @@ async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow
             "idle: {} connections, server RSS {} KB -> {} KB: {:.1} KB per idle connection",
             report.connections, report.rss_before_kb, report.rss_after_kb, report.kb_per_connection
         );
+        if let (Some(b), Some(a)) = (report.kernel_tcp_kb_before, report.kernel_tcp_kb_after) {
+            println!("kernel TCP buffers {b} KB -> {a} KB (both ends of each loopback connection)");
+        }
+        if let (Some(b), Some(a)) = (report.kernel_slab_kb_before, report.kernel_slab_kb_after) {
+            println!(
+                "kernel slab {b} KB -> {a} KB: {:.1} KB per connection for both ends (machine-wide)",
+                a.saturating_sub(b) as f64 / report.connections.max(1) as f64
+            );
+        }
+        println!(
+            "open-file limit of each process: {}",
+            report
+                .open_file_limit
+                .map_or("unknown".into(), |l| l.to_string())
+        );
+        if let Some(limit) = &report.limit_hit {
+            println!(
+                "stopped at {} of {}: {limit}",
+                report.connections, report.asked
+            );
+        }
     }
     drop(server);
     Ok(())

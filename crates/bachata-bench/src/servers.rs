@@ -31,7 +31,12 @@ pub(crate) async fn spawn(
     };
     let mut lines = BufReader::new(lines).lines();
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        // What it said before it exited, for the error.
+        let mut said = Vec::new();
         while let Some(line) = lines.next_line().await? {
+            if said.len() < 5 {
+                said.push(line.clone());
+            }
             if let Some(pos) = line.find(marker) {
                 let rest = &line[pos + marker.len()..];
                 return Ok(rest
@@ -41,7 +46,14 @@ pub(crate) async fn spawn(
                     .to_owned());
             }
         }
-        anyhow::bail!("exited before printing its address")
+        anyhow::bail!(
+            "exited before printing its address; it said: {}",
+            if said.is_empty() {
+                "nothing".into()
+            } else {
+                said.join(" | ")
+            }
+        )
     })
     .await
     .context("start timed out")??;
