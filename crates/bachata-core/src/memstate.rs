@@ -484,18 +484,23 @@ impl MemState {
             }
         }
         let done = ChannelState::fully_acked(&ch.devices, entry);
-        changes.record(|| Change::PutAck {
-            channel: channel.clone(),
-            seq,
-            device: device.to_owned(),
-        });
-        if let Some(entry) = done.then(|| ch.remove(seq)).flatten() {
-            self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
-            changes.record(|| Change::DelEntry {
+        match done.then(|| ch.remove(seq)).flatten() {
+            // The last ack deletes the entry: its `DelEntry` removes every
+            // ack with it, so the ack itself is not recorded (one change
+            // less to log and fold per delivered copy).
+            Some(entry) => {
+                self.retained = self.retained.saturating_sub(entry.payload.len() as u64);
+                changes.record(|| Change::DelEntry {
+                    channel: channel.clone(),
+                    seq,
+                    acked_by: entry.acked_by,
+                });
+            }
+            None => changes.record(|| Change::PutAck {
                 channel: channel.clone(),
                 seq,
-                acked_by: entry.acked_by,
-            });
+                device: device.to_owned(),
+            }),
         }
         Some((first, kind))
     }

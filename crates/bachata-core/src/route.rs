@@ -37,6 +37,16 @@ pub trait Route: Send + Sync + 'static {
 
     /// Looks at a message (already stamped with `from` and `time`).
     async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision;
+
+    /// The decision, when it needs no waiting (no store, no network);
+    /// `None` (the default) asks [`Route::route`]. The chain asks this
+    /// first: an `async` route's future is boxed, one allocation per route
+    /// per message, which routes that only look at the message (or pass on
+    /// most messages, like the group route on non-group types) avoid here.
+    /// When it answers, it must answer what `route` would.
+    fn route_now(&self, _ctx: &RouteContext<'_>, _msg: &DataMessage) -> Option<Decision> {
+        None
+    }
 }
 
 /// The built-in direct route: any message with a `dest` goes to channel
@@ -50,7 +60,17 @@ impl Route for DirectRoute {
         "direct"
     }
 
-    async fn route(&self, _ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
+    async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
+        self.decide(ctx, msg)
+    }
+
+    fn route_now(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Option<Decision> {
+        Some(self.decide(ctx, msg))
+    }
+}
+
+impl DirectRoute {
+    fn decide(&self, _ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
         let Some(dest) = &msg.dest else {
             return Decision::Pass;
         };
@@ -93,6 +113,11 @@ impl std::fmt::Debug for GroupRoute {
 impl Route for GroupRoute {
     fn name(&self) -> &str {
         "group"
+    }
+
+    /// Other types pass without a look at the store.
+    fn route_now(&self, _ctx: &RouteContext<'_>, msg: &DataMessage) -> Option<Decision> {
+        (msg.kind != Self::KIND).then_some(Decision::Pass)
     }
 
     async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
@@ -170,11 +195,20 @@ pub async fn run_chain(
         }
     };
     for route in routes {
-        match route.route(ctx, msg).await {
+        let decision = match route.route_now(ctx, msg) {
+            Some(decision) => decision,
+            None => route.route(ctx, msg).await,
+        };
+        match decision {
             Decision::Pass => {}
             Decision::Add(more) => {
                 taken = true;
                 add(&mut channels, more);
+            }
+            // The common case, one route naming one channel: its list is
+            // the result (no second vector).
+            Decision::Stop(more) if channels.is_empty() && more.len() <= 1 => {
+                return Routed::To(more);
             }
             Decision::Stop(more) => {
                 add(&mut channels, more);
@@ -214,6 +248,43 @@ mod tests {
         let mut m = DataMessage::new("direct");
         m.dest = dest.map(str::to_owned);
         m
+    }
+
+    #[tokio::test]
+    async fn the_direct_route_decides_now_what_it_decides_later() {
+        let ctx = RouteContext { sender: None };
+        let long = "x".repeat(200);
+        for dest in [Some("bob"), None, Some(""), Some(long.as_str())] {
+            let m = msg(dest);
+            let now = DirectRoute.route_now(&ctx, &m);
+            assert_eq!(now, Some(DirectRoute.route(&ctx, &m).await), "{dest:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stop_after_an_add_merges_and_a_lone_stop_is_the_result() {
+        let ctx = RouteContext { sender: None };
+        let routes: Vec<Arc<dyn Route>> = vec![
+            Arc::new(Fixed(Decision::Add(vec![ch("a")]))),
+            Arc::new(Fixed(Decision::Stop(vec![ch("a"), ch("b")]))),
+        ];
+        assert_eq!(
+            run_chain(&routes, &ctx, &msg(None)).await,
+            Routed::To(vec![ch("a"), ch("b")])
+        );
+        let routes: Vec<Arc<dyn Route>> = vec![
+            Arc::new(Fixed(Decision::Pass)),
+            Arc::new(DirectRoute),
+            Arc::new(Fixed(Decision::Add(vec![ch("never")]))),
+        ];
+        assert_eq!(
+            run_chain(&routes, &ctx, &msg(Some("bob"))).await,
+            Routed::To(vec![ch("bob")])
+        );
+        assert_eq!(
+            run_chain(&routes[..2], &ctx, &msg(None)).await,
+            Routed::NoRoute
+        );
     }
 
     #[tokio::test]

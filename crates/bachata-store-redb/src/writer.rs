@@ -240,7 +240,7 @@ impl Files {
         let written = self.db().and_then(|db| Ok(overlay.checkpoint(db, next)?));
         match written {
             Ok(()) => {
-                *overlay = wal::Overlay::default();
+                overlay.reset();
                 wal::remove_covered(&self.dir, next);
                 true
             }
