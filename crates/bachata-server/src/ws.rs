@@ -222,6 +222,22 @@ const FLUSH_EVERY: usize = 64;
 /// work.
 const EVENT_BATCH: usize = 64;
 
+/// Frames handled one after the other when they are already read, before
+/// the connection looks at its other sources of work again.
+const FRAME_BATCH: usize = 16;
+
+/// Polls `future` once, in the calling task's context (so a `Pending`
+/// leaves that task's waker registered): its output if it is ready now.
+async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match Pin::new(&mut future).poll(cx) {
+            std::task::Poll::Ready(output) => Some(output),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// Numbers connections in log lines (`conn`), from 1, per process.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -581,6 +597,9 @@ impl Connection {
 
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
         let shutdown = self.app.shutdown.clone();
+        // Waited on across the loop's rounds: made anew each round, it
+        // joined and left the token's waiter list at every frame.
+        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         let every = self.app.config.ping_interval;
         let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -643,7 +662,7 @@ impl Connection {
                     _ = pings.tick() => Wake::PingTick,
                     () = sleep_until_some(retry_at) => Wake::RetryRead,
                     event = self.session.recv() => Wake::Hub(event),
-                    () = shutdown.cancelled() => Wake::Shutdown,
+                    () = &mut shutting_down => Wake::Shutdown,
                 }
             };
             let wake = if self.unflushed == 0 {
@@ -657,8 +676,34 @@ impl Connection {
                 }
             };
             let result = match wake {
-                Wake::Reply(reply) => self.on_reply(reply).await,
-                Wake::Background(done) => self.on_background(done).await,
+                // A group commit completes many at once: those ready are
+                // handled in one round (as frames are, below).
+                Wake::Reply(reply) => {
+                    let mut result = self.on_reply(reply).await;
+                    for _ in 0..EVENT_BATCH {
+                        if result.is_err() || self.replies.is_empty() {
+                            break;
+                        }
+                        let Some(Some(reply)) = poll_once(self.replies.next()).await else {
+                            break;
+                        };
+                        result = self.on_reply(reply).await;
+                    }
+                    result
+                }
+                Wake::Background(done) => {
+                    let mut result = self.on_background(done).await;
+                    for _ in 0..EVENT_BATCH {
+                        if result.is_err() || self.background.is_empty() {
+                            break;
+                        }
+                        let Some(Some(done)) = poll_once(self.background.next()).await else {
+                            break;
+                        };
+                        result = self.on_background(done).await;
+                    }
+                    result
+                }
                 Wake::Frame(None) => return Closing::Gone,
                 Wake::Frame(Some(Ok(message))) => {
                     last_heard = tokio::time::Instant::now();
@@ -666,7 +711,27 @@ impl Connection {
                     // the largest part of every idle connection's task; one
                     // allocation per frame costs less than the noise of
                     // `pairs` (docs/performance.md, idle connections).
-                    Box::pin(self.on_message(message)).await
+                    let mut result = Box::pin(self.on_message(message)).await;
+                    // Under load one read brings several frames: those
+                    // already here are handled now, without a round of the
+                    // select above (and its wait registrations) for each.
+                    let mut more = FRAME_BATCH;
+                    while result.is_ok()
+                        && more > 0
+                        && self.background.len() < MAX_BACKGROUND
+                        && self.replies.len() < MAX_PIPELINE
+                    {
+                        more -= 1;
+                        match poll_once(stream.next()).await {
+                            None => break,
+                            Some(None) => return Closing::Gone,
+                            Some(Some(Err(e))) => return self.on_error(e),
+                            Some(Some(Ok(message))) => {
+                                result = Box::pin(self.on_message(message)).await;
+                            }
+                        }
+                    }
+                    result
                 }
                 Wake::Frame(Some(Err(e))) => return self.on_error(e),
                 Wake::PingTick => {
