@@ -676,34 +676,10 @@ impl Connection {
                 }
             };
             let result = match wake {
-                // A group commit completes many at once: those ready are
-                // handled in one round (as frames are, below).
-                Wake::Reply(reply) => {
-                    let mut result = self.on_reply(reply).await;
-                    for _ in 0..EVENT_BATCH {
-                        if result.is_err() || self.replies.is_empty() {
-                            break;
-                        }
-                        let Some(Some(reply)) = poll_once(self.replies.next()).await else {
-                            break;
-                        };
-                        result = self.on_reply(reply).await;
-                    }
-                    result
-                }
-                Wake::Background(done) => {
-                    let mut result = self.on_background(done).await;
-                    for _ in 0..EVENT_BATCH {
-                        if result.is_err() || self.background.is_empty() {
-                            break;
-                        }
-                        let Some(Some(done)) = poll_once(self.background.next()).await else {
-                            break;
-                        };
-                        result = self.on_background(done).await;
-                    }
-                    result
-                }
+                // Boxed, like the frame handler below: this state is no
+                // part of an idle connection's task.
+                Wake::Reply(reply) => Box::pin(self.on_replies(reply)).await,
+                Wake::Background(done) => Box::pin(self.on_backgrounds(done)).await,
                 Wake::Frame(None) => return Closing::Gone,
                 Wake::Frame(Some(Ok(message))) => {
                     last_heard = tokio::time::Instant::now();
@@ -769,6 +745,38 @@ impl Connection {
             payloads.extend(self.session.on_event(event));
         }
         self.send_payloads(payloads).await
+    }
+
+    /// Handles `first` and the replies ready behind it: a group commit
+    /// completes many at once, and each round of `serve`'s select costs
+    /// more than a reply (as for frames there).
+    async fn on_replies(&mut self, first: Result<Accepted, Rejection>) -> Result<(), Closing> {
+        let mut result = self.on_reply(first).await;
+        for _ in 0..EVENT_BATCH {
+            if result.is_err() || self.replies.is_empty() {
+                break;
+            }
+            let Some(Some(reply)) = poll_once(self.replies.next()).await else {
+                break;
+            };
+            result = self.on_reply(reply).await;
+        }
+        result
+    }
+
+    /// [`Connection::on_replies`] for results of background work.
+    async fn on_backgrounds(&mut self, first: Background) -> Result<(), Closing> {
+        let mut result = self.on_background(first).await;
+        for _ in 0..EVENT_BATCH {
+            if result.is_err() || self.background.is_empty() {
+                break;
+            }
+            let Some(Some(done)) = poll_once(self.background.next()).await else {
+                break;
+            };
+            result = self.on_background(done).await;
+        }
+        result
     }
 
     async fn on_reply(&mut self, reply: Result<Accepted, Rejection>) -> Result<(), Closing> {
