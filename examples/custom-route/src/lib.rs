@@ -37,6 +37,19 @@ impl Route for SupportRoute {
     }
 
     async fn route(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
+        self.decide(ctx, msg)
+    }
+
+    /// This route never waits (no store, no network), so it answers here:
+    /// the chain then skips `route`'s boxed future, an allocation per
+    /// message (docs/performance.md, "Efficiency").
+    fn route_now(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Option<Decision> {
+        Some(self.decide(ctx, msg))
+    }
+}
+
+impl SupportRoute {
+    fn decide(&self, ctx: &RouteContext<'_>, msg: &DataMessage) -> Decision {
         if msg.kind != "support" {
             // Not ours: the built-in group and direct routes come next.
             return Decision::Pass;
