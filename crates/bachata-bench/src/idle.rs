@@ -143,3 +143,88 @@ pub(crate) async fn run(
         open_file_limit,
     })
 }
+
+/// The outcome of `idle --max-kb-per-connection`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Verdict {
+    pub passed: bool,
+    pub text: String,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+/// Whether `report` stays within `max_kb` per connection with every
+/// connection asked for open: a run cut short by a limit proves nothing
+/// about the memory of the rest.
+pub(crate) fn check(report: &Report, max_kb: f64) -> Verdict {
+    if let Some(limit) = &report.limit_hit {
+        return Verdict {
+            passed: false,
+            text: format!(
+                "idle check: FAILED: only {} of {} connections opened ({limit})",
+                report.connections, report.asked
+            ),
+        };
+    }
+    let kb = report.kb_per_connection;
+    if kb > max_kb {
+        Verdict {
+            passed: false,
+            text: format!(
+                "idle check: FAILED: {kb:.1} KB per idle connection is above {max_kb:.1} KB"
+            ),
+        }
+    } else {
+        Verdict {
+            passed: true,
+            text: format!("idle check: ok: {kb:.1} KB per idle connection, at most {max_kb:.1} KB"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(kb: f64, limit_hit: Option<&str>) -> Report {
+        Report {
+            connections: if limit_hit.is_some() { 5 } else { 10 },
+            rss_before_kb: 0,
+            rss_after_kb: 0,
+            kb_per_connection: kb,
+            asked: 10,
+            limit_hit: limit_hit.map(str::to_owned),
+            kernel_tcp_kb_before: None,
+            kernel_tcp_kb_after: None,
+            kernel_slab_kb_before: None,
+            kernel_slab_kb_after: None,
+            open_file_limit: None,
+        }
+    }
+
+    #[test]
+    fn above_the_bound_fails_and_at_it_passes() {
+        assert!(check(&report(6.0, None), 6.0).passed);
+        let above = check(&report(6.1, None), 6.0);
+        assert!(!above.passed);
+        assert!(above.text.contains("FAILED"), "{above}");
+    }
+
+    #[test]
+    fn a_run_cut_short_by_a_limit_fails_whatever_its_memory() {
+        let short = check(&report(1.0, Some("connection 6 failed: 503")), 6.0);
+        assert!(!short.passed);
+        assert!(short.text.contains("only 5 of 10"), "{short}");
+    }
+
+    #[test]
+    fn the_kernel_figures_parse_from_this_host() {
+        // Linux: both files exist and carry the fields read.
+        assert!(kernel_slab_kb().is_some_and(|kb| kb > 0));
+        assert!(kernel_tcp_kb().is_some());
+    }
+}

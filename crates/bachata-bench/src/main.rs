@@ -113,6 +113,11 @@ enum Cmd {
         sources: u8,
         #[arg(long)]
         json: bool,
+        /// Fail (exit status 1) when the server's RSS per idle connection
+        /// is above this many KB, or when fewer connections than asked
+        /// could be opened (CI's idle memory check).
+        #[arg(long)]
+        max_kb_per_connection: Option<f64>,
     },
 }
 
@@ -328,7 +333,18 @@ fn main() -> anyhow::Result<()> {
             connections,
             sources,
             json,
-        } => runtime.block_on(idle_cmd(bachata, connections, sources, json)),
+            max_kb_per_connection,
+        } => {
+            let report = runtime.block_on(idle_cmd(bachata, connections, sources, json))?;
+            if let Some(max) = max_kb_per_connection {
+                let verdict = idle::check(&report, max);
+                println!("{verdict}");
+                if !verdict.passed {
+                    std::process::exit(1);
+                }
+            }
+            Ok(())
+        }
         Cmd::Pairs(args) => {
             let ok = runtime.block_on(pairs_cmd(args))?;
             if !ok {
@@ -588,7 +604,12 @@ async fn measure_nodes(
     measure(target, args).await
 }
 
-async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow::Result<()> {
+async fn idle_cmd(
+    bachata: PathBuf,
+    n: usize,
+    sources: u8,
+    json: bool,
+) -> anyhow::Result<idle::Report> {
     // Both ends of every connection are this host's: this process and the
     // server (which inherits the limit) need a descriptor each.
     let open_file_limit = idle::raise_open_file_limit();
@@ -643,7 +664,7 @@ async fn idle_cmd(bachata: PathBuf, n: usize, sources: u8, json: bool) -> anyhow
         }
     }
     drop(server);
-    Ok(())
+    Ok(report)
 }
 
 /// The load and the kills of a `chaos` run.
