@@ -475,15 +475,27 @@ impl MemState {
             return None;
         }
         let first = entry.acked_by.is_empty();
-        entry.acked_by.push(device.to_owned());
+        // Whether this ack completes the entry: then it is deleted at once,
+        // and the device is not added to its `acked_by` (two allocations
+        // per delivered copy that would be freed right away).
+        let done = !ch.devices.is_empty()
+            && ch
+                .devices
+                .iter()
+                .all(|(d, _)| d == device || entry.acked_by.contains(d));
+        if !done {
+            entry.acked_by.push(device.to_owned());
+        }
         let kind = entry.kind.clone();
         if first && matches!(kind, EntryKind::Message { .. }) {
-            ch.pending = ch.pending.saturating_sub(1);
+            if !done {
+                // When done, `remove` below counts it (`acked_by` is empty).
+                ch.pending = ch.pending.saturating_sub(1);
+            }
             if let Some(at) = entry.notify_at {
                 self.undelivered.remove(&(at, channel.clone(), seq));
             }
         }
-        let done = ChannelState::fully_acked(&ch.devices, entry);
         match done.then(|| ch.remove(seq)).flatten() {
             // The last ack deletes the entry: its `DelEntry` removes every
             // ack with it, so the ack itself is not recorded (one change
@@ -931,6 +943,77 @@ mod tests {
         assert_eq!(
             state.enqueue(&back, &mut Discard),
             Enqueued::Stored(vec![(bob, 1)])
+        );
+    }
+
+    #[test]
+    fn the_completing_ack_deletes_without_a_change_of_its_own_and_counts_once() {
+        let mut state = MemState::new();
+        let bob = channel("bob");
+        let device = |name: &str| Some(bachata_proto::DeviceId::new(name).expect("device"));
+        let message = |text: &str| NewMessage {
+            sender: None,
+            id: id(text),
+            destinations: vec![bob.clone()],
+            payload: Bytes::from_static(b"{}"),
+            now: 1,
+            expires_at: 1_000,
+            dedupe_until: 0,
+            queue_limit: 2,
+            retained_limit: u64::MAX,
+            forget_after: 1_000,
+            notify_at: None,
+        };
+        let ack = |by: &Device, text: &str| AckRequest {
+            channel: bob.clone(),
+            device: by.clone(),
+            id: id(text),
+            now: 2,
+            receipt: Bytes::new(),
+            receipt_expires_at: 1_000,
+            forget_after: 1_000,
+        };
+        let stored = |e: Enqueued| matches!(e, Enqueued::Stored(_));
+        let (phone, laptop) = (device("phone"), device("laptop"));
+        state.touch_device(&bob, &phone, 1, &mut Discard);
+        assert!(stored(state.enqueue(&message("m1"), &mut Discard)));
+        assert!(stored(state.enqueue(&message("m2"), &mut Discard)));
+        assert_eq!(
+            state.enqueue(&message("m3"), &mut Discard),
+            Enqueued::QueueFull(bob.clone())
+        );
+        // One device: its ack deletes m1, recorded as the deletion alone.
+        let mut changes = Vec::new();
+        assert!(state.ack(&ack(&phone, "m1"), &mut changes).seq.is_some());
+        assert!(
+            matches!(changes.as_slice(), [Change::DelEntry { seq: 1, acked_by, .. }] if acked_by.is_empty()),
+            "{changes:?}"
+        );
+        // Room for exactly one more: the pending count fell by one, not two.
+        assert!(stored(state.enqueue(&message("m3"), &mut Discard)));
+        assert_eq!(
+            state.enqueue(&message("m4"), &mut Discard),
+            Enqueued::QueueFull(bob.clone())
+        );
+        // Two devices: the first ack is recorded and frees the room, the
+        // second deletes and frees nothing more.
+        state.touch_device(&bob, &laptop, 3, &mut Discard);
+        let mut changes = Vec::new();
+        state.ack(&ack(&phone, "m2"), &mut changes);
+        assert!(
+            matches!(changes.as_slice(), [Change::PutAck { seq: 2, .. }]),
+            "{changes:?}"
+        );
+        let mut changes = Vec::new();
+        state.ack(&ack(&laptop, "m2"), &mut changes);
+        assert!(
+            matches!(changes.as_slice(), [Change::DelEntry { seq: 2, acked_by, .. }] if acked_by == &["phone".to_owned()]),
+            "{changes:?}"
+        );
+        assert!(stored(state.enqueue(&message("m4"), &mut Discard)));
+        assert_eq!(
+            state.enqueue(&message("m5"), &mut Discard),
+            Enqueued::QueueFull(bob.clone())
         );
     }
 
