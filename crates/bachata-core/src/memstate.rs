@@ -178,7 +178,16 @@ impl ChannelState {
 
     /// True when every known device acked the entry.
     fn fully_acked(devices: &[(String, Millis)], entry: &StoredEntry) -> bool {
-        !devices.is_empty() && devices.iter().all(|(d, _)| entry.acked_by.contains(d))
+        Self::acked_by_all(devices, entry, None)
+    }
+
+    /// Whether every known device acked `entry`, counting `also` as one
+    /// that did (an ack being recorded).
+    fn acked_by_all(devices: &[(String, Millis)], entry: &StoredEntry, also: Option<&str>) -> bool {
+        !devices.is_empty()
+            && devices
+                .iter()
+                .all(|(d, _)| also == Some(d.as_str()) || entry.acked_by.contains(d))
     }
 
     /// Pending messages that have not expired at `now`. `pending` still
@@ -478,11 +487,7 @@ impl MemState {
         // Whether this ack completes the entry: then it is deleted at once,
         // and the device is not added to its `acked_by` (two allocations
         // per delivered copy that would be freed right away).
-        let done = !ch.devices.is_empty()
-            && ch
-                .devices
-                .iter()
-                .all(|(d, _)| d == device || entry.acked_by.contains(d));
+        let done = ChannelState::acked_by_all(&ch.devices, entry, Some(device));
         if !done {
             entry.acked_by.push(device.to_owned());
         }

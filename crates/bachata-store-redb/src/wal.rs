@@ -112,15 +112,15 @@ impl Overlay {
     /// A map that held less than a quarter of its room gives the rest back,
     /// so a burst does not keep its peak forever.
     pub(crate) fn reset(&mut self) {
-        fn empty<K, V>(map: &mut HashMap<K, V>)
-        where
-            K: Eq + std::hash::Hash,
-        {
-            let used = map.len();
-            map.clear();
-            if used < map.capacity() / 4 {
-                map.shrink_to(used);
-            }
+        // Maps and sets alike (no common trait has `shrink_to`).
+        macro_rules! empty {
+            ($($table:expr),*) => {$(
+                let used = $table.len();
+                $table.clear();
+                if used < $table.capacity() / 4 {
+                    $table.shrink_to(used);
+                }
+            )*};
         }
         let Overlay {
             entries,
@@ -133,16 +133,7 @@ impl Overlay {
             notified,
             log_bytes,
         } = self;
-        empty(entries);
-        empty(acks);
-        empty(devices);
-        empty(members);
-        empty(next_seqs);
-        let used = notified.len();
-        notified.clear();
-        if used < notified.capacity() / 4 {
-            notified.shrink_to(used);
-        }
+        empty!(entries, acks, devices, members, next_seqs, notified);
         dedupe.clear();
         *expired_at = 0;
         *log_bytes = 0;
