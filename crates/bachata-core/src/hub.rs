@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use bachata_proto::Channel;
 use bytes::Bytes;
@@ -38,8 +39,7 @@ pub enum Event {
 /// per idle connection).
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    queue: Mutex<VecDeque<Event>>,
-    ready: Notify,
+    queue: Mutex<Queue>,
     /// Set when an event found the queue full and was dropped.
     pub(crate) lagged: AtomicBool,
     /// Set by [`Hub::reset_older`]: the store may have lost writes, the
@@ -47,17 +47,30 @@ pub(crate) struct Inbox {
     pub(crate) reset: AtomicBool,
 }
 
+/// The events and the one task waiting for them, under one lock. An inbox
+/// has a single reader, its connection, so a waker slot is all the waiting
+/// needs: a `Notify` cost its `notify_one` and a ~100-byte wait future in
+/// every connection's task.
+#[derive(Debug, Default)]
+struct Queue {
+    events: VecDeque<Event>,
+    waiting: Option<Waker>,
+}
+
 impl Inbox {
     /// Queues an event; `false` when the queue is full.
     fn push(&self, event: Event) -> bool {
-        {
+        let waiting = {
             let mut queue = self.queue.lock();
-            if queue.len() >= EVENT_QUEUE {
+            if queue.events.len() >= EVENT_QUEUE {
                 return false;
             }
-            queue.push_back(event);
+            queue.events.push_back(event);
+            queue.waiting.take()
+        };
+        if let Some(waker) = waiting {
+            waker.wake();
         }
-        self.ready.notify_one();
         true
     }
 
@@ -69,18 +82,27 @@ impl Inbox {
     }
 
     pub(crate) fn try_recv(&self) -> Option<Event> {
-        self.queue.lock().pop_front()
+        self.queue.lock().events.pop_front()
     }
 
-    /// Waits for the next event. Cancel-safe: an event is taken only by the
-    /// poll that returns it, and a wake-up that finds no waiter is kept.
-    pub(crate) async fn recv(&self) -> Event {
-        loop {
-            if let Some(event) = self.try_recv() {
-                return event;
-            }
-            self.ready.notified().await;
+    /// The next event, or `Pending` with the task's waker kept for the
+    /// next push. Cancel-safe: an event is taken only by the poll that
+    /// returns it (a waker left behind wakes its task once, for nothing).
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Event> {
+        let mut queue = self.queue.lock();
+        if let Some(event) = queue.events.pop_front() {
+            return Poll::Ready(event);
         }
+        match &mut queue.waiting {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Waits for the next event (see [`Inbox::poll_recv`]).
+    pub(crate) async fn recv(&self) -> Event {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
@@ -192,7 +214,9 @@ impl Hub {
         self.channels
             .write()
             .entry(channel.clone())
-            .or_default()
+            // Most channels have one connection: room for four (what a
+            // first push makes) was 96 bytes more per idle connection.
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(Subscriber {
                 id,
                 device: device.clone(),
@@ -364,6 +388,28 @@ mod tests {
         assert!(sub.inbox.try_recv().is_none());
     }
 
+    #[tokio::test]
+    async fn a_wait_given_up_loses_no_event_and_the_next_wait_is_woken() {
+        let hub = Hub::new();
+        let sub = hub.subscribe(&channel(), &None);
+        // A wait that registers its waker and is dropped (a select picked
+        // another branch) takes nothing.
+        let gave_up = tokio::time::timeout(std::time::Duration::ZERO, sub.inbox.recv()).await;
+        assert!(gave_up.is_err());
+        hub.wake(&channel(), 1);
+        assert!(matches!(sub.inbox.recv().await, Event::Wake(1)));
+        // A new waiter is woken by the next push.
+        let inbox = sub.inbox.clone();
+        let waiter = tokio::spawn(async move { inbox.recv().await });
+        tokio::task::yield_now().await;
+        hub.wake(&channel(), 2);
+        let next = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task");
+        assert!(matches!(next, Event::Wake(2)));
+    }
+
     #[test]
     fn a_full_queue_marks_the_connection_lagged_instead_of_growing() {
         let hub = Hub::new();
@@ -374,7 +420,7 @@ mod tests {
         assert!(!sub.inbox.lagged.load(Ordering::Acquire));
         hub.wake(&channel(), u64::MAX);
         assert!(sub.inbox.lagged.load(Ordering::Acquire));
-        assert_eq!(sub.inbox.queue.lock().len(), EVENT_QUEUE);
+        assert_eq!(sub.inbox.queue.lock().events.len(), EVENT_QUEUE);
         // A live message that finds the queue full is counted as dropped.
         assert_eq!(hub.live(&channel(), &Bytes::from_static(b"{}")), 0);
         assert_eq!(hub.live_dropped.load(Ordering::Relaxed), 1);

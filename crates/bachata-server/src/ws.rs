@@ -79,11 +79,56 @@ const INVALID_PER_SECOND: u32 = 10;
 const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// Sleeps until `at`; never resolves for `None`.
-async fn sleep_until_some(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
+/// A timer made on its first use and kept for the next ones. A `Sleep` is
+/// ~100 bytes, and a connection's task is as large as the largest set of
+/// futures it may wait on, so an inline one is paid by every idle
+/// connection; this is one pointer until it is first needed.
+#[derive(Default)]
+struct Timer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl Timer {
+    /// Sleeps until `at`; never resolves for `None`.
+    async fn until(&mut self, at: Option<tokio::time::Instant>) {
+        let Some(at) = at else {
+            return std::future::pending().await;
+        };
+        let sleep = match &mut self.0 {
+            Some(sleep) => {
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+                sleep
+            }
+            None => self.0.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        sleep.await;
+    }
+}
+
+/// How a write to the socket ended.
+enum Written {
+    Done,
+    Failed(axum::Error),
+    /// Still waiting when the slow consumer timeout ran out.
+    TimedOut,
+}
+
+impl From<Result<Result<(), axum::Error>, tokio::time::error::Elapsed>> for Written {
+    fn from(outcome: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Self {
+        match outcome {
+            Ok(Ok(())) => Written::Done,
+            Ok(Err(e)) => Written::Failed(e),
+            Err(_) => Written::TimedOut,
+        }
+    }
+}
+
+impl From<Result<(), axum::Error>> for Written {
+    fn from(result: Result<(), axum::Error>) -> Self {
+        match result {
+            Ok(()) => Written::Done,
+            Err(e) => Written::Failed(e),
+        }
     }
 }
 
@@ -138,9 +183,16 @@ pub(crate) async fn upgrade(
     // instead of 8 KiB took an idle connection from 17.6 KB to 10.7 KB of
     // server RSS, with no measurable change in `pairs` throughput
     // (docs/performance.md). Larger frames are read in several steps.
+    //
+    // The connection gets a task of its own rather than running inside
+    // axum's upgrade task, whose state (the upgrade's settings, ~170 bytes)
+    // would stay in every connection's task for its whole life.
     socket_limits(ws, app.config.max_frame_bytes).on_upgrade(move |socket| {
-        let tracker = app.tracker.clone();
-        tracker.track_future(Connection::run(app, socket, channel, device))
+        let connection =
+            app.tracker
+                .track_future(Connection::run(app.clone(), socket, channel, device));
+        tokio::spawn(connection);
+        std::future::ready(())
     })
 }
 
@@ -206,6 +258,65 @@ enum Background {
 
 type BackgroundWork = Pin<Box<dyn Future<Output = Background> + Send>>;
 
+/// A set of futures that exists only while it is in use. Made empty,
+/// `FuturesUnordered` allocates ~150 bytes, which an idle connection kept
+/// for its whole life: this is made at its first push and given back by
+/// [`Pending::release`] once empty.
+struct Pending<S>(Option<S>);
+
+impl<S> Default for Pending<S> {
+    fn default() -> Self {
+        Pending(None)
+    }
+}
+
+/// What [`Pending`] needs of the set it holds.
+trait FutureSet: futures_util::Stream + Unpin + Default {
+    fn len(&self) -> usize;
+}
+
+impl<F: Future> FutureSet for FuturesOrdered<F> {
+    fn len(&self) -> usize {
+        FuturesOrdered::len(self)
+    }
+}
+
+impl<F: Future> FutureSet for FuturesUnordered<F> {
+    fn len(&self) -> usize {
+        FuturesUnordered::len(self)
+    }
+}
+
+impl<S: FutureSet> Pending<S> {
+    /// The set, made if it was not.
+    fn get(&mut self) -> &mut S {
+        self.0.get_or_insert_with(S::default)
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, S::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next output; `None` when the set is empty.
+    fn next(&mut self) -> impl Future<Output = Option<S::Item>> + Unpin + '_ {
+        std::future::poll_fn(|cx| match &mut self.0 {
+            Some(set) => set.poll_next_unpin(cx),
+            None => std::task::Poll::Ready(None),
+        })
+    }
+
+    /// Gives the set's memory back if it is empty.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
+}
+
 /// At most this much background work per connection; beyond it the
 /// connection stops reading frames until some completes.
 const MAX_BACKGROUND: usize = 1024;
@@ -240,6 +351,14 @@ async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
     .await
 }
 
+/// What opening a connection needs (see [`Connection::run`]).
+struct Opening {
+    app: Arc<AppState>,
+    sink: SplitSink<WebSocket, Message>,
+    channel: Channel,
+    device: Device,
+}
+
 /// Numbers connections in log lines (`conn`), from 1, per process.
 static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -248,18 +367,18 @@ struct Connection {
     /// on every event about it.
     conn: u64,
     /// Outcomes of submitted data messages, in the order they were sent.
-    replies: FuturesOrdered<PendingSubmit>,
+    replies: Pending<FuturesOrdered<PendingSubmit>>,
     /// Keeps the order of this connection's messages while their route
     /// hook calls run side by side.
     order: SubmitOrder,
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     session: Session,
-    limits: Limits,
-    rate: Option<RateLimiter>,
+    /// Boxed: 72 bytes inline, in every connection's task, set or not.
+    rate: Option<Box<RateLimiter>>,
     /// The budget of frames that could not be read; made on the first one.
     invalid: Option<Box<RateLimiter>>,
-    background: FuturesUnordered<BackgroundWork>,
+    background: Pending<FuturesUnordered<BackgroundWork>>,
     /// Frames handed to the socket's buffer since the last flush.
     unflushed: usize,
     /// When the frames in the buffer must be on their way, or the client
@@ -278,17 +397,17 @@ enum Wake {
     Hub(Event),
     Shutdown,
     /// The buffered frames were flushed (or the flush failed or timed out).
-    Flushed(Result<Result<(), axum::Error>, tokio::time::error::Elapsed>),
+    Flushed(Written),
 }
 
-fn rate_limiter(per_second: Option<u32>, burst: Option<u32>) -> Option<RateLimiter> {
+fn rate_limiter(per_second: Option<u32>, burst: Option<u32>) -> Option<Box<RateLimiter>> {
     let per_second = std::num::NonZeroU32::new(per_second?)?;
     let burst = burst
         .and_then(std::num::NonZeroU32::new)
         .unwrap_or(per_second);
-    Some(governor::RateLimiter::direct(
+    Some(Box::new(governor::RateLimiter::direct(
         governor::Quota::per_second(per_second).allow_burst(burst),
-    ))
+    )))
 }
 
 fn nonzero(n: u32) -> std::num::NonZeroU32 {
@@ -404,27 +523,47 @@ impl Connection {
     /// their states made every connection's task larger for its whole life
     /// (idle memory 7.2 to 6.6 KB per connection, docs/performance.md).
     ///
-    /// The socket is split before the task's future is built: an `async fn`
-    /// keeps its arguments for its whole life, and the whole socket is
-    /// ~400 bytes where its two halves are pointers.
+    /// The socket is split before the task's future is built (the whole
+    /// socket is ~400 bytes where its two halves are pointers), and what
+    /// opening needs goes in one box: a future keeps the values it captured
+    /// for its whole life, beside the places they were moved to.
     fn run(
         app: Arc<AppState>,
         socket: WebSocket,
         channel: Channel,
         device: Device,
     ) -> impl Future<Output = ()> + Send {
-        let (sink, stream) = socket.split();
-        Self::run_split(app, sink, stream, channel, device)
+        let (sink, mut stream) = socket.split();
+        let opening = Box::new(Opening {
+            app,
+            sink,
+            channel,
+            device,
+        });
+        async move {
+            // Bound by `let ... else`, the connection is kept once: an
+            // `async fn` taking it by value would keep it twice.
+            let Some(mut conn) = Box::pin(Connection::open(opening)).await else {
+                return;
+            };
+            let closing = conn.live(&mut stream).await;
+            Box::pin(conn.close(closing, stream)).await;
+        }
     }
 
-    async fn run_split(
-        app: Arc<AppState>,
-        mut sink: SplitSink<WebSocket, Message>,
-        mut stream: SplitStream<WebSocket>,
-        channel: Channel,
-        device: Device,
-    ) {
-        let session = match Box::pin(app.center.open_session(channel.clone(), device.clone())).await
+    /// Registers the connection with the center; `None` (after telling the
+    /// client why) when the store cannot.
+    async fn open(opening: Box<Opening>) -> Option<Connection> {
+        let Opening {
+            app,
+            mut sink,
+            channel,
+            device,
+        } = *opening;
+        let session = match app
+            .center
+            .open_session(channel.clone(), device.clone())
+            .await
         {
             Ok(session) => session,
             Err(e) => {
@@ -434,58 +573,64 @@ impl Connection {
                     reason: "store unavailable".into(),
                 };
                 let _ = sink.send(Message::Close(Some(frame))).await;
-                return;
+                return None;
             }
         };
         let conn_id = NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(conn = conn_id, %channel, device = device_key(&device), "connected");
-        let mut conn = Connection {
+        Some(Connection {
             conn: conn_id,
-            limits: Limits {
-                max_depth: app.config.max_json_depth,
-            },
             rate: rate_limiter(app.config.rate_limit, app.config.rate_burst),
             invalid: None,
-            background: FuturesUnordered::new(),
-            replies: FuturesOrdered::new(),
+            background: Pending::default(),
+            replies: Pending::default(),
             order: SubmitOrder::default(),
             unflushed: 0,
             flush_by: tokio::time::Instant::now(),
             app,
             sink,
             session,
-        };
-        let secret = conn.app.center.channel_secret(&channel);
-        let ready = bachata_proto::ready(&channel, device.as_ref(), secret.as_deref());
-        let closing = match conn.send([Message::Text(ready.into())]).await {
-            Ok(()) => conn.serve(&mut stream).await,
+        })
+    }
+
+    /// Says `ready`, serves the connection until it closes, and lets what
+    /// it started finish; how to close.
+    async fn live(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
+        let channel = self.session.channel();
+        let secret = self.app.center.channel_secret(channel);
+        let ready =
+            bachata_proto::ready(channel, self.session.device().as_ref(), secret.as_deref());
+        let closing = match self.send([Message::Text(ready.into())]).await {
+            Ok(()) => self.serve(stream).await,
             Err(closing) => closing,
         };
         // Let acks already received finish, so a client that acks and
         // leaves does not get the message again.
         let drain = async {
-            while conn.replies.next().await.is_some() {}
-            while conn.background.next().await.is_some() {}
+            while self.replies.next().await.is_some() {}
+            while self.background.next().await.is_some() {}
         };
         let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, drain)).await;
         // Submits still waiting for their commit finish on their own: their
         // receivers are woken and hooks run even though nobody is left to
         // tell the sender.
-        let mut left = std::mem::take(&mut conn.replies);
+        let mut left = std::mem::take(&mut self.replies);
         if !left.is_empty() {
             tokio::spawn(async move { while left.next().await.is_some() {} });
         }
-        Box::pin(conn.close(closing, stream)).await;
-        tracing::debug!(conn = conn_id, %channel, device = device_key(&device), "disconnected");
+        closing
     }
 
     /// Hands frames to the socket's write buffer. They are flushed when the
     /// connection has nothing else ready to do (see [`Connection::serve`]),
     /// or at once when [`FLUSH_EVERY`] are waiting: under load one `send`
     /// syscall carries many frames, which a profile showed to be a third of
-    /// the server's CPU when every frame had its own. A feed only waits
-    /// when the socket is full; that wait is bounded by the slow consumer
-    /// timeout.
+    /// the server's CPU when every frame had its own.
+    ///
+    /// The buffer almost always has room, and then a frame goes in without
+    /// a wait. Only a full socket takes the waiting path (boxed, with its
+    /// timer: inline, it made every connection's task larger for its whole
+    /// life, docs/performance.md), bounded by the slow consumer timeout.
     async fn send<I>(&mut self, frames: I) -> Result<(), Closing>
     where
         I: IntoIterator<Item = Message>,
@@ -493,50 +638,67 @@ impl Connection {
     {
         // An iterator, not a Vec: most calls send one frame, and a Vec per
         // frame was an allocation per message.
-        let mut frames = frames.into_iter().peekable();
-        if frames.peek().is_none() {
+        for frame in frames {
+            if self.unflushed == 0 {
+                self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
+            }
+            let written = match self.feed_now(frame) {
+                Ok(written) => written,
+                Err(frame) => Box::pin(tokio::time::timeout_at(
+                    self.flush_by,
+                    self.sink.feed(frame),
+                ))
+                .await
+                .into(),
+            };
+            self.check_write(written)?;
+            self.unflushed += 1;
+        }
+        if self.unflushed < FLUSH_EVERY {
             return Ok(());
         }
-        if self.unflushed == 0 {
-            self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
-        }
-        let before = self.unflushed;
-        let sink = &mut self.sink;
-        let write = async move {
-            let mut fed = 0;
-            for frame in frames {
-                sink.feed(frame).await?;
-                fed += 1;
-            }
-            let flush = before + fed >= FLUSH_EVERY;
-            if flush {
-                sink.flush().await?;
-            }
-            Ok((fed, flush))
+        let written = match self.flush_now() {
+            Some(written) => written,
+            None => Box::pin(tokio::time::timeout_at(self.flush_by, self.sink.flush()))
+                .await
+                .into(),
         };
-        let outcome = tokio::time::timeout_at(self.flush_by, write).await;
-        let mut flushed = false;
-        if let Ok(Ok((fed, flush))) = &outcome {
-            self.unflushed += fed;
-            flushed = *flush;
+        self.flushed(written)
+    }
+
+    /// Hands `frame` to the socket's buffer if it has room now; the frame
+    /// back if not.
+    ///
+    /// Polled without the task's waker: nothing waits on this poll. A
+    /// frame that does not fit is polled again, by `send`'s waiting path,
+    /// with the waker. Done this way, the common case is no part of the
+    /// connection's future: an `.await` here, even one that never waits,
+    /// kept its state in every connection's task.
+    fn feed_now(&mut self, frame: Message) -> Result<Written, Message> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.sink.poll_ready_unpin(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => Ok(self.sink.start_send_unpin(frame).into()),
+            std::task::Poll::Ready(Err(e)) => Ok(Written::Failed(e)),
+            std::task::Poll::Pending => Err(frame),
         }
-        let result = outcome.map(|written| written.map(|_| ()));
-        if flushed {
-            self.flushed(result)
-        } else {
-            self.check_write(result)
+    }
+
+    /// Flushes the socket's buffer if that finishes now (see
+    /// [`Connection::feed_now`]); `None` if it has to wait.
+    fn flush_now(&mut self) -> Option<Written> {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match self.sink.poll_flush_unpin(&mut cx) {
+            std::task::Poll::Ready(result) => Some(result.into()),
+            std::task::Poll::Pending => None,
         }
     }
 
     /// Turns the outcome of a write into the connection's fate.
-    fn check_write(
-        &mut self,
-        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<(), Closing> {
-        let full = match &result {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => is_write_buffer_full(e),
-            Err(_) => true,
+    fn check_write(&mut self, written: Written) -> Result<(), Closing> {
+        let full = match &written {
+            Written::Done => return Ok(()),
+            Written::Failed(e) => is_write_buffer_full(e),
+            Written::TimedOut => true,
         };
         if !full {
             return Err(Closing::Gone);
@@ -580,14 +742,12 @@ impl Connection {
 
     /// After a flush: receipts among the flushed frames count as delivered
     /// to this device (recorded in the background).
-    fn flushed(
-        &mut self,
-        result: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>,
-    ) -> Result<(), Closing> {
-        self.check_write(result)?;
+    fn flushed(&mut self, written: Written) -> Result<(), Closing> {
+        self.check_write(written)?;
         self.unflushed = 0;
         if let Some(record) = self.session.written() {
             self.background
+                .get()
                 .push(Box::pin(async move { Background::Receipts(record.await) }));
         }
         Ok(())
@@ -602,14 +762,17 @@ impl Connection {
         // Waited on across the loop's rounds: made anew each round, it
         // joined and left the token's waiter list at every frame.
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        let every = self.app.config.ping_interval;
-        let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut pings = {
+            let every = self.app.config.ping_interval;
+            tokio::time::interval_at(tokio::time::Instant::now() + every, every)
+        };
         pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_heard = tokio::time::Instant::now();
         // After a failed read (the store unreachable), when to read again
         // and the pause after that: the session catches up by itself once
         // the store is back, not only at its next frame or event.
         let mut read_retry: Option<(tokio::time::Instant, Duration)> = None;
+        let (mut retry_timer, mut flush_timer) = (Timer::default(), Timer::default());
         loop {
             while self.session.wants_read() {
                 match self.session.read().await {
@@ -643,7 +806,7 @@ impl Connection {
                 // as in the select below, whose flush branch a client that
                 // keeps sending (pings, say) never lets run: one more try,
                 // then the connection is a slow consumer.
-                let last_try = tokio::time::timeout(Duration::ZERO, self.sink.flush()).await;
+                let last_try = self.flush_now().unwrap_or(Written::TimedOut);
                 if let Err(c) = self.flushed(last_try) {
                     return c;
                 }
@@ -661,7 +824,7 @@ impl Connection {
                     }
                     frame = stream.next(), if reading => Wake::Frame(frame),
                     _ = pings.tick() => Wake::PingTick,
-                    () = sleep_until_some(retry_at) => Wake::RetryRead,
+                    () = retry_timer.until(retry_at) => Wake::RetryRead,
                     event = self.session.recv() => Wake::Hub(event),
                     () = &mut shutting_down => Wake::Shutdown,
                 }
@@ -669,11 +832,12 @@ impl Connection {
             let wake = if self.unflushed == 0 {
                 work.await
             } else {
-                let flush = tokio::time::timeout_at(self.flush_by, self.sink.flush());
+                let flush_by = Some(self.flush_by);
                 tokio::select! {
                     biased;
                     wake = work => wake,
-                    flushed = flush => Wake::Flushed(flushed),
+                    flushed = self.sink.flush() => Wake::Flushed(flushed.into()),
+                    () = flush_timer.until(flush_by) => Wake::Flushed(Written::TimedOut),
                 }
             };
             let result = match wake {
@@ -708,12 +872,16 @@ impl Connection {
                 }
                 Wake::Frame(Some(Err(e))) => return self.on_error(e),
                 Wake::PingTick => {
-                    if last_heard.elapsed() >= every * 3 {
+                    if last_heard.elapsed() >= pings.period() * 3 {
                         return Closing::Close(
                             close::GOING_AWAY,
                             "idle timeout: no frames or pongs",
                         );
                     }
+                    // Sets that are empty give their memory back; a busy
+                    // connection makes them again at its next message.
+                    self.replies.release();
+                    self.background.release();
                     self.send([Message::Ping(Bytes::new())]).await
                 }
                 Wake::Hub(event) => self.on_events(event).await,
@@ -854,7 +1022,10 @@ impl Connection {
     }
 
     async fn on_text(&mut self, text: &str) -> Result<(), Closing> {
-        let reply = match parse_frame(text, &self.limits) {
+        let limits = Limits {
+            max_depth: self.app.config.max_json_depth,
+        };
+        let reply = match parse_frame(text, &limits) {
             Err(rejected) => {
                 self.invalid_frame()?;
                 Some(bachata_proto::rejected(
@@ -888,6 +1059,7 @@ impl Connection {
                     .ack_pipelined(self.session.channel(), self.session.device(), id.clone())
                     .await;
                 self.background
+                    .get()
                     .push(Box::pin(async move { Background::Acked(id, done.await) }));
                 None
             }
@@ -915,7 +1087,7 @@ impl Connection {
                     .center
                     .submit_in_order(&channel, &device, msg, &mut self.order)
                     .await;
-                self.replies.push_back(pending);
+                self.replies.get().push_back(pending);
                 None
             }
         };
@@ -927,5 +1099,49 @@ impl Connection {
 
     async fn close(mut self, closing: Closing, stream: SplitStream<WebSocket>) {
         close_socket(&mut self.sink, stream, closing).await;
+        tracing::debug!(
+            conn = self.conn,
+            channel = %self.session.channel(),
+            device = device_key(self.session.device()),
+            "disconnected"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pending_set_exists_only_while_in_use() {
+        let mut set: Pending<FuturesOrdered<std::future::Ready<u32>>> = Pending::default();
+        assert!(set.0.is_none(), "made before its first push");
+        assert_eq!(set.next().await, None, "an unmade set is an empty one");
+        set.get().push_back(std::future::ready(1));
+        set.get().push_back(std::future::ready(2));
+        assert_eq!(set.len(), 2);
+        // Not given back while it holds work.
+        set.release();
+        assert_eq!(set.len(), 2);
+        assert_eq!(set.next().await, Some(1));
+        assert_eq!(set.next().await, Some(2));
+        assert!(set.is_empty());
+        set.release();
+        assert!(set.0.is_none(), "an empty set is given back");
+    }
+
+    #[tokio::test]
+    async fn a_timer_waits_for_its_deadline_and_follows_a_new_one() {
+        let mut timer = Timer::default();
+        let never = tokio::time::timeout(Duration::from_millis(50), timer.until(None)).await;
+        assert!(never.is_err(), "no deadline, no wake-up");
+        assert!(timer.0.is_none(), "no deadline, no timer made");
+        for wait in [30, 10] {
+            let at = tokio::time::Instant::now() + Duration::from_millis(wait);
+            tokio::time::timeout(Duration::from_secs(5), timer.until(Some(at)))
+                .await
+                .expect("the timer fires");
+            assert!(tokio::time::Instant::now() >= at, "not before its deadline");
+        }
     }
 }
