@@ -213,6 +213,13 @@ impl Session {
         self.sub.inbox.recv().await
     }
 
+    /// [`Session::recv`] as a poll, for a caller that waits on several
+    /// sources in one poll of its own: the task's waker is kept for the
+    /// next event, and nothing else is.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Event> {
+        self.sub.inbox.poll_recv(cx)
+    }
+
     /// The next hub event if one is already queued.
     pub fn try_recv(&mut self) -> Option<Event> {
         self.sub.inbox.try_recv()

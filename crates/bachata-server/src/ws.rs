@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::task::Poll;
 
 use bachata_core::memstate::device_key;
 use bachata_core::{
@@ -87,10 +88,14 @@ const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 struct Timer(Option<Pin<Box<tokio::time::Sleep>>>);
 
 impl Timer {
-    /// Sleeps until `at`; never resolves for `None`.
-    async fn until(&mut self, at: Option<tokio::time::Instant>) {
+    /// Ready once `at` has passed; never for `None`.
+    fn poll_until(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        at: Option<tokio::time::Instant>,
+    ) -> std::task::Poll<()> {
         let Some(at) = at else {
-            return std::future::pending().await;
+            return std::task::Poll::Pending;
         };
         let sleep = match &mut self.0 {
             Some(sleep) => {
@@ -101,7 +106,7 @@ impl Timer {
             }
             None => self.0.insert(Box::pin(tokio::time::sleep_until(at))),
         };
-        sleep.await;
+        sleep.as_mut().poll(cx)
     }
 }
 
@@ -302,11 +307,16 @@ impl<S: FutureSet> Pending<S> {
     }
 
     /// The next output; `None` when the set is empty.
-    fn next(&mut self) -> impl Future<Output = Option<S::Item>> + Unpin + '_ {
-        std::future::poll_fn(|cx| match &mut self.0 {
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<S::Item>> {
+        match &mut self.0 {
             Some(set) => set.poll_next_unpin(cx),
-            None => std::task::Poll::Ready(None),
-        })
+            None => Poll::Ready(None),
+        }
+    }
+
+    /// [`Pending::poll_next`] as a future.
+    fn next(&mut self) -> impl Future<Output = Option<S::Item>> + Unpin + '_ {
+        std::future::poll_fn(|cx| self.poll_next(cx))
     }
 
     /// Gives the set's memory back if it is empty.
@@ -333,6 +343,10 @@ const FLUSH_EVERY: usize = 64;
 /// work.
 const EVENT_BATCH: usize = 64;
 
+/// The sources of work `serve` waits on (replies, background work, frames,
+/// pings, the read retry, hub events, shutdown), polled in turn.
+const SOURCES: usize = 7;
+
 /// Frames handled one after the other when they are already read, before
 /// the connection looks at its other sources of work again.
 const FRAME_BATCH: usize = 16;
@@ -357,6 +371,14 @@ struct Opening {
     sink: SplitSink<WebSocket, Message>,
     channel: Channel,
     device: Device,
+}
+
+/// A poll's output, if it is ready.
+fn ready<T>(poll: Poll<T>) -> Option<T> {
+    match poll {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
 }
 
 /// Numbers connections in log lines (`conn`), from 1, per process.
@@ -596,10 +618,12 @@ impl Connection {
     /// Says `ready`, serves the connection until it closes, and lets what
     /// it started finish; how to close.
     async fn live(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
-        let channel = self.session.channel();
-        let secret = self.app.center.channel_secret(channel);
-        let ready =
-            bachata_proto::ready(channel, self.session.device().as_ref(), secret.as_deref());
+        // In a block of its own, so the secret is not kept across `serve`.
+        let ready = {
+            let channel = self.session.channel();
+            let secret = self.app.center.channel_secret(channel);
+            bachata_proto::ready(channel, self.session.device().as_ref(), secret.as_deref())
+        };
         let closing = match self.send([Message::Text(ready.into())]).await {
             Ok(()) => self.serve(stream).await,
             Err(closing) => closing,
@@ -773,12 +797,13 @@ impl Connection {
         // the store is back, not only at its next frame or event.
         let mut read_retry: Option<(tokio::time::Instant, Duration)> = None;
         let (mut retry_timer, mut flush_timer) = (Timer::default(), Timer::default());
+        let mut turn = 0usize;
         loop {
             while self.session.wants_read() {
                 match self.session.read().await {
                     Ok(payloads) => {
                         read_retry = None;
-                        if let Err(c) = self.send_payloads(payloads).await {
+                        if let Err(c) = Box::pin(self.send_payloads(payloads)).await {
                             return c;
                         }
                     }
@@ -812,34 +837,51 @@ impl Connection {
                 }
             }
             let reading = self.reading();
-            // Every source of work, fairly; the flush of buffered frames
-            // only when none of them is ready (`biased` below).
-            let work = async {
-                tokio::select! {
-                    Some(reply) = self.replies.next(), if !self.replies.is_empty() => {
-                        Wake::Reply(reply)
+            // Every source of work, fairly: each poll starts from the next
+            // source in turn. The flush of buffered frames only when none of
+            // them is ready, so that what is ready goes out in one write.
+            //
+            // A poll of each source rather than a `select!` of their
+            // futures: the futures were kept in every connection's task
+            // (~300 bytes of an idle connection), and building them was
+            // work of every round.
+            let wake = std::future::poll_fn(|cx| {
+                turn = turn.wrapping_add(1);
+                for i in 0..SOURCES {
+                    let polled = match (turn + i) % SOURCES {
+                        0 if !self.replies.is_empty() => match self.replies.poll_next(cx) {
+                            Poll::Ready(Some(reply)) => Some(Wake::Reply(reply)),
+                            _ => None,
+                        },
+                        1 if !self.background.is_empty() => match self.background.poll_next(cx) {
+                            Poll::Ready(Some(done)) => Some(Wake::Background(done)),
+                            _ => None,
+                        },
+                        2 if reading => match stream.poll_next_unpin(cx) {
+                            Poll::Ready(frame) => Some(Wake::Frame(frame)),
+                            Poll::Pending => None,
+                        },
+                        3 => ready(pings.poll_tick(cx)).map(|_| Wake::PingTick),
+                        4 => ready(retry_timer.poll_until(cx, retry_at)).map(|()| Wake::RetryRead),
+                        5 => ready(self.session.poll_recv(cx)).map(Wake::Hub),
+                        6 => ready(shutting_down.as_mut().poll(cx)).map(|()| Wake::Shutdown),
+                        _ => None,
+                    };
+                    if let Some(wake) = polled {
+                        return Poll::Ready(wake);
                     }
-                    Some(done) = self.background.next(), if !self.background.is_empty() => {
-                        Wake::Background(done)
+                }
+                if self.unflushed > 0 {
+                    if let Poll::Ready(flushed) = self.sink.poll_flush_unpin(cx) {
+                        return Poll::Ready(Wake::Flushed(flushed.into()));
                     }
-                    frame = stream.next(), if reading => Wake::Frame(frame),
-                    _ = pings.tick() => Wake::PingTick,
-                    () = retry_timer.until(retry_at) => Wake::RetryRead,
-                    event = self.session.recv() => Wake::Hub(event),
-                    () = &mut shutting_down => Wake::Shutdown,
+                    if flush_timer.poll_until(cx, Some(self.flush_by)).is_ready() {
+                        return Poll::Ready(Wake::Flushed(Written::TimedOut));
+                    }
                 }
-            };
-            let wake = if self.unflushed == 0 {
-                work.await
-            } else {
-                let flush_by = Some(self.flush_by);
-                tokio::select! {
-                    biased;
-                    wake = work => wake,
-                    flushed = self.sink.flush() => Wake::Flushed(flushed.into()),
-                    () = flush_timer.until(flush_by) => Wake::Flushed(Written::TimedOut),
-                }
-            };
+                Poll::Pending
+            })
+            .await;
             let result = match wake {
                 // Boxed, like the frame handler below: this state is no
                 // part of an idle connection's task.
@@ -882,9 +924,11 @@ impl Connection {
                     // connection makes them again at its next message.
                     self.replies.release();
                     self.background.release();
-                    self.send([Message::Ping(Bytes::new())]).await
+                    Box::pin(self.send([Message::Ping(Bytes::new())])).await
                 }
-                Wake::Hub(event) => self.on_events(event).await,
+                // Boxed like the handlers above (one allocation per batch of
+                // events): inline, the largest state of the loop.
+                Wake::Hub(event) => Box::pin(self.on_events(event)).await,
                 // The loop's top reads again.
                 Wake::RetryRead => Ok(()),
                 Wake::Shutdown => {
@@ -1133,12 +1177,17 @@ mod tests {
     #[tokio::test]
     async fn a_timer_waits_for_its_deadline_and_follows_a_new_one() {
         let mut timer = Timer::default();
-        let never = tokio::time::timeout(Duration::from_millis(50), timer.until(None)).await;
+        let never = tokio::time::timeout(
+            Duration::from_millis(50),
+            std::future::poll_fn(|cx| timer.poll_until(cx, None)),
+        )
+        .await;
         assert!(never.is_err(), "no deadline, no wake-up");
         assert!(timer.0.is_none(), "no deadline, no timer made");
         for wait in [30, 10] {
             let at = tokio::time::Instant::now() + Duration::from_millis(wait);
-            tokio::time::timeout(Duration::from_secs(5), timer.until(Some(at)))
+            let fired = std::future::poll_fn(|cx| timer.poll_until(cx, Some(at)));
+            tokio::time::timeout(Duration::from_secs(5), fired)
                 .await
                 .expect("the timer fires");
             assert!(tokio::time::Instant::now() >= at, "not before its deadline");
