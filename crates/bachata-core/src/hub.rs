@@ -370,19 +370,28 @@ mod tests {
         Channel::new("bob").expect("valid")
     }
 
+    /// The event that a task waiting on `inbox` gets once `push` ran (the
+    /// task waits first).
+    async fn woken_by(inbox: &Arc<Inbox>, push: impl FnOnce()) -> Event {
+        let inbox = inbox.clone();
+        let waiter = tokio::spawn(async move { inbox.recv().await });
+        tokio::task::yield_now().await;
+        push();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("task")
+    }
+
     #[tokio::test]
     async fn events_arrive_in_order_and_a_waiting_connection_wakes() {
         let hub = Hub::new();
         let sub = hub.subscribe(&channel(), &None);
-        let inbox = sub.inbox.clone();
-        let waiter = tokio::spawn(async move { inbox.recv().await });
-        tokio::task::yield_now().await;
-        hub.wake(&channel(), 1);
-        hub.wake(&channel(), 2);
-        let first = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .expect("task");
+        let first = woken_by(&sub.inbox, || {
+            hub.wake(&channel(), 1);
+            hub.wake(&channel(), 2);
+        })
+        .await;
         assert!(matches!(first, Event::Wake(1)));
         assert!(matches!(sub.inbox.try_recv(), Some(Event::Wake(2))));
         assert!(sub.inbox.try_recv().is_none());
@@ -399,14 +408,7 @@ mod tests {
         hub.wake(&channel(), 1);
         assert!(matches!(sub.inbox.recv().await, Event::Wake(1)));
         // A new waiter is woken by the next push.
-        let inbox = sub.inbox.clone();
-        let waiter = tokio::spawn(async move { inbox.recv().await });
-        tokio::task::yield_now().await;
-        hub.wake(&channel(), 2);
-        let next = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("woken")
-            .expect("task");
+        let next = woken_by(&sub.inbox, || hub.wake(&channel(), 2)).await;
         assert!(matches!(next, Event::Wake(2)));
     }
 

@@ -29,9 +29,12 @@ use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStr
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
+mod wait;
+
 use crate::auth::{HandshakeQuery, Identity};
 use crate::hooks::{ConnectHook, ConnectOutcome};
 use crate::state::AppState;
+use wait::{Pending, Timer, Written, poll_once, ready};
 
 /// Close codes used by the server.
 pub(crate) mod close {
@@ -79,63 +82,6 @@ const INVALID_PER_SECOND: u32 = 10;
 /// doubles up to [`READ_RETRY_MAX`] while reads keep failing.
 const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// A timer made on its first use and kept for the next ones. A `Sleep` is
-/// ~100 bytes, and a connection's task is as large as the largest set of
-/// futures it may wait on, so an inline one is paid by every idle
-/// connection; this is one pointer until it is first needed.
-#[derive(Default)]
-struct Timer(Option<Pin<Box<tokio::time::Sleep>>>);
-
-impl Timer {
-    /// Ready once `at` has passed; never for `None`.
-    fn poll_until(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        at: Option<tokio::time::Instant>,
-    ) -> std::task::Poll<()> {
-        let Some(at) = at else {
-            return std::task::Poll::Pending;
-        };
-        let sleep = match &mut self.0 {
-            Some(sleep) => {
-                if sleep.deadline() != at {
-                    sleep.as_mut().reset(at);
-                }
-                sleep
-            }
-            None => self.0.insert(Box::pin(tokio::time::sleep_until(at))),
-        };
-        sleep.as_mut().poll(cx)
-    }
-}
-
-/// How a write to the socket ended.
-enum Written {
-    Done,
-    Failed(axum::Error),
-    /// Still waiting when the slow consumer timeout ran out.
-    TimedOut,
-}
-
-impl From<Result<Result<(), axum::Error>, tokio::time::error::Elapsed>> for Written {
-    fn from(outcome: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Self {
-        match outcome {
-            Ok(Ok(())) => Written::Done,
-            Ok(Err(e)) => Written::Failed(e),
-            Err(_) => Written::TimedOut,
-        }
-    }
-}
-
-impl From<Result<(), axum::Error>> for Written {
-    fn from(result: Result<(), axum::Error>) -> Self {
-        match result {
-            Ok(()) => Written::Done,
-            Err(e) => Written::Failed(e),
-        }
-    }
-}
 
 /// How long a close frame may wait behind unread data before the socket is
 /// dropped without it.
@@ -263,70 +209,6 @@ enum Background {
 
 type BackgroundWork = Pin<Box<dyn Future<Output = Background> + Send>>;
 
-/// A set of futures that exists only while it is in use. Made empty,
-/// `FuturesUnordered` allocates ~150 bytes, which an idle connection kept
-/// for its whole life: this is made at its first push and given back by
-/// [`Pending::release`] once empty.
-struct Pending<S>(Option<S>);
-
-impl<S> Default for Pending<S> {
-    fn default() -> Self {
-        Pending(None)
-    }
-}
-
-/// What [`Pending`] needs of the set it holds.
-trait FutureSet: futures_util::Stream + Unpin + Default {
-    fn len(&self) -> usize;
-}
-
-impl<F: Future> FutureSet for FuturesOrdered<F> {
-    fn len(&self) -> usize {
-        FuturesOrdered::len(self)
-    }
-}
-
-impl<F: Future> FutureSet for FuturesUnordered<F> {
-    fn len(&self) -> usize {
-        FuturesUnordered::len(self)
-    }
-}
-
-impl<S: FutureSet> Pending<S> {
-    /// The set, made if it was not.
-    fn get(&mut self) -> &mut S {
-        self.0.get_or_insert_with(S::default)
-    }
-
-    fn len(&self) -> usize {
-        self.0.as_ref().map_or(0, S::len)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// The next output; `None` when the set is empty.
-    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Option<S::Item>> {
-        match &mut self.0 {
-            Some(set) => set.poll_next_unpin(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    /// [`Pending::poll_next`] as a future.
-    fn next(&mut self) -> impl Future<Output = Option<S::Item>> + Unpin + '_ {
-        std::future::poll_fn(|cx| self.poll_next(cx))
-    }
-
-    /// Gives the set's memory back if it is empty.
-    fn release(&mut self) {
-        if self.is_empty() {
-            self.0 = None;
-        }
-    }
-}
-
 /// At most this much background work per connection; beyond it the
 /// connection stops reading frames until some completes.
 const MAX_BACKGROUND: usize = 1024;
@@ -351,34 +233,12 @@ const SOURCES: usize = 7;
 /// the connection looks at its other sources of work again.
 const FRAME_BATCH: usize = 16;
 
-/// Polls `future` once, in the calling task's context (so a `Pending`
-/// leaves that task's waker registered): its output if it is ready now.
-/// (`futures_util::poll!` does the same, but in `serve` it made an idle
-/// connection 0.4 KB larger: 6.2 against 5.8 KB over 10k connections.)
-async fn poll_once<F: Future + Unpin>(mut future: F) -> Option<F::Output> {
-    std::future::poll_fn(|cx| {
-        std::task::Poll::Ready(match Pin::new(&mut future).poll(cx) {
-            std::task::Poll::Ready(output) => Some(output),
-            std::task::Poll::Pending => None,
-        })
-    })
-    .await
-}
-
 /// What opening a connection needs (see [`Connection::run`]).
 struct Opening {
     app: Arc<AppState>,
     sink: SplitSink<WebSocket, Message>,
     channel: Channel,
     device: Device,
-}
-
-/// A poll's output, if it is ready.
-fn ready<T>(poll: Poll<T>) -> Option<T> {
-    match poll {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    }
 }
 
 /// Numbers connections in log lines (`conn`), from 1, per process.
@@ -1149,48 +1009,5 @@ impl Connection {
             device = device_key(self.session.device()),
             "disconnected"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_pending_set_exists_only_while_in_use() {
-        let mut set: Pending<FuturesOrdered<std::future::Ready<u32>>> = Pending::default();
-        assert!(set.0.is_none(), "made before its first push");
-        assert_eq!(set.next().await, None, "an unmade set is an empty one");
-        set.get().push_back(std::future::ready(1));
-        set.get().push_back(std::future::ready(2));
-        assert_eq!(set.len(), 2);
-        // Not given back while it holds work.
-        set.release();
-        assert_eq!(set.len(), 2);
-        assert_eq!(set.next().await, Some(1));
-        assert_eq!(set.next().await, Some(2));
-        assert!(set.is_empty());
-        set.release();
-        assert!(set.0.is_none(), "an empty set is given back");
-    }
-
-    #[tokio::test]
-    async fn a_timer_waits_for_its_deadline_and_follows_a_new_one() {
-        let mut timer = Timer::default();
-        let never = tokio::time::timeout(
-            Duration::from_millis(50),
-            std::future::poll_fn(|cx| timer.poll_until(cx, None)),
-        )
-        .await;
-        assert!(never.is_err(), "no deadline, no wake-up");
-        assert!(timer.0.is_none(), "no deadline, no timer made");
-        for wait in [30, 10] {
-            let at = tokio::time::Instant::now() + Duration::from_millis(wait);
-            let fired = std::future::poll_fn(|cx| timer.poll_until(cx, Some(at)));
-            tokio::time::timeout(Duration::from_secs(5), fired)
-                .await
-                .expect("the timer fires");
-            assert!(tokio::time::Instant::now() >= at, "not before its deadline");
-        }
     }
 }
