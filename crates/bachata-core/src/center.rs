@@ -264,6 +264,7 @@ impl CenterBuilder {
             },
             bus: self.bus,
             presence: self.presence,
+            presence_writes: Arc::default(),
             route_hook: self.route_hook,
             config: self.config,
             stats: Arc::new(Stats::default()),
@@ -276,6 +277,7 @@ impl CenterBuilder {
             tokio::spawn(report_presence(
                 presence.clone(),
                 Arc::downgrade(&center.hub),
+                center.presence_writes.clone(),
             ));
         }
         center
@@ -293,6 +295,10 @@ pub struct MessagesCenter {
     sign_key: Option<Arc<[u8]>>,
     bus: Option<Arc<dyn Bus>>,
     presence: Option<Arc<dyn Presence>>,
+    /// Held by whoever takes the changed counts and writes them (the
+    /// presence task, [`MessagesCenter::flush_presence`]), so that a flush
+    /// waits for a write under way instead of finding nothing left to take.
+    presence_writes: Arc<tokio::sync::Mutex<()>>,
     route_hook: Option<Arc<dyn RouteHook>>,
 }
 
@@ -410,6 +416,11 @@ impl MessagesCenter {
         let Some(presence) = &self.presence else {
             return;
         };
+        // The presence task may have taken the last changes (connections
+        // that just closed) and be writing them: wait for that write, or a
+        // node that exits right after this call leaves its old counts
+        // behind until they expire.
+        let _writing = self.presence_writes.lock().await;
         let counts = counts_of(&self.hub, self.hub.take_changed());
         if counts.is_empty() {
             return;

@@ -43,7 +43,14 @@ const REPORT_BATCH: usize = 512;
 /// Keeps the shared counts of this node up to date until the hub is gone:
 /// the channels whose connections changed as soon as they change (coalesced
 /// while a write is under way), every channel every `refresh_every`.
-pub(crate) async fn report_presence(presence: Arc<dyn Presence>, hub: Weak<Hub>) {
+///
+/// `writing` is held from taking the changes to the end of their write (see
+/// [`crate::MessagesCenter::flush_presence`]).
+pub(crate) async fn report_presence(
+    presence: Arc<dyn Presence>,
+    hub: Weak<Hub>,
+    writing: Arc<tokio::sync::Mutex<()>>,
+) {
     let Some(changes) = hub.upgrade().map(|h| h.track_changes()) else {
         return;
     };
@@ -54,6 +61,7 @@ pub(crate) async fn report_presence(presence: Arc<dyn Presence>, hub: Weak<Hub>)
             () = changes.notified() => false,
             _ = refresh.tick() => true,
         };
+        let _writing = writing.lock().await;
         let Some(hub) = hub.upgrade() else {
             return;
         };
@@ -160,7 +168,11 @@ mod tests {
     async fn connects_and_disconnects_are_reported_and_the_last_one_leaves_an_empty_count() {
         let hub = Hub::tracking_changes();
         let presence = Arc::new(Recorded::default());
-        tokio::spawn(report_presence(presence.clone(), Arc::downgrade(&hub)));
+        tokio::spawn(report_presence(
+            presence.clone(),
+            Arc::downgrade(&hub),
+            Arc::default(),
+        ));
         // The first refresh tick reports an empty hub.
         let phone = hub.subscribe(&ch("bob"), &dev("phone"));
         let phone2 = hub.subscribe(&ch("bob"), &dev("phone"));
@@ -173,6 +185,69 @@ mod tests {
         presence.until(&ch("bob"), &vec![(dev("phone"), 1)]).await;
         drop(phone2);
         presence.until(&ch("bob"), &Vec::new()).await;
+    }
+
+    /// A presence whose writes wait for a permit, so a test can hold one
+    /// under way.
+    struct Gated {
+        recorded: Recorded,
+        permits: tokio::sync::Semaphore,
+        started: tokio::sync::Notify,
+    }
+
+    #[async_trait]
+    impl Presence for Gated {
+        fn refresh_every(&self) -> Duration {
+            Duration::from_secs(3600)
+        }
+        async fn report(&self, counts: Vec<(Channel, DeviceCounts)>) -> Result<(), StoreError> {
+            self.started.notify_one();
+            self.permits.acquire().await.expect("open").forget();
+            self.recorded.report(counts).await
+        }
+        async fn others(&self, _: &Channel) -> Result<DeviceCounts, StoreError> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// A graceful stop flushes the counts right after its connections
+    /// closed. The presence task may have taken that change already and be
+    /// writing it: the flush must wait for that write, not return at once
+    /// with nothing left to take (and let the process exit before the
+    /// write lands, leaving the node counted until its counts expire).
+    #[tokio::test]
+    async fn a_flush_waits_for_the_write_under_way() {
+        let presence = Arc::new(Gated {
+            recorded: Recorded::default(),
+            permits: tokio::sync::Semaphore::new(0),
+            started: tokio::sync::Notify::new(),
+        });
+        let center = crate::MessagesCenter::builder(Arc::new(crate::MemoryStore::new()))
+            .presence(presence.clone())
+            .build();
+        let session = center.open_session(ch("bob"), None).await.expect("session");
+        presence.permits.add_permits(1);
+        presence.recorded.until(&ch("bob"), &vec![(None, 1)]).await;
+        // The connection closes; the presence task takes the change and
+        // its write waits for a permit.
+        let started = presence.started.notified();
+        drop(session);
+        tokio::time::timeout(Duration::from_secs(5), started)
+            .await
+            .expect("the presence task writes the change");
+        let flushing = center.clone();
+        let mut flush = tokio::spawn(async move { flushing.flush_presence().await });
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut flush).await;
+        assert!(
+            early.is_err(),
+            "the flush returned while a write was under way"
+        );
+        presence.permits.add_permits(16);
+        tokio::time::timeout(Duration::from_secs(5), flush)
+            .await
+            .expect("the flush ends once the write did")
+            .expect("task");
+        presence.recorded.until(&ch("bob"), &Vec::new()).await;
     }
 
     #[test]
