@@ -122,6 +122,10 @@ mod tests {
     struct Recorded {
         reports: Mutex<Vec<(Channel, DeviceCounts)>>,
         notify: tokio::sync::Notify,
+        /// When set, each write waits for a permit (a test holds one under
+        /// way), after telling `started`.
+        permits: Option<tokio::sync::Semaphore>,
+        started: tokio::sync::Notify,
     }
 
     #[async_trait]
@@ -130,6 +134,10 @@ mod tests {
             Duration::from_secs(3600)
         }
         async fn report(&self, counts: Vec<(Channel, DeviceCounts)>) -> Result<(), StoreError> {
+            if let Some(permits) = &self.permits {
+                self.started.notify_one();
+                permits.acquire().await.expect("open").forget();
+            }
             self.reports.lock().expect("lock").extend(counts);
             self.notify.notify_one();
             Ok(())
@@ -187,29 +195,6 @@ mod tests {
         presence.until(&ch("bob"), &Vec::new()).await;
     }
 
-    /// A presence whose writes wait for a permit, so a test can hold one
-    /// under way.
-    struct Gated {
-        recorded: Recorded,
-        permits: tokio::sync::Semaphore,
-        started: tokio::sync::Notify,
-    }
-
-    #[async_trait]
-    impl Presence for Gated {
-        fn refresh_every(&self) -> Duration {
-            Duration::from_secs(3600)
-        }
-        async fn report(&self, counts: Vec<(Channel, DeviceCounts)>) -> Result<(), StoreError> {
-            self.started.notify_one();
-            self.permits.acquire().await.expect("open").forget();
-            self.recorded.report(counts).await
-        }
-        async fn others(&self, _: &Channel) -> Result<DeviceCounts, StoreError> {
-            Ok(Vec::new())
-        }
-    }
-
     /// A graceful stop flushes the counts right after its connections
     /// closed. The presence task may have taken that change already and be
     /// writing it: the flush must wait for that write, not return at once
@@ -217,17 +202,17 @@ mod tests {
     /// write lands, leaving the node counted until its counts expire).
     #[tokio::test]
     async fn a_flush_waits_for_the_write_under_way() {
-        let presence = Arc::new(Gated {
-            recorded: Recorded::default(),
-            permits: tokio::sync::Semaphore::new(0),
-            started: tokio::sync::Notify::new(),
+        let presence = Arc::new(Recorded {
+            permits: Some(tokio::sync::Semaphore::new(0)),
+            ..Recorded::default()
         });
         let center = crate::MessagesCenter::builder(Arc::new(crate::MemoryStore::new()))
             .presence(presence.clone())
             .build();
         let session = center.open_session(ch("bob"), None).await.expect("session");
-        presence.permits.add_permits(1);
-        presence.recorded.until(&ch("bob"), &vec![(None, 1)]).await;
+        let permits = presence.permits.as_ref().expect("gated");
+        permits.add_permits(1);
+        presence.until(&ch("bob"), &vec![(None, 1)]).await;
         // The connection closes; the presence task takes the change and
         // its write waits for a permit.
         let started = presence.started.notified();
@@ -242,12 +227,12 @@ mod tests {
             early.is_err(),
             "the flush returned while a write was under way"
         );
-        presence.permits.add_permits(16);
+        permits.add_permits(16);
         tokio::time::timeout(Duration::from_secs(5), flush)
             .await
             .expect("the flush ends once the write did")
             .expect("task");
-        presence.recorded.until(&ch("bob"), &Vec::new()).await;
+        presence.until(&ch("bob"), &Vec::new()).await;
     }
 
     #[test]
