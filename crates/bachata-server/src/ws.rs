@@ -34,7 +34,7 @@ mod wait;
 use crate::auth::{HandshakeQuery, Identity};
 use crate::hooks::{ConnectHook, ConnectOutcome};
 use crate::state::AppState;
-use wait::{Pending, Timer, Written, poll_once, ready};
+use wait::{Pending, Timer, Written, poll_now, poll_once, ready};
 
 /// Close codes used by the server.
 pub(crate) mod close {
@@ -523,20 +523,14 @@ impl Connection {
         // An iterator, not a Vec: most calls send one frame, and a Vec per
         // frame was an allocation per message.
         for frame in frames {
-            if self.unflushed == 0 {
-                self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
-            }
+            let flush_by = self.buffered();
             let written = match self.feed_now(frame) {
                 Ok(written) => written,
-                Err(frame) => Box::pin(tokio::time::timeout_at(
-                    self.flush_by,
-                    self.sink.feed(frame),
-                ))
-                .await
-                .into(),
+                Err(frame) => Box::pin(tokio::time::timeout_at(flush_by, self.sink.feed(frame)))
+                    .await
+                    .into(),
             };
             self.check_write(written)?;
-            self.unflushed += 1;
         }
         if self.unflushed < FLUSH_EVERY {
             return Ok(());
@@ -559,22 +553,28 @@ impl Connection {
     /// connection's future: an `.await` here, even one that never waits,
     /// kept its state in every connection's task.
     fn feed_now(&mut self, frame: Message) -> Result<Written, Message> {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.sink.poll_ready_unpin(&mut cx) {
-            std::task::Poll::Ready(Ok(())) => Ok(self.sink.start_send_unpin(frame).into()),
-            std::task::Poll::Ready(Err(e)) => Ok(Written::Failed(e)),
-            std::task::Poll::Pending => Err(frame),
+        match poll_now(|cx| self.sink.poll_ready_unpin(cx)) {
+            Some(Ok(())) => Ok(self.sink.start_send_unpin(frame).into()),
+            Some(Err(e)) => Ok(Written::Failed(e)),
+            None => Err(frame),
         }
     }
 
     /// Flushes the socket's buffer if that finishes now (see
     /// [`Connection::feed_now`]); `None` if it has to wait.
     fn flush_now(&mut self) -> Option<Written> {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match self.sink.poll_flush_unpin(&mut cx) {
-            std::task::Poll::Ready(result) => Some(result.into()),
-            std::task::Poll::Pending => None,
+        poll_now(|cx| self.sink.poll_flush_unpin(cx)).map(Written::from)
+    }
+
+    /// Counts one more frame in the socket's buffer; the first one since a
+    /// flush starts the slow consumer timeout. The deadline by which the
+    /// buffer must be on its way.
+    fn buffered(&mut self) -> tokio::time::Instant {
+        if self.unflushed == 0 {
+            self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
         }
+        self.unflushed += 1;
+        self.flush_by
     }
 
     /// Turns the outcome of a write into the connection's fate.
@@ -596,10 +596,7 @@ impl Connection {
     /// pings and never reads is closed as a slow consumer like any other
     /// (protocol.md section 9).
     fn pong_queued(&mut self) {
-        if self.unflushed == 0 {
-            self.flush_by = tokio::time::Instant::now() + self.app.config.slow_consumer_timeout;
-        }
-        self.unflushed += 1;
+        self.buffered();
     }
 
     /// A frame that could not be read: it takes a token of `--rate-limit`

@@ -153,6 +153,15 @@ pub(super) fn ready<T>(poll: Poll<T>) -> Option<T> {
     }
 }
 
+/// Polls once with a waker that does nothing: the output if it is ready
+/// now. For a poll nobody waits on: whoever gets `None` polls again with
+/// the task's waker (see `Connection::feed_now`).
+pub(super) fn poll_now<T>(poll: impl FnOnce(&mut std::task::Context<'_>) -> Poll<T>) -> Option<T> {
+    ready(poll(&mut std::task::Context::from_waker(
+        std::task::Waker::noop(),
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
