@@ -22,6 +22,9 @@
 //!   anything else gets 503 with `Retry-After`. When that pool is full the
 //!   oldest waiting socket is closed to make room, so a flood of idle
 //!   connections cannot keep a health check out.
+//! - **Reads.** A connection's small reads (a WebSocket's) are served by
+//!   one large read into a buffer of the worker thread ([`ReadAhead`]), so
+//!   an idle connection keeps no read buffer of its own.
 //! - **Shutdown.** Accepting stops at once; every connection is told to
 //!   finish its request and close, and one still open after the drain time
 //!   (a half-sent request) is dropped.
@@ -53,6 +56,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+mod read_ahead;
+
+use read_ahead::ReadAhead;
 
 /// How long shutdown waits for connections to close before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(8);
@@ -181,7 +188,7 @@ impl Listener {
             }
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    let socket = Counted::new(tcp, slot, self.open.clone());
+                    let socket = ReadAhead::new(Counted::new(tcp, slot, self.open.clone()));
                     let served = serve(
                         socket,
                         remote,

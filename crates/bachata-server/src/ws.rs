@@ -55,8 +55,14 @@ pub(crate) mod close {
     pub(crate) const SLOW_CONSUMER: u16 = 4008;
 }
 
-/// Bytes read from a socket at a time.
-const READ_BUFFER: usize = 1024;
+/// tungstenite's read buffer, which is also the most it reads at a time.
+/// It stays in every connection, idle or not, so it is small: a chat frame
+/// fits, and a larger one is read in steps. The steps cost no syscalls: the
+/// socket is read in one large read per wake-up through a buffer of the
+/// worker thread (`listener/read_ahead.rs`); with tungstenite reading the
+/// socket itself, 512 bytes instead of 1 KiB made 30% more read syscalls
+/// (docs/performance.md, "Idle memory, step by step").
+const READ_BUFFER: usize = 256;
 
 /// Bytes of frames buffered before they are written to the socket
 /// (tungstenite's default).
@@ -130,10 +136,8 @@ pub(crate) async fn upgrade(
     // tungstenite zero-fills its whole read buffer on every socket read
     // (128 KiB by default): with small chat frames that memset was 18% of
     // the server's CPU in a profile. The buffer is also touched on the
-    // first read, so it is resident in every idle connection: 1 KiB
-    // instead of 8 KiB took an idle connection from 17.6 KB to 10.7 KB of
-    // server RSS, with no measurable change in `pairs` throughput
-    // (docs/performance.md). Larger frames are read in several steps.
+    // first read, so it is resident in every idle connection: see
+    // [`READ_BUFFER`] for its size.
     //
     // The connection gets a task of its own rather than running inside
     // axum's upgrade task, whose state (the upgrade's settings, ~170 bytes)
@@ -270,16 +274,56 @@ struct Connection {
 
 /// What woke a connection's task.
 enum Wake {
-    Reply(Result<Accepted, Rejection>),
-    Background(Background),
-    Frame(Option<Result<Message, axum::Error>>),
-    PingTick,
+    /// Work for [`Connection::on_work`].
+    Work(Work),
+    /// The client's frames ended (`None`: the socket closed), or one could
+    /// not be read.
+    Unreadable(Option<axum::Error>),
     /// Time to read the store again after a failed read.
     RetryRead,
-    Hub(Event),
     Shutdown,
     /// The buffered frames were flushed (or the flush failed or timed out).
     Flushed(Written),
+}
+
+/// A wake-up with work to do, handled in a boxed future (see
+/// [`Connection::serve`]).
+enum Work {
+    Reply(Result<Accepted, Rejection>),
+    Background(Background),
+    Frame(Message),
+    PingTick,
+    Hub(Event),
+}
+
+/// What `serve` keeps from one round to the next.
+struct Rounds {
+    pings: tokio::time::Interval,
+    /// When the client last sent a frame (or a pong).
+    last_heard: tokio::time::Instant,
+    /// After a failed store read: when to read again, and the pause after
+    /// that.
+    read_retry: Option<(tokio::time::Instant, Duration)>,
+    retry_timer: Timer,
+    flush_timer: Timer,
+    /// Which source of work `poll_wake` asks first.
+    turn: usize,
+}
+
+impl Rounds {
+    fn new(ping_every: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        let mut pings = tokio::time::interval_at(now + ping_every, ping_every);
+        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Rounds {
+            pings,
+            last_heard: now,
+            read_retry: None,
+            retry_timer: Timer::default(),
+            flush_timer: Timer::default(),
+            turn: 0,
+        }
+    }
 }
 
 fn rate_limiter(per_second: Option<u32>, burst: Option<u32>) -> Option<Box<RateLimiter>> {
@@ -484,7 +528,8 @@ impl Connection {
             let secret = self.app.center.channel_secret(channel);
             bachata_proto::ready(channel, self.session.device().as_ref(), secret.as_deref())
         };
-        let closing = match self.send([Message::Text(ready.into())]).await {
+        // Boxed, as it runs once: inline, its state was part of the task.
+        let closing = match Box::pin(self.send([Message::Text(ready.into())])).await {
             Ok(()) => self.serve(stream).await,
             Err(closing) => closing,
         };
@@ -638,164 +683,196 @@ impl Connection {
         self.send(payloads.into_iter().filter_map(text)).await
     }
 
+    /// Serves the connection until it closes: each round reads what the
+    /// store has for it, waits for the next source of work and handles it.
+    ///
+    /// Kept small, as every idle connection's task holds this future: what
+    /// the rounds keep is one [`Rounds`], and the work of a round is in
+    /// boxed futures ([`Connection::read_store`], [`Connection::on_work`]).
+    /// Inline, their states took the task from 1,024 to 1,280 bytes
+    /// (docs/performance.md, "Idle memory, step by step").
     async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
         let shutdown = self.app.shutdown.clone();
         // Waited on across the loop's rounds: made anew each round, it
         // joined and left the token's waiter list at every frame.
         let mut shutting_down = std::pin::pin!(shutdown.cancelled());
-        let mut pings = {
-            let every = self.app.config.ping_interval;
-            tokio::time::interval_at(tokio::time::Instant::now() + every, every)
-        };
-        pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_heard = tokio::time::Instant::now();
-        // After a failed read (the store unreachable), when to read again
-        // and the pause after that: the session catches up by itself once
-        // the store is back, not only at its next frame or event.
-        let mut read_retry: Option<(tokio::time::Instant, Duration)> = None;
-        let (mut retry_timer, mut flush_timer) = (Timer::default(), Timer::default());
-        let mut turn = 0usize;
+        let mut rounds = Rounds::new(self.app.config.ping_interval);
         loop {
-            while self.session.wants_read() {
-                match self.session.read().await {
-                    Ok(payloads) => {
-                        read_retry = None;
-                        if let Err(c) = Box::pin(self.send_payloads(payloads)).await {
-                            return c;
-                        }
-                    }
-                    Err(e) => {
-                        let pause = match read_retry {
-                            None => {
-                                self.warn(&e, "store read failed; retrying");
-                                READ_RETRY_FIRST
-                            }
-                            Some((_, pause)) => (pause * 2).min(READ_RETRY_MAX),
-                        };
-                        read_retry = Some((tokio::time::Instant::now() + pause, pause));
-                        break;
-                    }
-                }
+            if self.session.wants_read()
+                && let Err(c) = Box::pin(self.read_store(&mut rounds.read_retry)).await
+            {
+                return c;
             }
             if !self.session.wants_read() {
                 // Nothing to read now (the window is full, say): no timer
                 // whose deadline passed may spin the loop.
-                read_retry = None;
+                rounds.read_retry = None;
             }
-            let retry_at = read_retry.map(|(at, _)| at);
             if self.unflushed > 0 && tokio::time::Instant::now() >= self.flush_by {
                 // The buffered frames had their time. Checked here as well
-                // as in the select below, whose flush branch a client that
-                // keeps sending (pings, say) never lets run: one more try,
-                // then the connection is a slow consumer.
+                // as in the wait below, whose flush a client that keeps
+                // sending (pings, say) never lets run: one more try, then
+                // the connection is a slow consumer.
                 let last_try = self.flush_now().unwrap_or(Written::TimedOut);
                 if let Err(c) = self.flushed(last_try) {
                     return c;
                 }
             }
-            let reading = self.reading();
-            // Every source of work, fairly: each poll starts from the next
-            // source in turn. The flush of buffered frames only when none of
-            // them is ready, so that what is ready goes out in one write.
-            //
-            // A poll of each source rather than a `select!` of their
-            // futures: the futures were kept in every connection's task
-            // (~300 bytes of an idle connection), and building them was
-            // work of every round.
             let wake = std::future::poll_fn(|cx| {
-                turn = turn.wrapping_add(1);
-                for i in 0..SOURCES {
-                    let polled = match (turn + i) % SOURCES {
-                        0 if !self.replies.is_empty() => match self.replies.poll_next(cx) {
-                            Poll::Ready(Some(reply)) => Some(Wake::Reply(reply)),
-                            _ => None,
-                        },
-                        1 if !self.background.is_empty() => match self.background.poll_next(cx) {
-                            Poll::Ready(Some(done)) => Some(Wake::Background(done)),
-                            _ => None,
-                        },
-                        2 if reading => match stream.poll_next_unpin(cx) {
-                            Poll::Ready(frame) => Some(Wake::Frame(frame)),
-                            Poll::Pending => None,
-                        },
-                        3 => ready(pings.poll_tick(cx)).map(|_| Wake::PingTick),
-                        4 => ready(retry_timer.poll_until(cx, retry_at)).map(|()| Wake::RetryRead),
-                        5 => ready(self.session.poll_recv(cx)).map(Wake::Hub),
-                        6 => ready(shutting_down.as_mut().poll(cx)).map(|()| Wake::Shutdown),
-                        _ => None,
-                    };
-                    if let Some(wake) = polled {
-                        return Poll::Ready(wake);
-                    }
-                }
-                if self.unflushed > 0 {
-                    if let Poll::Ready(flushed) = self.sink.poll_flush_unpin(cx) {
-                        return Poll::Ready(Wake::Flushed(flushed.into()));
-                    }
-                    if flush_timer.poll_until(cx, Some(self.flush_by)).is_ready() {
-                        return Poll::Ready(Wake::Flushed(Written::TimedOut));
-                    }
-                }
-                Poll::Pending
+                self.poll_wake(cx, &mut rounds, stream, shutting_down.as_mut())
             })
             .await;
             let result = match wake {
-                // Boxed, like the frame handler below: this state is no
-                // part of an idle connection's task.
-                Wake::Reply(reply) => Box::pin(self.on_replies(reply)).await,
-                Wake::Background(done) => Box::pin(self.on_backgrounds(done)).await,
-                Wake::Frame(None) => return Closing::Gone,
-                Wake::Frame(Some(Ok(message))) => {
-                    last_heard = tokio::time::Instant::now();
-                    // Boxed: inline, the frame handler's state (1.3 KB) was
-                    // the largest part of every idle connection's task; one
-                    // allocation per frame costs less than the noise of
-                    // `pairs` (docs/performance.md, idle connections).
-                    let mut result = Box::pin(self.on_message(message)).await;
-                    // Under load one read brings several frames: those
-                    // already here are handled now, without a round of the
-                    // select above (and its wait registrations) for each.
-                    let mut more = FRAME_BATCH;
-                    while result.is_ok() && more > 0 && self.reading() {
-                        more -= 1;
-                        match poll_once(stream.next()).await {
-                            None => break,
-                            Some(None) => return Closing::Gone,
-                            Some(Some(Err(e))) => return self.on_error(e),
-                            Some(Some(Ok(message))) => {
-                                result = Box::pin(self.on_message(message)).await;
-                            }
-                        }
-                    }
-                    result
-                }
-                Wake::Frame(Some(Err(e))) => return self.on_error(e),
-                Wake::PingTick => {
-                    if last_heard.elapsed() >= pings.period() * 3 {
-                        return Closing::Close(
-                            close::GOING_AWAY,
-                            "idle timeout: no frames or pongs",
-                        );
-                    }
-                    // Sets that are empty give their memory back; a busy
-                    // connection makes them again at its next message.
-                    self.replies.release();
-                    self.background.release();
-                    Box::pin(self.send([Message::Ping(Bytes::new())])).await
-                }
-                // Boxed like the handlers above (one allocation per batch of
-                // events): inline, the largest state of the loop.
-                Wake::Hub(event) => Box::pin(self.on_events(event)).await,
-                // The loop's top reads again.
-                Wake::RetryRead => Ok(()),
+                // One allocation per round that has work to do; inline,
+                // the handlers' states were the largest part of every idle
+                // connection's task.
+                Wake::Work(work) => Box::pin(self.on_work(work, &mut rounds, stream)).await,
+                Wake::Unreadable(None) => return Closing::Gone,
+                Wake::Unreadable(Some(e)) => return self.on_error(e),
                 Wake::Shutdown => {
                     return Closing::Close(close::GOING_AWAY, "server shutting down");
                 }
+                // The loop's top reads again.
+                Wake::RetryRead => Ok(()),
                 Wake::Flushed(flushed) => self.flushed(flushed),
             };
             if let Err(c) = result {
                 return c;
             }
+        }
+    }
+
+    /// Reads what the store holds for this connection and sends it. After
+    /// a failed read (the store unreachable), sets when to read again and
+    /// the pause after that: the session catches up by itself once the
+    /// store is back, not only at its next frame or event.
+    async fn read_store(
+        &mut self,
+        read_retry: &mut Option<(tokio::time::Instant, Duration)>,
+    ) -> Result<(), Closing> {
+        while self.session.wants_read() {
+            match self.session.read().await {
+                Ok(payloads) => {
+                    *read_retry = None;
+                    self.send_payloads(payloads).await?;
+                }
+                Err(e) => {
+                    let pause = match *read_retry {
+                        None => {
+                            self.warn(&e, "store read failed; retrying");
+                            READ_RETRY_FIRST
+                        }
+                        Some((_, pause)) => (pause * 2).min(READ_RETRY_MAX),
+                    };
+                    *read_retry = Some((tokio::time::Instant::now() + pause, pause));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every source of work, fairly: each poll starts from the next source
+    /// in turn. The flush of buffered frames only when none of them is
+    /// ready, so that what is ready goes out in one write.
+    ///
+    /// A poll of each source rather than a `select!` of their futures: the
+    /// futures were kept in every connection's task (~300 bytes of an idle
+    /// connection), and building them was work of every round.
+    fn poll_wake(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        rounds: &mut Rounds,
+        stream: &mut SplitStream<WebSocket>,
+        mut shutting_down: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
+    ) -> Poll<Wake> {
+        let reading = self.reading();
+        let retry_at = rounds.read_retry.map(|(at, _)| at);
+        rounds.turn = rounds.turn.wrapping_add(1);
+        for i in 0..SOURCES {
+            let polled = match (rounds.turn + i) % SOURCES {
+                0 if !self.replies.is_empty() => match self.replies.poll_next(cx) {
+                    Poll::Ready(Some(reply)) => Some(Wake::Work(Work::Reply(reply))),
+                    _ => None,
+                },
+                1 if !self.background.is_empty() => match self.background.poll_next(cx) {
+                    Poll::Ready(Some(done)) => Some(Wake::Work(Work::Background(done))),
+                    _ => None,
+                },
+                2 if reading => match stream.poll_next_unpin(cx) {
+                    Poll::Ready(Some(Ok(frame))) => Some(Wake::Work(Work::Frame(frame))),
+                    Poll::Ready(Some(Err(e))) => Some(Wake::Unreadable(Some(e))),
+                    Poll::Ready(None) => Some(Wake::Unreadable(None)),
+                    Poll::Pending => None,
+                },
+                3 => ready(rounds.pings.poll_tick(cx)).map(|_| Wake::Work(Work::PingTick)),
+                4 => ready(rounds.retry_timer.poll_until(cx, retry_at)).map(|()| Wake::RetryRead),
+                5 => ready(self.session.poll_recv(cx)).map(|event| Wake::Work(Work::Hub(event))),
+                6 => ready(shutting_down.as_mut().poll(cx)).map(|()| Wake::Shutdown),
+                _ => None,
+            };
+            if let Some(wake) = polled {
+                return Poll::Ready(wake);
+            }
+        }
+        if self.unflushed > 0 {
+            if let Poll::Ready(flushed) = self.sink.poll_flush_unpin(cx) {
+                return Poll::Ready(Wake::Flushed(flushed.into()));
+            }
+            if rounds
+                .flush_timer
+                .poll_until(cx, Some(self.flush_by))
+                .is_ready()
+            {
+                return Poll::Ready(Wake::Flushed(Written::TimedOut));
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Handles a wake-up that has work to do: replies, background work, a
+    /// frame (and those already read behind it), a ping tick, hub events.
+    async fn on_work(
+        &mut self,
+        work: Work,
+        rounds: &mut Rounds,
+        stream: &mut SplitStream<WebSocket>,
+    ) -> Result<(), Closing> {
+        match work {
+            Work::Reply(reply) => self.on_replies(reply).await,
+            Work::Background(done) => self.on_backgrounds(done).await,
+            Work::Frame(message) => {
+                rounds.last_heard = tokio::time::Instant::now();
+                let mut result = self.on_message(message).await;
+                // Under load one read brings several frames: those already
+                // here are handled now, without a round of `serve` (and its
+                // wait registrations) for each.
+                let mut more = FRAME_BATCH;
+                while result.is_ok() && more > 0 && self.reading() {
+                    more -= 1;
+                    match poll_once(stream.next()).await {
+                        None => break,
+                        Some(None) => return Err(Closing::Gone),
+                        Some(Some(Err(e))) => return Err(self.on_error(e)),
+                        Some(Some(Ok(message))) => result = self.on_message(message).await,
+                    }
+                }
+                result
+            }
+            Work::PingTick => {
+                if rounds.last_heard.elapsed() >= rounds.pings.period() * 3 {
+                    return Err(Closing::Close(
+                        close::GOING_AWAY,
+                        "idle timeout: no frames or pongs",
+                    ));
+                }
+                // Sets that are empty give their memory back; a busy
+                // connection makes them again at its next message.
+                self.replies.release();
+                self.background.release();
+                self.send([Message::Ping(Bytes::new())]).await
+            }
+            Work::Hub(event) => self.on_events(event).await,
         }
     }
 
@@ -820,7 +897,7 @@ impl Connection {
     }
 
     /// Handles `first` and the replies ready behind it: a group commit
-    /// completes many at once, and each round of `serve`'s select costs
+    /// completes many at once, and each round of `serve` costs
     /// more than a reply (as for frames there).
     async fn on_replies(&mut self, first: Result<Accepted, Rejection>) -> Result<(), Closing> {
         let mut result = self.on_reply(first).await;

@@ -1,0 +1,221 @@
+//! Reading a socket through one buffer per worker thread, so that an idle
+//! connection keeps no read buffer of its own.
+//!
+//! A WebSocket reader must keep a buffer for the frame it is parsing, and
+//! tungstenite's doubles as its read size: a small one made a read syscall
+//! per few hundred bytes under load, a large one (1 KiB) sat in every idle
+//! connection, a quarter of its memory (docs/performance.md, "Idle memory,
+//! step by step"). [`ReadAhead`] splits the two: a small read is served by
+//! one large read into the thread's scratch buffer, and what the reader did
+//! not take waits in a buffer of the connection's own, made for those bytes
+//! and freed once they are taken. An idle connection's socket has been read
+//! dry, so it holds nothing; the reader's own buffer can be small.
+
+use std::cell::RefCell;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The scratch buffer's size: what one read syscall may bring.
+const SCRATCH: usize = 16 * 1024;
+
+/// Reads this large or larger go to the socket directly (hyper's reads of
+/// HTTP requests, say): the scratch buffer would only add a copy.
+const DIRECT: usize = 4 * 1024;
+
+thread_local! {
+    static SCRATCH_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; SCRATCH]);
+}
+
+/// A stream whose small reads are served by one large read (see the module
+/// docs). Writes pass through.
+pub(crate) struct ReadAhead<S> {
+    inner: S,
+    /// Bytes read from `inner` and not yet taken, from `taken` on. Empty,
+    /// with no allocation, when there are none.
+    ahead: Vec<u8>,
+    taken: usize,
+}
+
+impl<S> ReadAhead<S> {
+    pub(crate) fn new(inner: S) -> Self {
+        ReadAhead {
+            inner,
+            ahead: Vec::new(),
+            taken: 0,
+        }
+    }
+
+    /// Hands bytes already read ahead to `buf`; false if there were none.
+    fn take_ahead(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if self.ahead.is_empty() {
+            return false;
+        }
+        let n = buf.remaining().min(self.ahead.len() - self.taken);
+        buf.put_slice(&self.ahead[self.taken..self.taken + n]);
+        self.taken += n;
+        if self.taken == self.ahead.len() {
+            // Given back as soon as it is taken: the connection may now
+            // stay idle for hours.
+            self.ahead = Vec::new();
+            self.taken = 0;
+        }
+        true
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if buf.remaining() == 0 || this.take_ahead(buf) {
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= DIRECT {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        SCRATCH_BUFFER.with(|scratch| {
+            // Never borrowed twice (a poll does not poll another socket's
+            // read from inside); if it were, the read goes direct.
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            };
+            let mut read = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut read) {
+                Poll::Ready(Ok(())) => {
+                    let filled = read.filled();
+                    let n = buf.remaining().min(filled.len());
+                    buf.put_slice(&filled[..n]);
+                    if n < filled.len() {
+                        this.ahead = filled[n..].to_vec();
+                    }
+                    Poll::Ready(Ok(()))
+                }
+                other => other,
+            }
+        })
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// A stream that counts the reads it is asked for.
+    struct Counting<'a> {
+        data: &'a [u8],
+        reads: usize,
+    }
+
+    impl AsyncRead for Counting<'_> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            this.reads += 1;
+            Pin::new(&mut this.data).poll_read(cx, buf)
+        }
+    }
+
+    fn counting(data: &[u8]) -> ReadAhead<Counting<'_>> {
+        ReadAhead::new(Counting { data, reads: 0 })
+    }
+
+    #[tokio::test]
+    async fn small_reads_are_served_by_one_read_of_the_socket() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+        let mut stream = counting(&data);
+        let mut got = Vec::new();
+        let mut chunk = [0u8; 100];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(got, data, "every byte, in order");
+        // One read brought all 3000 bytes, one more saw the end.
+        assert_eq!(stream.inner.reads, 2);
+    }
+
+    #[tokio::test]
+    async fn nothing_is_kept_once_the_bytes_are_taken() {
+        let data = [7u8; 300];
+        let mut stream = counting(&data);
+        let mut chunk = [0u8; 200];
+        assert_eq!(stream.read(&mut chunk).await.expect("read"), 200);
+        assert_eq!(stream.ahead.len(), 100, "the rest waits");
+        assert_eq!(stream.read(&mut chunk).await.expect("read"), 100);
+        assert_eq!(stream.ahead.capacity(), 0, "and is freed once taken");
+    }
+
+    #[tokio::test]
+    async fn large_reads_go_to_the_socket_directly() {
+        let data = vec![1u8; 10_000];
+        let mut stream = counting(&data);
+        let mut chunk = vec![0u8; DIRECT];
+        assert_eq!(stream.read(&mut chunk).await.expect("read"), DIRECT);
+        assert_eq!(stream.ahead.capacity(), 0, "nothing read ahead");
+    }
+
+    #[tokio::test]
+    async fn errors_and_the_end_pass_through() {
+        let mut empty = counting(&[]);
+        assert_eq!(empty.read(&mut [0u8; 10]).await.expect("read"), 0);
+
+        struct Broken;
+        impl AsyncRead for Broken {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                _: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionReset)))
+            }
+        }
+        let error = ReadAhead::new(Broken)
+            .read(&mut [0u8; 10])
+            .await
+            .expect_err("the error");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+    }
+}
