@@ -188,7 +188,7 @@ impl Listener {
             }
             match slots.clone().try_acquire_owned() {
                 Ok(slot) => {
-                    let socket = ReadAhead::new(Counted::new(tcp, slot, self.open.clone()));
+                    let socket = Counted::new(tcp, slot, self.open.clone());
                     let served = serve(
                         socket,
                         remote,
@@ -401,9 +401,10 @@ impl Drop for OverflowSlot {
 }
 
 /// A TCP connection that holds one of the `--max-connections` slots for as
-/// long as it exists, wherever it goes (an upgraded WebSocket included).
+/// long as it exists, wherever it goes (an upgraded WebSocket included). It
+/// is read through [`ReadAhead`].
 pub(crate) struct Counted {
-    tcp: TcpStream,
+    tcp: ReadAhead<TcpStream>,
     _slot: OwnedSemaphorePermit,
     open: Gauge,
 }
@@ -412,7 +413,7 @@ impl Counted {
     fn new(tcp: TcpStream, slot: OwnedSemaphorePermit, open: Gauge) -> Self {
         open.inc();
         Counted {
-            tcp,
+            tcp: ReadAhead::new(tcp),
             _slot: slot,
             open,
         }
@@ -441,7 +442,7 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write(cx, buf)
+        Pin::new(self.get_mut().tcp.get_mut()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -449,19 +450,19 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tcp).poll_write_vectored(cx, bufs)
+        Pin::new(self.get_mut().tcp.get_mut()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.tcp.is_write_vectored()
+        self.tcp.get_ref().is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+        Pin::new(self.get_mut().tcp.get_mut()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+        Pin::new(self.get_mut().tcp.get_mut()).poll_shutdown(cx)
     }
 }
 

@@ -10,13 +10,18 @@
 //! not take waits in a buffer of the connection's own, made for those bytes
 //! and freed once they are taken. An idle connection's socket has been read
 //! dry, so it holds nothing; the reader's own buffer can be small.
+//!
+//! What waits is at most one read, [`SCRATCH`] bytes, per connection, and
+//! only while its reader has not taken it (a connection whose pipeline is
+//! full stops reading): the bytes would otherwise wait in the kernel's
+//! socket buffer.
 
 use std::cell::RefCell;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
 /// The scratch buffer's size: what one read syscall may bring.
 const SCRATCH: usize = 16 * 1024;
@@ -30,7 +35,8 @@ thread_local! {
 }
 
 /// A stream whose small reads are served by one large read (see the module
-/// docs). Writes pass through.
+/// docs). Only reads: its owner writes to the stream itself
+/// ([`ReadAhead::get_mut`]).
 pub(crate) struct ReadAhead<S> {
     inner: S,
     /// Bytes read from `inner` and not yet taken, from `taken` on. Empty,
@@ -46,6 +52,14 @@ impl<S> ReadAhead<S> {
             ahead: Vec::new(),
             taken: 0,
         }
+    }
+
+    pub(crate) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 
     /// Hands bytes already read ahead to `buf`; false if there were none.
@@ -102,45 +116,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncReadExt;
 
-    /// A stream that counts the reads it is asked for.
+    /// A stream that counts the reads it is asked for; at its end, an
+    /// error if it has one.
     struct Counting<'a> {
         data: &'a [u8],
         reads: usize,
+        error_at_end: Option<io::ErrorKind>,
     }
 
     impl AsyncRead for Counting<'_> {
@@ -151,12 +137,19 @@ mod tests {
         ) -> Poll<io::Result<()>> {
             let this = self.get_mut();
             this.reads += 1;
-            Pin::new(&mut this.data).poll_read(cx, buf)
+            match this.error_at_end {
+                Some(kind) if this.data.is_empty() => Poll::Ready(Err(kind.into())),
+                _ => Pin::new(&mut this.data).poll_read(cx, buf),
+            }
         }
     }
 
     fn counting(data: &[u8]) -> ReadAhead<Counting<'_>> {
-        ReadAhead::new(Counting { data, reads: 0 })
+        ReadAhead::new(Counting {
+            data,
+            reads: 0,
+            error_at_end: None,
+        })
     }
 
     #[tokio::test]
@@ -202,20 +195,12 @@ mod tests {
         let mut empty = counting(&[]);
         assert_eq!(empty.read(&mut [0u8; 10]).await.expect("read"), 0);
 
-        struct Broken;
-        impl AsyncRead for Broken {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                _: &mut Context<'_>,
-                _: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                Poll::Ready(Err(io::Error::from(io::ErrorKind::ConnectionReset)))
-            }
-        }
-        let error = ReadAhead::new(Broken)
-            .read(&mut [0u8; 10])
-            .await
-            .expect_err("the error");
+        let mut broken = ReadAhead::new(Counting {
+            data: &[],
+            reads: 0,
+            error_at_end: Some(io::ErrorKind::ConnectionReset),
+        });
+        let error = broken.read(&mut [0u8; 10]).await.expect_err("the error");
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
     }
 }
