@@ -25,7 +25,7 @@ use bachata_core::{
 };
 use bachata_proto::{Channel, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
-use futures_util::stream::{FuturesOrdered, FuturesUnordered, SplitSink, SplitStream};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite;
 
@@ -240,7 +240,7 @@ const FRAME_BATCH: usize = 16;
 /// What opening a connection needs (see [`Connection::run`]).
 struct Opening {
     app: Arc<AppState>,
-    sink: SplitSink<WebSocket, Message>,
+    socket: Box<WebSocket>,
     channel: Channel,
     device: Device,
 }
@@ -258,7 +258,8 @@ struct Connection {
     /// hook calls run side by side.
     order: SubmitOrder,
     app: Arc<AppState>,
-    sink: SplitSink<WebSocket, Message>,
+    /// Boxed: the socket is ~400 bytes, which every task would hold.
+    socket: Box<WebSocket>,
     session: Session,
     /// Boxed: 72 bytes inline, in every connection's task, set or not.
     rate: Option<Box<RateLimiter>>,
@@ -375,25 +376,13 @@ fn closing_for(e: axum::Error) -> (Closing, bool) {
 /// peer closed first, flush the answer tungstenite queued. Both are
 /// bounded: a peer that is not reading (slow consumer) or never answers
 /// loses the socket after [`CLOSE_GRACE`].
-async fn close_socket(
-    sink: &mut SplitSink<WebSocket, Message>,
-    mut stream: SplitStream<WebSocket>,
-    closing: Closing,
-) {
+async fn close_socket(socket: &mut WebSocket, closing: Closing) {
     let (code, reason) = match closing {
         Closing::Gone => return,
         Closing::Answer => {
-            // A flush writes the queued answer (and reports the closed
-            // connection as done). A frame that the split sink still held
-            // (fed, not yet handed to tungstenite) fails that flush with
-            // "send after closing" and is gone; the second flush then
-            // writes the answer.
-            let answer = async {
-                if sink.flush().await.is_err() {
-                    let _ = sink.flush().await;
-                }
-            };
-            let _ = tokio::time::timeout(CLOSE_GRACE, answer).await;
+            // A flush writes the queued answer; it then reports the closed
+            // connection as an error, so its result says nothing.
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
             return;
         }
         Closing::Close(code, reason) => (code, reason),
@@ -403,10 +392,10 @@ async fn close_socket(
         reason: reason.into(),
     };
     let handshake = async {
-        if sink.send(Message::Close(Some(frame))).await.is_err() {
+        if socket.send(Message::Close(Some(frame))).await.is_err() {
             return;
         }
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = socket.next().await {
             if matches!(message, Message::Close(_)) {
                 break;
             }
@@ -419,23 +408,24 @@ async fn close_socket(
 /// suite (`scripts/autobahn.sh`, [`crate::echo`]): every text or binary
 /// message comes back; pings, errors and closes are handled exactly as on
 /// `/messages`.
-pub(crate) async fn echo(socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
+pub(crate) async fn echo(mut socket: WebSocket) {
     let closing = loop {
-        let sent = match stream.next().await {
+        let sent = match socket.next().await {
             None => break Closing::Gone,
             Some(Err(e)) => break closing_for(e).0,
             Some(Ok(Message::Close(_))) => break Closing::Answer,
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => sink.send(message).await,
+            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                socket.send(message).await
+            }
             // The pong tungstenite queued goes out with a flush.
-            Some(Ok(Message::Ping(_))) => sink.flush().await,
+            Some(Ok(Message::Ping(_))) => socket.flush().await,
             Some(Ok(Message::Pong(_))) => Ok(()),
         };
         if sent.is_err() {
             break Closing::Gone;
         }
     };
-    close_socket(&mut sink, stream, closing).await;
+    close_socket(&mut socket, closing).await;
 }
 
 fn text(payload: Bytes) -> Option<Message> {
@@ -449,20 +439,19 @@ impl Connection {
     /// their states made every connection's task larger for its whole life
     /// (idle memory 7.2 to 6.6 KB per connection, docs/performance.md).
     ///
-    /// The socket is split before the task's future is built (the whole
-    /// socket is ~400 bytes where its two halves are pointers), and what
-    /// opening needs goes in one box: a future keeps the values it captured
-    /// for its whole life, beside the places they were moved to.
+    /// The socket is boxed before the task's future is built (it is ~400
+    /// bytes), and what opening needs goes in one box: a future keeps the
+    /// values it captured for its whole life, beside the places they were
+    /// moved to.
     fn run(
         app: Arc<AppState>,
         socket: WebSocket,
         channel: Channel,
         device: Device,
     ) -> impl Future<Output = ()> + Send {
-        let (sink, mut stream) = socket.split();
         let opening = Box::new(Opening {
             app,
-            sink,
+            socket: Box::new(socket),
             channel,
             device,
         });
@@ -472,8 +461,8 @@ impl Connection {
             let Some(mut conn) = Box::pin(Connection::open(opening)).await else {
                 return;
             };
-            let closing = conn.live(&mut stream).await;
-            Box::pin(conn.close(closing, stream)).await;
+            let closing = conn.live().await;
+            Box::pin(conn.close(closing)).await;
         }
     }
 
@@ -482,7 +471,7 @@ impl Connection {
     async fn open(opening: Box<Opening>) -> Option<Connection> {
         let Opening {
             app,
-            mut sink,
+            mut socket,
             channel,
             device,
         } = *opening;
@@ -498,7 +487,7 @@ impl Connection {
                     code: close::INTERNAL,
                     reason: "store unavailable".into(),
                 };
-                let _ = sink.send(Message::Close(Some(frame))).await;
+                let _ = socket.send(Message::Close(Some(frame))).await;
                 return None;
             }
         };
@@ -514,14 +503,14 @@ impl Connection {
             unflushed: 0,
             flush_by: tokio::time::Instant::now(),
             app,
-            sink,
+            socket,
             session,
         })
     }
 
     /// Says `ready`, serves the connection until it closes, and lets what
     /// it started finish; how to close.
-    async fn live(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
+    async fn live(&mut self) -> Closing {
         // In a block of its own, so the secret is not kept across `serve`.
         let ready = {
             let channel = self.session.channel();
@@ -530,7 +519,7 @@ impl Connection {
         };
         // Boxed, as it runs once: inline, its state was part of the task.
         let closing = match Box::pin(self.send([Message::Text(ready.into())])).await {
-            Ok(()) => self.serve(stream).await,
+            Ok(()) => self.serve().await,
             Err(closing) => closing,
         };
         // Let acks already received finish, so a client that acks and
@@ -571,7 +560,7 @@ impl Connection {
             let flush_by = self.buffered();
             let written = match self.feed_now(frame) {
                 Ok(written) => written,
-                Err(frame) => Box::pin(tokio::time::timeout_at(flush_by, self.sink.feed(frame)))
+                Err(frame) => Box::pin(tokio::time::timeout_at(flush_by, self.socket.feed(frame)))
                     .await
                     .into(),
             };
@@ -582,7 +571,7 @@ impl Connection {
         }
         let written = match self.flush_now() {
             Some(written) => written,
-            None => Box::pin(tokio::time::timeout_at(self.flush_by, self.sink.flush()))
+            None => Box::pin(tokio::time::timeout_at(self.flush_by, self.socket.flush()))
                 .await
                 .into(),
         };
@@ -598,8 +587,8 @@ impl Connection {
     /// connection's future: an `.await` here, even one that never waits,
     /// kept its state in every connection's task.
     fn feed_now(&mut self, frame: Message) -> Result<Written, Message> {
-        match poll_now(|cx| self.sink.poll_ready_unpin(cx)) {
-            Some(Ok(())) => Ok(self.sink.start_send_unpin(frame).into()),
+        match poll_now(|cx| self.socket.poll_ready_unpin(cx)) {
+            Some(Ok(())) => Ok(self.socket.start_send_unpin(frame).into()),
             Some(Err(e)) => Ok(Written::Failed(e)),
             None => Err(frame),
         }
@@ -608,7 +597,7 @@ impl Connection {
     /// Flushes the socket's buffer if that finishes now (see
     /// [`Connection::feed_now`]); `None` if it has to wait.
     fn flush_now(&mut self) -> Option<Written> {
-        poll_now(|cx| self.sink.poll_flush_unpin(cx)).map(Written::from)
+        poll_now(|cx| self.socket.poll_flush_unpin(cx)).map(Written::from)
     }
 
     /// Counts one more frame in the socket's buffer; the first one since a
@@ -691,7 +680,7 @@ impl Connection {
     /// boxed futures ([`Connection::read_store`], [`Connection::on_work`]).
     /// Inline, their states took the task from 1,024 to 1,280 bytes
     /// (docs/performance.md, "Idle memory, step by step").
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>) -> Closing {
+    async fn serve(&mut self) -> Closing {
         let shutdown = self.app.shutdown.clone();
         // Waited on across the loop's rounds: made anew each round, it
         // joined and left the token's waiter list at every frame.
@@ -718,15 +707,14 @@ impl Connection {
                     return c;
                 }
             }
-            let wake = std::future::poll_fn(|cx| {
-                self.poll_wake(cx, &mut rounds, stream, shutting_down.as_mut())
-            })
-            .await;
+            let wake =
+                std::future::poll_fn(|cx| self.poll_wake(cx, &mut rounds, shutting_down.as_mut()))
+                    .await;
             let result = match wake {
                 // One allocation per round that has work to do; inline,
                 // the handlers' states were the largest part of every idle
                 // connection's task.
-                Wake::Work(work) => Box::pin(self.on_work(work, &mut rounds, stream)).await,
+                Wake::Work(work) => Box::pin(self.on_work(work, &mut rounds)).await,
                 Wake::Unreadable(None) => return Closing::Gone,
                 Wake::Unreadable(Some(e)) => return self.on_error(e),
                 Wake::Shutdown => {
@@ -783,7 +771,6 @@ impl Connection {
         &mut self,
         cx: &mut std::task::Context<'_>,
         rounds: &mut Rounds,
-        stream: &mut SplitStream<WebSocket>,
         mut shutting_down: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
     ) -> Poll<Wake> {
         let reading = self.reading();
@@ -799,7 +786,7 @@ impl Connection {
                     Poll::Ready(Some(done)) => Some(Wake::Work(Work::Background(done))),
                     _ => None,
                 },
-                2 if reading => match stream.poll_next_unpin(cx) {
+                2 if reading => match self.socket.poll_next_unpin(cx) {
                     Poll::Ready(Some(Ok(frame))) => Some(Wake::Work(Work::Frame(frame))),
                     Poll::Ready(Some(Err(e))) => Some(Wake::Unreadable(Some(e))),
                     Poll::Ready(None) => Some(Wake::Unreadable(None)),
@@ -816,7 +803,7 @@ impl Connection {
             }
         }
         if self.unflushed > 0 {
-            if let Poll::Ready(flushed) = self.sink.poll_flush_unpin(cx) {
+            if let Poll::Ready(flushed) = self.socket.poll_flush_unpin(cx) {
                 return Poll::Ready(Wake::Flushed(flushed.into()));
             }
             if rounds
@@ -832,12 +819,7 @@ impl Connection {
 
     /// Handles a wake-up that has work to do: replies, background work, a
     /// frame (and those already read behind it), a ping tick, hub events.
-    async fn on_work(
-        &mut self,
-        work: Work,
-        rounds: &mut Rounds,
-        stream: &mut SplitStream<WebSocket>,
-    ) -> Result<(), Closing> {
+    async fn on_work(&mut self, work: Work, rounds: &mut Rounds) -> Result<(), Closing> {
         match work {
             Work::Reply(reply) => self.on_replies(reply).await,
             Work::Background(done) => self.on_backgrounds(done).await,
@@ -850,7 +832,7 @@ impl Connection {
                 let mut more = FRAME_BATCH;
                 while result.is_ok() && more > 0 && self.reading() {
                     more -= 1;
-                    match poll_once(stream.next()).await {
+                    match poll_once(self.socket.next()).await {
                         None => break,
                         Some(None) => return Err(Closing::Gone),
                         Some(Some(Err(e))) => return Err(self.on_error(e)),
@@ -1075,8 +1057,8 @@ impl Connection {
         }
     }
 
-    async fn close(mut self, closing: Closing, stream: SplitStream<WebSocket>) {
-        close_socket(&mut self.sink, stream, closing).await;
+    async fn close(mut self, closing: Closing) {
+        close_socket(&mut self.socket, closing).await;
         tracing::debug!(
             conn = self.conn,
             channel = %self.session.channel(),
