@@ -1,15 +1,16 @@
 #!/usr/bin/env node
 // How much server memory one large frame per connection leaves behind
-// (docs/security.md, "What is left, and known").
+// (docs/security.md, "Hostile and careless clients"; run by .ci/run).
 //
-//   node scripts/frame-buffer-probe.js BINARY [CONNECTIONS] [FRAME_BYTES]
+//   node scripts/frame-buffer-probe.js BINARY [CONNECTIONS] [FRAME_BYTES] [MAX_KB]
 //
 // Starts `BINARY serve --store memory` on a free loopback port, opens
 // CONNECTIONS (default 1000) WebSockets, then has each in turn send one
 // frame of FRAME_BYTES (default 60000; not JSON, so answered with a 400)
 // and wait for the answer: one frame in flight at a time, so what the
 // server's RSS gains is what the connections keep, not a peak. Prints the
-// RSS before and after the frames, per connection. Needs the `ws` package
+// RSS before and after the frames, per connection, and exits with 1 when
+// that is more than MAX_KB per connection. Needs the `ws` package
 // of clients/js (`npm ci` there). Linux only (reads /proc).
 'use strict';
 const { spawn } = require('node:child_process');
@@ -18,9 +19,9 @@ const net = require('node:net');
 const path = require('node:path');
 const WebSocket = require(path.join(__dirname, '../clients/js/node_modules/ws'));
 
-const [binary, n = '1000', size = '60000'] = process.argv.slice(2);
+const [binary, n = '1000', size = '60000', maxKb] = process.argv.slice(2);
 if (!binary) {
-  console.error('usage: frame-buffer-probe.js BINARY [CONNECTIONS] [FRAME_BYTES]');
+  console.error('usage: frame-buffer-probe.js BINARY [CONNECTIONS] [FRAME_BYTES] [MAX_KB]');
   process.exit(2);
 }
 const rssKb = (pid) =>
@@ -72,11 +73,16 @@ async function main() {
     }
     await new Promise((r) => setTimeout(r, 2000));
     const after = rssKb(server.pid);
+    const kept = (after - before) / +n;
     console.log(
       `${n} connections, one ${size}-byte frame each: server RSS ${before} KB -> ${after} KB: ` +
-        `${((after - before) / +n).toFixed(1)} KB kept per connection`,
+        `${kept.toFixed(1)} KB kept per connection`,
     );
     for (const ws of socks) ws.terminate();
+    if (maxKb !== undefined && kept > +maxKb) {
+      console.error(`more than ${maxKb} KB kept per connection`);
+      process.exitCode = 1;
+    }
   } finally {
     server.kill();
   }

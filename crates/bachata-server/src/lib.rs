@@ -17,6 +17,7 @@ mod route_hook;
 mod state;
 mod tls;
 mod webhook;
+mod websocket;
 mod ws;
 
 use std::net::SocketAddr;
@@ -448,8 +449,8 @@ pub async fn start_echo(
     let addr = tcp.local_addr().map_err(bind_error)?;
     let app = axum::Router::new().route(
         "/messages",
-        axum::routing::get(move |ws: axum::extract::ws::WebSocketUpgrade| async move {
-            ws::socket_limits(ws, max_frame_bytes).on_upgrade(ws::echo)
+        axum::routing::get(move |ws: websocket::Upgrade| async move {
+            ws.on_upgrade(ws::socket_limits(max_frame_bytes), ws::echo)
         }),
     );
     let metrics = Metrics::new();

@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,14 +25,13 @@ use bachata_core::{
 use bachata_proto::{Channel, ErrorCode, Inbound, Limits, MessageId, parse_frame};
 use bytes::Bytes;
 use futures_util::stream::{FuturesOrdered, FuturesUnordered};
-use futures_util::{SinkExt, StreamExt};
-use tokio_tungstenite::tungstenite;
 
 mod wait;
 
 use crate::auth::{HandshakeQuery, Identity};
 use crate::hooks::{ConnectHook, ConnectOutcome};
 use crate::state::AppState;
+use crate::websocket::{self, Message, Outgoing, Upgrade, WebSocket};
 use wait::{Pending, Timer, Written, poll_now, poll_once, ready};
 
 /// Close codes used by the server.
@@ -55,24 +53,15 @@ pub(crate) mod close {
     pub(crate) const SLOW_CONSUMER: u16 = 4008;
 }
 
-/// tungstenite's read buffer, which is also the most it reads at a time.
-/// It stays in every connection, idle or not, so it is small: a chat frame
-/// fits, and a larger one is read in steps. The steps cost no syscalls: the
-/// socket is read in one large read per wake-up through a buffer of the
-/// worker thread (`listener/read_ahead.rs`); with tungstenite reading the
-/// socket itself, 512 bytes instead of 1 KiB made 30% more read syscalls
-/// (docs/performance.md, "Idle memory, step by step").
-const READ_BUFFER: usize = 256;
-
-/// Bytes of frames buffered before they are written to the socket
-/// (tungstenite's default).
+/// Bytes of frames buffered before they are written to the socket, at
+/// the latest.
 const WRITE_BUFFER: usize = 128 * 1024;
 
 /// The most a connection's write buffer may hold: the batch above, one
-/// largest frame, and room for control frames. Pongs that tungstenite
-/// queues by itself grew it without bound when a client sent pings and
-/// never read (~1 GB in 10 s); now they stop at this, and the slow consumer
-/// timer closes the connection (protocol.md section 9).
+/// largest frame, and room for control frames. Pongs to a client that
+/// sends pings and never reads stop at this (tungstenite once grew its
+/// buffer by ~1 GB in 10 s that way), and the slow consumer timer closes
+/// the connection (protocol.md section 9).
 fn max_write_buffer(max_frame_bytes: usize) -> usize {
     WRITE_BUFFER + max_frame_bytes + 64 * 1024
 }
@@ -105,7 +94,7 @@ pub(crate) async fn upgrade(
     RawQuery(query): RawQuery,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let query = match HandshakeQuery::parse(query.as_deref()) {
         Ok(query) => query,
@@ -133,16 +122,10 @@ pub(crate) async fn upgrade(
             }
         }
     };
-    // tungstenite zero-fills its whole read buffer on every socket read
-    // (128 KiB by default): with small chat frames that memset was 18% of
-    // the server's CPU in a profile. The buffer is also touched on the
-    // first read, so it is resident in every idle connection: see
-    // [`READ_BUFFER`] for its size.
-    //
     // The connection gets a task of its own rather than running inside
-    // axum's upgrade task, whose state (the upgrade's settings, ~170 bytes)
+    // the upgrade's task, whose state (the upgrade and what it captured)
     // would stay in every connection's task for its whole life.
-    socket_limits(ws, app.config.max_frame_bytes).on_upgrade(move |socket| {
+    ws.on_upgrade(socket_limits(app.config.max_frame_bytes), move |socket| {
         let connection =
             app.tracker
                 .track_future(Connection::run(app.clone(), socket, channel, device));
@@ -182,18 +165,18 @@ async fn ask_connect_hook(
 /// The WebSocket settings of every upgrade: frame and message size, read and
 /// write buffers. Shared with the echo mode that the Autobahn conformance
 /// suite runs against ([`crate::echo`]).
-pub(crate) fn socket_limits(ws: WebSocketUpgrade, max_frame_bytes: usize) -> WebSocketUpgrade {
-    ws.max_message_size(max_frame_bytes)
-        .max_frame_size(max_frame_bytes)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(max_write_buffer(max_frame_bytes))
+pub(crate) fn socket_limits(max_frame_bytes: usize) -> websocket::Limits {
+    websocket::Limits {
+        max_message: max_frame_bytes,
+        write_buffer: WRITE_BUFFER,
+        max_write_buffer: max_write_buffer(max_frame_bytes),
+    }
 }
 
 enum Closing {
     /// The client left or the socket broke; nothing more to send.
     Gone,
-    /// The client sent a close frame: tungstenite queued the answer (its
+    /// The client sent a close frame: the socket queued the answer (its
     /// code echoed, or 1002 for a code that is not allowed), which must
     /// still be flushed before the socket is dropped.
     Answer,
@@ -279,7 +262,7 @@ enum Wake {
     Work(Work),
     /// The client's frames ended (`None`: the socket closed), or one could
     /// not be read.
-    Unreadable(Option<axum::Error>),
+    Unreadable(Option<websocket::Error>),
     /// Time to read the store again after a failed read.
     RetryRead,
     Shutdown,
@@ -343,26 +326,23 @@ fn nonzero(n: u32) -> std::num::NonZeroU32 {
 
 /// Whether a write failed because the connection's write buffer is at its
 /// bound (the client does not read).
-fn is_write_buffer_full(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|e| matches!(e, tungstenite::Error::WriteBufferFull(_)))
+fn is_write_buffer_full(e: &websocket::Error) -> bool {
+    matches!(e, websocket::Error::WriteBufferFull)
 }
 
 /// How to close after a read error, and whether the client sent a bad
 /// frame (for the metric).
-fn closing_for(e: axum::Error) -> (Closing, bool) {
-    let inner = e.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => (
+fn closing_for(e: websocket::Error) -> (Closing, bool) {
+    match e {
+        websocket::Error::TooBig { .. } => (
             Closing::Close(close::TOO_BIG, "frame larger than max_frame_bytes"),
             true,
         ),
-        Some(tungstenite::Error::Utf8(_)) => (
+        websocket::Error::Utf8 => (
             Closing::Close(close::INVALID_DATA, "text frame is not valid UTF-8"),
             true,
         ),
-        Some(tungstenite::Error::Protocol(_)) => (
+        websocket::Error::Protocol(_) => (
             Closing::Close(close::PROTOCOL, "WebSocket protocol error"),
             false,
         ),
@@ -373,7 +353,7 @@ fn closing_for(e: axum::Error) -> (Closing, bool) {
 /// The closing handshake: send our close frame, then wait for the peer's
 /// before dropping the socket, so the peer reads everything we sent (its
 /// pongs to our pings would otherwise hit a closed socket). Or, when the
-/// peer closed first, flush the answer tungstenite queued. Both are
+/// peer closed first, flush the answer the socket queued. Both are
 /// bounded: a peer that is not reading (slow consumer) or never answers
 /// loses the socket after [`CLOSE_GRACE`].
 async fn close_socket(socket: &mut WebSocket, closing: Closing) {
@@ -387,16 +367,12 @@ async fn close_socket(socket: &mut WebSocket, closing: Closing) {
         }
         Closing::Close(code, reason) => (code, reason),
     };
-    let frame = CloseFrame {
-        code,
-        reason: reason.into(),
-    };
     let handshake = async {
-        if socket.send(Message::Close(Some(frame))).await.is_err() {
+        if socket.close(code, reason).await.is_err() {
             return;
         }
         while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close(_)) {
+            if matches!(message, Message::Close) {
                 break;
             }
         }
@@ -413,25 +389,18 @@ pub(crate) async fn echo(mut socket: WebSocket) {
         let sent = match socket.next().await {
             None => break Closing::Gone,
             Some(Err(e)) => break closing_for(e).0,
-            Some(Ok(Message::Close(_))) => break Closing::Answer,
-            Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                socket.send(message).await
-            }
-            // The pong tungstenite queued goes out with a flush.
-            Some(Ok(Message::Ping(_))) => socket.flush().await,
-            Some(Ok(Message::Pong(_))) => Ok(()),
+            Some(Ok(Message::Close)) => break Closing::Answer,
+            Some(Ok(Message::Text(text))) => socket.send(Outgoing::Text(text.into())).await,
+            Some(Ok(Message::Binary(bytes))) => socket.send(Outgoing::Binary(bytes)).await,
+            // The pong the socket queued goes out with a flush.
+            Some(Ok(Message::Ping)) => socket.flush().await,
+            Some(Ok(Message::Pong)) => Ok(()),
         };
         if sent.is_err() {
             break Closing::Gone;
         }
     };
     close_socket(&mut socket, closing).await;
-}
-
-fn text(payload: Bytes) -> Option<Message> {
-    // Payloads are built from Rust strings, so this never fails; a frame
-    // that somehow is not UTF-8 is skipped rather than sent broken.
-    Utf8Bytes::try_from(payload).ok().map(Message::Text)
 }
 
 impl Connection {
@@ -483,11 +452,7 @@ impl Connection {
             Ok(session) => session,
             Err(e) => {
                 tracing::warn!(%channel, device = device_key(&device), error = %e, "cannot register connection");
-                let frame = CloseFrame {
-                    code: close::INTERNAL,
-                    reason: "store unavailable".into(),
-                };
-                let _ = socket.send(Message::Close(Some(frame))).await;
+                let _ = socket.close(close::INTERNAL, "store unavailable").await;
                 return None;
             }
         };
@@ -518,7 +483,7 @@ impl Connection {
             bachata_proto::ready(channel, self.session.device().as_ref(), secret.as_deref())
         };
         // Boxed, as it runs once: inline, its state was part of the task.
-        let closing = match Box::pin(self.send([Message::Text(ready.into())])).await {
+        let closing = match Box::pin(self.send([Outgoing::Text(ready.into())])).await {
             Ok(()) => self.serve().await,
             Err(closing) => closing,
         };
@@ -551,7 +516,7 @@ impl Connection {
     /// life, docs/performance.md), bounded by the slow consumer timeout.
     async fn send<I>(&mut self, frames: I) -> Result<(), Closing>
     where
-        I: IntoIterator<Item = Message>,
+        I: IntoIterator<Item = Outgoing>,
         I::IntoIter: Send,
     {
         // An iterator, not a Vec: most calls send one frame, and a Vec per
@@ -586,9 +551,9 @@ impl Connection {
     /// with the waker. Done this way, the common case is no part of the
     /// connection's future: an `.await` here, even one that never waits,
     /// kept its state in every connection's task.
-    fn feed_now(&mut self, frame: Message) -> Result<Written, Message> {
-        match poll_now(|cx| self.socket.poll_ready_unpin(cx)) {
-            Some(Ok(())) => Ok(self.socket.start_send_unpin(frame).into()),
+    fn feed_now(&mut self, frame: Outgoing) -> Result<Written, Outgoing> {
+        match poll_now(|cx| self.socket.poll_ready(cx)) {
+            Some(Ok(())) => Ok(self.socket.start_send(frame).into()),
             Some(Err(e)) => Ok(Written::Failed(e)),
             None => Err(frame),
         }
@@ -597,7 +562,7 @@ impl Connection {
     /// Flushes the socket's buffer if that finishes now (see
     /// [`Connection::feed_now`]); `None` if it has to wait.
     fn flush_now(&mut self) -> Option<Written> {
-        poll_now(|cx| self.socket.poll_flush_unpin(cx)).map(Written::from)
+        poll_now(|cx| self.socket.poll_flush(cx)).map(Written::from)
     }
 
     /// Counts one more frame in the socket's buffer; the first one since a
@@ -625,7 +590,7 @@ impl Connection {
         Err(Closing::Close(close::SLOW_CONSUMER, "slow consumer"))
     }
 
-    /// A ping from the client: tungstenite queued the pong, which goes out
+    /// A ping from the client: the socket queued the pong, which goes out
     /// with the next flush. It counts as a buffered frame, so a client that
     /// pings and never reads is closed as a slow consumer like any other
     /// (protocol.md section 9).
@@ -669,7 +634,7 @@ impl Connection {
     }
 
     async fn send_payloads(&mut self, payloads: Vec<Bytes>) -> Result<(), Closing> {
-        self.send(payloads.into_iter().filter_map(text)).await
+        self.send(payloads.into_iter().map(Outgoing::Text)).await
     }
 
     /// Serves the connection until it closes: each round reads what the
@@ -786,7 +751,7 @@ impl Connection {
                     Poll::Ready(Some(done)) => Some(Wake::Work(Work::Background(done))),
                     _ => None,
                 },
-                2 if reading => match self.socket.poll_next_unpin(cx) {
+                2 if reading => match self.socket.poll_next(cx) {
                     Poll::Ready(Some(Ok(frame))) => Some(Wake::Work(Work::Frame(frame))),
                     Poll::Ready(Some(Err(e))) => Some(Wake::Unreadable(Some(e))),
                     Poll::Ready(None) => Some(Wake::Unreadable(None)),
@@ -803,7 +768,7 @@ impl Connection {
             }
         }
         if self.unflushed > 0 {
-            if let Poll::Ready(flushed) = self.socket.poll_flush_unpin(cx) {
+            if let Poll::Ready(flushed) = self.socket.poll_flush(cx) {
                 return Poll::Ready(Wake::Flushed(flushed.into()));
             }
             if rounds
@@ -852,7 +817,7 @@ impl Connection {
                 // connection makes them again at its next message.
                 self.replies.release();
                 self.background.release();
-                self.send([Message::Ping(Bytes::new())]).await
+                self.send([Outgoing::Ping]).await
             }
             Work::Hub(event) => self.on_events(event).await,
         }
@@ -916,7 +881,7 @@ impl Connection {
             Ok(Accepted::Live { .. }) => return Ok(()),
             Err(rejection) => rejection.to_frame(),
         };
-        self.send([Message::Text(frame.into())]).await
+        self.send([Outgoing::Text(frame.into())]).await
     }
 
     /// A warning about this connection, with its number, channel and
@@ -941,7 +906,7 @@ impl Connection {
                     ErrorCode::Unavailable,
                     "storage is unavailable; ack again later",
                 );
-                self.send([Message::Text(reply.into())]).await
+                self.send([Outgoing::Text(reply.into())]).await
             }
             Background::Receipts(Err(e)) => {
                 // They stay pending and come again on the next connection.
@@ -951,7 +916,7 @@ impl Connection {
         }
     }
 
-    fn on_error(&self, e: axum::Error) -> Closing {
+    fn on_error(&self, e: websocket::Error) -> Closing {
         let (closing, bad_frame) = closing_for(e);
         if bad_frame {
             self.app.metrics.closed_bad_frames.inc();
@@ -961,7 +926,7 @@ impl Connection {
 
     async fn on_message(&mut self, message: Message) -> Result<(), Closing> {
         match message {
-            Message::Text(text) => self.on_text(text.as_str()).await,
+            Message::Text(text) => self.on_text(&text).await,
             Message::Binary(bytes) => match std::str::from_utf8(&bytes) {
                 Ok(text) => self.on_text(text).await,
                 Err(_) => {
@@ -972,12 +937,12 @@ impl Connection {
                     ))
                 }
             },
-            Message::Ping(_) => {
+            Message::Ping => {
                 self.pong_queued();
                 Ok(())
             }
-            Message::Pong(_) => Ok(()),
-            Message::Close(_) => Err(Closing::Answer),
+            Message::Pong => Ok(()),
+            Message::Close => Err(Closing::Answer),
         }
     }
 
@@ -1052,7 +1017,7 @@ impl Connection {
             }
         };
         match reply {
-            Some(reply) => self.send([Message::Text(reply.into())]).await,
+            Some(reply) => self.send([Outgoing::Text(reply.into())]).await,
             None => Ok(()),
         }
     }

@@ -5,6 +5,7 @@ mod common;
 
 use bachata_testkit::client::{Closed, TestClient, refused, url};
 use bachata_testkit::http;
+use bachata_testkit::raw::{RawSocket, frame, opcode};
 use common::{start, start_with};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -35,6 +36,86 @@ async fn bad_handshakes_get_401_with_a_reason() {
     let (status, body) = refused(url(addr, "alice", Some(&"d".repeat(65)))).await;
     assert_eq!(status, 401);
     assert!(body.contains("invalid device"), "{body}");
+}
+
+#[tokio::test]
+async fn the_upgrade_follows_rfc_6455_and_refuses_what_is_not_one() {
+    let s = start().await;
+    let addr = s.addr();
+    // The RFC's own example key and answer (section 1.3).
+    let (mut socket, head) =
+        RawSocket::connect_with_early_data(addr, "/messages?channel=alice", &[]).await;
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
+        "{head}"
+    );
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    let (op, ready) = socket.read_frame().await.expect("read").expect("ready");
+    assert_eq!(op, opcode::TEXT);
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ready).expect("json")["type"],
+        1000,
+        "ready"
+    );
+
+    let request = |method: &str, headers: &str| {
+        format!("{method} /messages?channel=alice HTTP/1.1\r\nHost: {addr}\r\n{headers}\r\n")
+    };
+    let upgrade = "Connection: Upgrade, close\r\nUpgrade: websocket\r\n";
+    let key = "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n";
+    let version = "Sec-WebSocket-Version: 13\r\n";
+    for (method, headers, status, reason) in [
+        ("GET", "Connection: close\r\n".to_owned(), 400, "Connection"),
+        (
+            "GET",
+            format!("{upgrade}{key}Sec-WebSocket-Version: 8\r\n"),
+            400,
+            "Sec-WebSocket-Version",
+        ),
+        (
+            "GET",
+            format!("{upgrade}{version}"),
+            400,
+            "Sec-WebSocket-Key",
+        ),
+        (
+            "GET",
+            format!("Connection: Upgrade, close\r\nUpgrade: h2c\r\n{key}{version}"),
+            400,
+            "Upgrade",
+        ),
+        (
+            "POST",
+            format!("{upgrade}{key}{version}Content-Length: 0\r\n"),
+            405,
+            "",
+        ),
+    ] {
+        let (got, body) = http::send(addr, &request(method, &headers)).await;
+        assert_eq!(got, status, "{method} {headers:?}: {body}");
+        assert!(body.contains(reason), "{method} {headers:?}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_read() {
+    // A client may write its first frames before the 101 arrives: hyper
+    // has read them with the request, and the WebSocket must get them.
+    let s = start().await;
+    let ping = frame(opcode::TEXT, br#"{"type":1001}"#);
+    let (mut socket, _) =
+        RawSocket::connect_with_early_data(s.addr(), "/messages?channel=eager", &ping).await;
+    let mut texts = Vec::new();
+    for _ in 0..2 {
+        let (op, payload) = socket.read_frame().await.expect("read").expect("a frame");
+        assert_eq!(op, opcode::TEXT);
+        texts.push(
+            serde_json::from_slice::<serde_json::Value>(&payload).expect("json")["type"].clone(),
+        );
+    }
+    assert_eq!(texts, [json!(1000), json!(1002)], "ready, then the pong");
 }
 
 #[tokio::test]

@@ -58,11 +58,38 @@ impl RawSocket {
     /// Upgrades `stream` with a GET of `target` (path and query) and extra
     /// header lines; returns the status and body of a refusal.
     pub async fn handshake(
-        mut stream: TcpStream,
+        stream: TcpStream,
         host: &str,
         target: &str,
         headers: &[(&str, &str)],
     ) -> Result<RawSocket, (u16, String)> {
+        Self::upgrade(stream, host, target, headers, &[])
+            .await
+            .map(|(socket, _)| socket)
+    }
+
+    /// Connects and upgrades with `early` bytes (frames, say) written right
+    /// behind the request, in the same write; the socket and the head of
+    /// the 101 answer (status line and headers).
+    pub async fn connect_with_early_data(
+        addr: SocketAddr,
+        target: &str,
+        early: &[u8],
+    ) -> (RawSocket, String) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        match Self::upgrade(stream, &addr.to_string(), target, &[], early).await {
+            Ok(upgraded) => upgraded,
+            Err((status, body)) => panic!("upgrade refused: {status} {body}"),
+        }
+    }
+
+    async fn upgrade(
+        mut stream: TcpStream,
+        host: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        early: &[u8],
+    ) -> Result<(RawSocket, String), (u16, String)> {
         let mut request = format!(
             "GET {target} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
@@ -71,8 +98,10 @@ impl RawSocket {
             request.push_str(&format!("{name}: {value}\r\n"));
         }
         request.push_str("\r\n");
+        let mut request = request.into_bytes();
+        request.extend_from_slice(early);
         let exchange = async {
-            stream.write_all(request.as_bytes()).await?;
+            stream.write_all(&request).await?;
             let mut head = Vec::new();
             let mut byte = [0u8; 1024];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -103,10 +132,13 @@ impl RawSocket {
             let _ = tokio::time::timeout(WAIT, stream.read_to_end(&mut body)).await;
             return Err((status, String::from_utf8_lossy(&body).into_owned()));
         }
-        Ok(RawSocket {
-            stream,
-            buffered: head[end..].to_vec(),
-        })
+        Ok((
+            RawSocket {
+                stream,
+                buffered: head[end..].to_vec(),
+            },
+            text,
+        ))
     }
 
     /// Connects and upgrades, or panics.

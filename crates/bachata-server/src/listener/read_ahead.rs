@@ -1,15 +1,17 @@
 //! Reading a socket through one buffer per worker thread, so that an idle
 //! connection keeps no read buffer of its own.
 //!
-//! A WebSocket reader must keep a buffer for the frame it is parsing, and
-//! tungstenite's doubles as its read size: a small one made a read syscall
-//! per few hundred bytes under load, a large one (1 KiB) sat in every idle
-//! connection, a quarter of its memory (docs/performance.md, "Idle memory,
-//! step by step"). [`ReadAhead`] splits the two: a small read is served by
-//! one large read into the thread's scratch buffer, and what the reader did
-//! not take waits in a buffer of the connection's own, made for those bytes
-//! and freed once they are taken. An idle connection's socket has been read
-//! dry, so it holds nothing; the reader's own buffer can be small.
+//! The WebSocket layer (`websocket.rs`) reads exactly what it needs: a
+//! frame's header, two bytes and then the rest of it, and then its payload
+//! into the payload's own allocation. Each of those reads as a syscall
+//! would cost several syscalls per frame; a read buffer to avoid them would
+//! sit in every idle connection (tungstenite's 1 KiB was a quarter of an
+//! idle connection's memory, docs/performance.md, "Idle memory, step by
+//! step"). [`ReadAhead`] serves a small read by one large read into the
+//! thread's scratch buffer, and what the reader did not take waits in a
+//! buffer of the connection's own, made for those bytes and freed once
+//! they are taken. An idle connection's socket has been read dry, so it
+//! holds nothing.
 //!
 //! What waits is at most one read, [`SCRATCH`] bytes, per connection, and
 //! only while its reader has not taken it (a connection whose pipeline is

@@ -43,13 +43,15 @@ impl Timer {
 /// How a write to the socket ended.
 pub(super) enum Written {
     Done,
-    Failed(axum::Error),
+    Failed(crate::websocket::Error),
     /// Still waiting when the slow consumer timeout ran out.
     TimedOut,
 }
 
-impl From<Result<Result<(), axum::Error>, tokio::time::error::Elapsed>> for Written {
-    fn from(outcome: Result<Result<(), axum::Error>, tokio::time::error::Elapsed>) -> Self {
+impl From<Result<Result<(), crate::websocket::Error>, tokio::time::error::Elapsed>> for Written {
+    fn from(
+        outcome: Result<Result<(), crate::websocket::Error>, tokio::time::error::Elapsed>,
+    ) -> Self {
         match outcome {
             Ok(Ok(())) => Written::Done,
             Ok(Err(e)) => Written::Failed(e),
@@ -58,8 +60,8 @@ impl From<Result<Result<(), axum::Error>, tokio::time::error::Elapsed>> for Writ
     }
 }
 
-impl From<Result<(), axum::Error>> for Written {
-    fn from(result: Result<(), axum::Error>) -> Self {
+impl From<Result<(), crate::websocket::Error>> for Written {
+    fn from(result: Result<(), crate::websocket::Error>) -> Self {
         match result {
             Ok(()) => Written::Done,
             Err(e) => Written::Failed(e),

@@ -1,0 +1,462 @@
+//! The WebSocket layer against a scripted client over an in-memory pipe.
+//! (The Autobahn suite, `scripts/websocket-conformance.sh`, checks it
+//! against the RFC case by case; the server's tests, through it.)
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::*;
+
+const LIMITS: Limits = Limits {
+    max_message: 64 * 1024,
+    write_buffer: 8 * 1024,
+    max_write_buffer: 16 * 1024,
+};
+
+const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
+
+/// A client frame: `first` is the first byte (FIN and opcode).
+fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    match payload.len() {
+        len @ 0..=125 => out.push(0x80 | len as u8),
+        len @ 126..=0xFFFF => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&MASK);
+    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
+    out
+}
+
+fn poll_now<T>(poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Option<T> {
+    match poll(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    }
+}
+
+fn pair(pipe: usize) -> (WebSocket<DuplexStream>, DuplexStream) {
+    let (server, client) = tokio::io::duplex(pipe);
+    (WebSocket::new(server, LIMITS), client)
+}
+
+async fn next(ws: &mut WebSocket<DuplexStream>) -> Option<Result<Message, Error>> {
+    tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("a message or an end within 5 s")
+}
+
+async fn message(ws: &mut WebSocket<DuplexStream>) -> Message {
+    next(ws).await.expect("a message").expect("a valid message")
+}
+
+/// Reads one server frame: its first byte and its payload.
+async fn server_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+    let read = async {
+        let mut head = [0; 2];
+        client.read_exact(&mut head).await?;
+        assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+        let len = match head[1] & 0x7F {
+            126 => usize::from(client.read_u16().await?),
+            127 => client.read_u64().await? as usize,
+            len => usize::from(len),
+        };
+        let mut payload = vec![0; len];
+        client.read_exact(&mut payload).await?;
+        io::Result::Ok((head[0], payload))
+    };
+    tokio::time::timeout(Duration::from_secs(5), read)
+        .await
+        .expect("a frame within 5 s")
+        .expect("a whole frame")
+}
+
+/// Whether the server sent nothing more (reads until its side is gone).
+async fn nothing_more(ws: WebSocket<DuplexStream>, client: &mut DuplexStream) -> bool {
+    drop(ws);
+    let mut rest = Vec::new();
+    client.read_to_end(&mut rest).await.is_ok() && rest.is_empty()
+}
+
+#[tokio::test]
+async fn reads_text_and_binary_messages_and_keeps_nothing_between_them() {
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x81, b"hello"))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x82, &[0, 159, 255]))
+        .await
+        .expect("written");
+    assert_eq!(message(&mut ws).await, Message::Text("hello".into()));
+    assert_eq!(
+        message(&mut ws).await,
+        Message::Binary(Bytes::from_static(&[0, 159, 255]))
+    );
+    assert_eq!(ws.holds(), (0, false, false, 0), "no buffer between frames");
+}
+
+#[tokio::test]
+async fn a_large_frame_leaves_no_buffer_behind() {
+    // What tungstenite kept for the connection's life (docs/security.md):
+    // its read buffer grew to the largest frame's size.
+    let (mut ws, mut client) = pair(1 << 20);
+    let big = "x".repeat(60_000);
+    client
+        .write_all(&masked(0x81, big.as_bytes()))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x81, b"small"))
+        .await
+        .expect("written");
+    assert_eq!(message(&mut ws).await, Message::Text(big));
+    assert_eq!(ws.holds(), (0, false, false, 0));
+    assert_eq!(message(&mut ws).await, Message::Text("small".into()));
+    assert_eq!(ws.holds(), (0, false, false, 0));
+}
+
+#[tokio::test]
+async fn reads_frames_that_arrive_a_byte_at_a_time() {
+    let (mut ws, mut client) = pair(1);
+    let frames = [
+        masked(0x81, b"one"),
+        masked(0x82, &[7; 300]),
+        masked(0x81, "é".repeat(30_000).as_bytes()),
+    ]
+    .concat();
+    let writer = tokio::spawn(async move {
+        client.write_all(&frames).await.expect("written");
+        client
+    });
+    assert_eq!(message(&mut ws).await, Message::Text("one".into()));
+    assert_eq!(
+        message(&mut ws).await,
+        Message::Binary(Bytes::from(vec![7; 300]))
+    );
+    assert_eq!(message(&mut ws).await, Message::Text("é".repeat(30_000)));
+    drop(writer.await.expect("the writer finishes"));
+    assert!(next(&mut ws).await.is_none(), "the socket ended");
+}
+
+#[tokio::test]
+async fn joins_fragments_and_answers_a_ping_between_them() {
+    let (mut ws, mut client) = pair(1 << 20);
+    // "é" is split between the first two fragments: allowed mid-message.
+    let text = "caf\u{e9} au lait";
+    let bytes = text.as_bytes();
+    client
+        .write_all(&masked(0x01, &bytes[..4]))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x89, b"are you there"))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x00, &bytes[4..8]))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x80, &bytes[8..]))
+        .await
+        .expect("written");
+    assert_eq!(message(&mut ws).await, Message::Ping);
+    assert_eq!(message(&mut ws).await, Message::Text(text.into()));
+    ws.flush().await.expect("written");
+    assert_eq!(
+        server_frame(&mut client).await,
+        (0x8A, b"are you there".to_vec()),
+        "the pong carries the ping's payload"
+    );
+    assert_eq!(ws.holds(), (0, false, false, 0));
+}
+
+#[tokio::test]
+async fn invalid_utf8_fails_at_the_fragment_that_breaks_it() {
+    let (mut ws, mut client) = pair(1 << 20);
+    // The message is not finished; the error comes without waiting for it.
+    client
+        .write_all(&masked(0x01, &[b'o', b'k', 0xC0, 0xAF]))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
+
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x81, &[0xFF]))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
+
+    // A character cut off by the final fragment.
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x01, b"ok"))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x80, &[0xC3]))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
+}
+
+#[tokio::test]
+async fn a_frame_over_the_limit_fails_before_its_payload_is_read() {
+    let (mut ws, mut client) = pair(1 << 20);
+    let head = &masked(0x82, &vec![0; LIMITS.max_message + 1])[..14];
+    // Only the header is sent: the server must not wait for the payload.
+    client.write_all(head).await.expect("written");
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(Err(Error::TooBig { max })) if max == LIMITS.max_message
+    ));
+    assert!(!ws.holds().1, "no room made for it");
+}
+
+#[tokio::test]
+async fn fragments_together_over_the_limit_fail() {
+    let (mut ws, mut client) = pair(1 << 20);
+    let half = vec![b'a'; LIMITS.max_message / 2 + 1];
+    client
+        .write_all(&masked(0x01, &half))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x80, &half))
+        .await
+        .expect("written");
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(Err(Error::TooBig { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn fragments_out_of_order_are_protocol_errors() {
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x80, b"x"))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x01, b"x"))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x81, b"y"))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&[0x81, 0x01, b'x'])
+        .await
+        .expect("written");
+    assert!(
+        matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))),
+        "unmasked"
+    );
+}
+
+#[tokio::test]
+async fn answers_a_close_with_its_code_and_reads_no_further() {
+    let (mut ws, mut client) = pair(1 << 20);
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(b"bye");
+    client
+        .write_all(&masked(0x88, &close))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x81, b"after"))
+        .await
+        .expect("written");
+    assert_eq!(message(&mut ws).await, Message::Close);
+    assert!(next(&mut ws).await.is_none(), "nothing after a close");
+    assert!(matches!(ws.start_send(Outgoing::Ping), Err(Error::Closed)));
+    ws.flush().await.expect("written");
+    assert_eq!(server_frame(&mut client).await, (0x88, vec![0x03, 0xE8]));
+    assert!(nothing_more(ws, &mut client).await);
+}
+
+#[tokio::test]
+async fn a_close_code_a_peer_may_not_send_is_answered_with_1002() {
+    for (payload, answer) in [
+        (
+            1005u16.to_be_bytes().to_vec(),
+            1002u16.to_be_bytes().to_vec(),
+        ),
+        (
+            999u16.to_be_bytes().to_vec(),
+            1002u16.to_be_bytes().to_vec(),
+        ),
+        (
+            4000u16.to_be_bytes().to_vec(),
+            4000u16.to_be_bytes().to_vec(),
+        ),
+        (Vec::new(), Vec::new()),
+    ] {
+        let (mut ws, mut client) = pair(1 << 20);
+        client
+            .write_all(&masked(0x88, &payload))
+            .await
+            .expect("written");
+        assert_eq!(message(&mut ws).await, Message::Close);
+        ws.flush().await.expect("written");
+        assert_eq!(
+            server_frame(&mut client).await,
+            (0x88, answer),
+            "{payload:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_close_frame_is_an_error() {
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x88, &[0x03]))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x88, &[0x03, 0xE8, 0xFF]))
+        .await
+        .expect("written");
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
+    assert!(
+        next(&mut ws).await.is_none(),
+        "a broken close still ends the client's frames: the server's close answers it"
+    );
+}
+
+#[tokio::test]
+async fn the_server_closes_first_and_waits_for_the_answer() {
+    let (mut ws, mut client) = pair(1 << 20);
+    ws.close(4008, "slow consumer").await.expect("written");
+    let mut expected = 4008u16.to_be_bytes().to_vec();
+    expected.extend_from_slice(b"slow consumer");
+    assert_eq!(server_frame(&mut client).await, (0x88, expected));
+    assert!(matches!(
+        ws.start_send(Outgoing::Text(Bytes::from_static(b"late"))),
+        Err(Error::Closed)
+    ));
+    // The client's data before its answer is still read; its answer ends
+    // the handshake with no second close from the server.
+    client
+        .write_all(&masked(0x81, b"in flight"))
+        .await
+        .expect("written");
+    client
+        .write_all(&masked(0x88, &4008u16.to_be_bytes()))
+        .await
+        .expect("written");
+    assert_eq!(message(&mut ws).await, Message::Text("in flight".into()));
+    assert_eq!(message(&mut ws).await, Message::Close);
+    ws.flush().await.expect("written");
+    assert!(nothing_more(ws, &mut client).await);
+}
+
+#[tokio::test]
+async fn a_long_close_reason_is_cut_to_fit_a_control_frame() {
+    let (mut ws, mut client) = pair(1 << 20);
+    ws.close(1000, &"é".repeat(100)).await.expect("written");
+    let (first, payload) = server_frame(&mut client).await;
+    assert_eq!(first, 0x88);
+    assert!(payload.len() <= 125);
+    assert!(
+        std::str::from_utf8(&payload[2..]).is_ok(),
+        "cut at a character"
+    );
+}
+
+#[tokio::test]
+async fn writes_frames_and_frees_the_buffer_once_written() {
+    let (mut ws, mut client) = pair(1 << 20);
+    ws.feed(Outgoing::Text(Bytes::from_static(b"one")))
+        .await
+        .expect("written");
+    assert!(matches!(
+        ws.feed(Outgoing::Binary(Bytes::from(vec![9; 70_000])))
+            .await,
+        Err(Error::WriteBufferFull)
+    ));
+    ws.feed(Outgoing::Ping).await.expect("written");
+    assert!(ws.holds().3 > 0);
+    ws.flush().await.expect("written");
+    assert_eq!(ws.holds().3, 0, "freed once written");
+    assert_eq!(server_frame(&mut client).await, (0x81, b"one".to_vec()));
+    assert_eq!(server_frame(&mut client).await, (0x89, Vec::new()));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_fills_the_buffer_to_its_bound() {
+    // A pipe of 1 KiB that nobody reads: writes stop there.
+    let (mut ws, mut client) = pair(1024);
+    let frame = Bytes::from(vec![b'x'; 1000]);
+    let mut fed = 0;
+    loop {
+        let ready = poll_now(|cx| ws.poll_ready(cx));
+        match ready {
+            Some(Ok(())) => {}
+            Some(Err(e)) => panic!("{e}"),
+            None => break,
+        }
+        match ws.start_send(Outgoing::Text(frame.clone())) {
+            Ok(()) => fed += 1,
+            Err(e) => panic!("{e}"),
+        }
+        assert!(fed < 100, "bounded");
+    }
+    let unsent = ws.out.len() - ws.written;
+    // It stopped with the pipe's 1 KiB written out of a full batch.
+    assert!(unsent + 1024 >= LIMITS.write_buffer && unsent < LIMITS.write_buffer);
+    // Past `write_buffer`, frames are refused at `max_write_buffer`...
+    while ws.start_send(Outgoing::Text(frame.clone())).is_ok() {
+        assert!(ws.out.len() - ws.written <= LIMITS.max_write_buffer);
+    }
+    assert!(matches!(
+        ws.start_send(Outgoing::Text(frame.clone())),
+        Err(Error::WriteBufferFull)
+    ));
+    // Filled to the byte with small frames...
+    let small = Bytes::from_static(b"x");
+    while ws.start_send(Outgoing::Text(small.clone())).is_ok() {}
+    assert!(ws.out.len() - ws.written + 3 > LIMITS.max_write_buffer);
+    // ...a ping's pong is dropped, not queued past the bound.
+    client
+        .write_all(&masked(0x89, &[1; 125]))
+        .await
+        .expect("written");
+    let before = ws.out.len();
+    assert_eq!(message(&mut ws).await, Message::Ping);
+    assert_eq!(ws.out.len(), before);
+}
+
+#[tokio::test]
+async fn the_socket_ending_inside_a_frame_is_an_error() {
+    let (mut ws, mut client) = pair(1 << 20);
+    client
+        .write_all(&masked(0x81, b"hello")[..8])
+        .await
+        .expect("written");
+    drop(client);
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Io(_)))));
+    assert!(next(&mut ws).await.is_none());
+}
