@@ -7,7 +7,8 @@
 //!
 //! - **No read buffer.** A frame's header is read into 14 bytes of the
 //!   socket's own, and its payload straight into an allocation of exactly
-//!   its length, which becomes the message (no copy). tungstenite kept a
+//!   its length, which becomes the message (no copy; past 16 KiB the room
+//!   grows with the bytes that arrive). tungstenite kept a
 //!   buffer the size of the largest frame a connection ever sent, for the
 //!   connection's life: a client could pin `--max-frame-bytes` of server
 //!   memory per connection, outside `--max-retained-bytes`. Reading a few
@@ -45,7 +46,8 @@ pub(crate) struct Limits {
     /// ([`WebSocket::poll_ready`]).
     pub(crate) write_buffer: usize,
     /// The most the write buffer may hold: a frame that would take it past
-    /// this fails with [`Error::WriteBufferFull`], and a pong is not sent.
+    /// this fails with [`Error::WriteBufferFull`], and so does reading a
+    /// ping whose pong would (the client sends and does not read).
     pub(crate) max_write_buffer: usize,
 }
 
@@ -194,6 +196,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         let end = payload.start + payload.header.len as usize;
         while payload.data.len() < end {
             let want = end - payload.data.len();
+            if payload.data.len() == payload.data.capacity() {
+                // Room grows with what arrives, doubling up to the frame's
+                // length: a header alone, or a payload sent a byte at a
+                // time, holds little more than what was sent.
+                let more = want.min(payload.data.capacity().max(FIRST_READ));
+                payload.data.reserve_exact(more);
+            }
             let n = ready!(tokio_util::io::poll_read_buf(
                 Pin::new(&mut self.io),
                 cx,
@@ -257,8 +266,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     return Err(too_big);
                 }
                 // Read onto the message so far: no copy when it is whole.
-                let mut data = std::mem::take(&mut fragments.data);
-                data.reserve(len);
+                let data = std::mem::take(&mut fragments.data);
                 let start = data.len();
                 Ok(Payload {
                     header,
@@ -271,7 +279,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
             )),
             _ => Ok(Payload {
                 header,
-                data: Vec::with_capacity(len),
+                data: Vec::with_capacity(len.min(FIRST_READ)),
                 start: 0,
             }),
         }
@@ -284,9 +292,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         match header.opcode {
             frame::PING => {
                 if !self.sent_close {
-                    // Dropped when the write buffer is full: the client is
-                    // not reading, and the slow consumer timeout closes it.
-                    let _ = self.buffer_frame(frame::PONG, &data);
+                    // An error when the write buffer is full: a pong
+                    // dropped instead let a client that pings and never
+                    // reads be read at full speed, the buffer draining into
+                    // the kernel a little at each slow consumer check.
+                    self.buffer_frame(frame::PONG, &data)?;
                 }
                 Ok(Some(Message::Ping))
             }
@@ -466,6 +476,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         )
     }
 }
+
+/// Room made for a payload before its bytes arrive: a chat message's
+/// whole length, a larger one's first part (see [`WebSocket::poll_frame`]).
+const FIRST_READ: usize = 16 * 1024;
 
 /// The write buffer's first allocation.
 const FIRST_WRITE_BUFFER: usize = 4096;

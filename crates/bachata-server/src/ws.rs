@@ -78,6 +78,13 @@ const INVALID_PER_SECOND: u32 = 10;
 const READ_RETRY_FIRST: Duration = Duration::from_millis(100);
 const READ_RETRY_MAX: Duration = Duration::from_secs(5);
 
+/// Frames read (and dropped) after the server's close while waiting for
+/// the peer's answer: what a client had in flight when the close came.
+/// A client flooding past it loses the socket at once; reading its flood
+/// for the whole [`CLOSE_GRACE`] would only feed it (a ping flood closed
+/// as a slow consumer went on at ~500k pings/s).
+const CLOSE_FRAMES: usize = 1024;
+
 /// How long a close frame may wait behind unread data before the socket is
 /// dropped without it.
 const CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
@@ -346,7 +353,11 @@ fn closing_for(e: websocket::Error) -> (Closing, bool) {
             Closing::Close(close::PROTOCOL, "WebSocket protocol error"),
             false,
         ),
-        _ => (Closing::Gone, false),
+        // A ping whose pong did not fit: the client does not read.
+        websocket::Error::WriteBufferFull => {
+            (Closing::Close(close::SLOW_CONSUMER, "slow consumer"), false)
+        }
+        websocket::Error::Io(_) | websocket::Error::Closed => (Closing::Gone, false),
     }
 }
 
@@ -355,7 +366,8 @@ fn closing_for(e: websocket::Error) -> (Closing, bool) {
 /// pongs to our pings would otherwise hit a closed socket). Or, when the
 /// peer closed first, flush the answer the socket queued. Both are
 /// bounded: a peer that is not reading (slow consumer) or never answers
-/// loses the socket after [`CLOSE_GRACE`].
+/// loses the socket after [`CLOSE_GRACE`], and one that keeps sending
+/// after [`CLOSE_FRAMES`] more frames.
 async fn close_socket(socket: &mut WebSocket, closing: Closing) {
     let (code, reason) = match closing {
         Closing::Gone => return,
@@ -371,9 +383,10 @@ async fn close_socket(socket: &mut WebSocket, closing: Closing) {
         if socket.close(code, reason).await.is_err() {
             return;
         }
-        while let Some(Ok(message)) = socket.next().await {
-            if matches!(message, Message::Close) {
-                break;
+        for _ in 0..CLOSE_FRAMES {
+            match socket.next().await {
+                Some(Ok(Message::Close)) | Some(Err(_)) | None => break,
+                Some(Ok(_)) => {}
             }
         }
     };
@@ -593,7 +606,8 @@ impl Connection {
     /// A ping from the client: the socket queued the pong, which goes out
     /// with the next flush. It counts as a buffered frame, so a client that
     /// pings and never reads is closed as a slow consumer like any other
-    /// (protocol.md section 9).
+    /// (protocol.md section 9); at once when the pong does not fit in the
+    /// write buffer (the socket reports that as an error instead).
     fn pong_queued(&mut self) {
         self.buffered();
     }
@@ -920,6 +934,9 @@ impl Connection {
         let (closing, bad_frame) = closing_for(e);
         if bad_frame {
             self.app.metrics.closed_bad_frames.inc();
+        }
+        if matches!(closing, Closing::Close(close::SLOW_CONSUMER, _)) {
+            self.app.metrics.slow_consumers.inc();
         }
         closing
     }

@@ -398,6 +398,29 @@ async fn retained_bytes_are_bounded() {
     assert!(grown < 64 << 20, "the server grew by {} MB", grown >> 20);
 }
 
+/// After the server's close, what a client had in flight is read while the
+/// server waits for its answer (up to 5 s); a client that floods instead
+/// loses the socket at once, rather than being read for those 5 s.
+#[tokio::test]
+async fn a_flood_after_the_servers_close_ends_the_socket() {
+    let (_child, addr) = spawn_bachata(&args(&["--store", "memory"])).await;
+    let mut socket = RawSocket::connect(addr, "/messages?channel=flooder").await;
+    // A binary frame that is not UTF-8: the server closes with 1007.
+    socket.send(opcode::BINARY, &[0xFF]).await.expect("send");
+    assert_eq!(socket.close_code().await, Some(1007));
+    let flood: Vec<u8> = (0..2000)
+        .flat_map(|_| frame(opcode::PING, b"still here"))
+        .collect();
+    let started = Instant::now();
+    let _ = socket.stream.write_all(&flood).await;
+    assert!(socket.ends().await, "the server keeps the socket");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the socket ended after {:?}: the flood was read until the close grace ran out",
+        started.elapsed()
+    );
+}
+
 /// Invalid frames cost a token of the rate limit and of the connection's
 /// budget of frames it cannot read: a flood of them is closed with 1008.
 #[tokio::test]

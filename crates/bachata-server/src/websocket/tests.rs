@@ -125,6 +125,26 @@ async fn a_large_frame_leaves_no_buffer_behind() {
 }
 
 #[tokio::test]
+async fn room_for_a_payload_grows_with_what_arrives() {
+    // A client announces the largest frame and sends a few bytes of it:
+    // the server must not hold the whole announced length for it.
+    let (mut ws, mut client) = pair(1 << 20);
+    let frame = masked(0x82, &vec![1; LIMITS.max_message]);
+    client.write_all(&frame[..14 + 10]).await.expect("written");
+    assert!(
+        poll_now(|cx| ws.poll_next(cx)).is_none(),
+        "waits for the rest"
+    );
+    let held = ws.payload.as_ref().map_or(0, |p| p.data.capacity());
+    assert!(held > 0 && held <= FIRST_READ, "{held} bytes held");
+    client.write_all(&frame[14 + 10..]).await.expect("written");
+    assert_eq!(
+        message(&mut ws).await,
+        Message::Binary(Bytes::from(vec![1; LIMITS.max_message]))
+    );
+}
+
+#[tokio::test]
 async fn reads_frames_that_arrive_a_byte_at_a_time() {
     let (mut ws, mut client) = pair(1);
     let frames = [
@@ -439,14 +459,18 @@ async fn a_client_that_does_not_read_fills_the_buffer_to_its_bound() {
     let small = Bytes::from_static(b"x");
     while ws.start_send(Outgoing::Text(small.clone())).is_ok() {}
     assert!(ws.out.len() - ws.written + 3 > LIMITS.max_write_buffer);
-    // ...a ping's pong is dropped, not queued past the bound.
+    // ...and a ping whose pong would go past the bound is an error: the
+    // client does not read.
     client
         .write_all(&masked(0x89, &[1; 125]))
         .await
         .expect("written");
     let before = ws.out.len();
-    assert_eq!(message(&mut ws).await, Message::Ping);
-    assert_eq!(ws.out.len(), before);
+    assert!(matches!(
+        next(&mut ws).await,
+        Some(Err(Error::WriteBufferFull))
+    ));
+    assert_eq!(ws.out.len(), before, "not queued");
 }
 
 #[tokio::test]
