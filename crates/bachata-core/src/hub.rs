@@ -100,6 +100,15 @@ impl Inbox {
         Poll::Pending
     }
 
+    /// Wakes the connection waiting on this inbox, if one is, with no
+    /// event (see [`Hub::close_all`]).
+    fn wake_reader(&self) {
+        let waiting = self.queue.lock().waiting.take();
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
+    }
+
     /// Waits for the next event (see [`Inbox::poll_recv`]).
     pub(crate) async fn recv(&self) -> Event {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
@@ -123,6 +132,8 @@ pub struct Hub {
     /// With presence across nodes: the channels whose connections changed
     /// since the presence task last took them, and its wake-up.
     changes: Option<Arc<Changes>>,
+    /// Set by [`Hub::close_all`]: the server is shutting down.
+    closing: AtomicBool,
 }
 
 /// See [`Hub::track_changes`].
@@ -152,6 +163,13 @@ pub struct Subscription {
     channel: Channel,
     id: u64,
     pub(crate) inbox: Arc<Inbox>,
+}
+
+impl Subscription {
+    /// Whether the server is shutting down ([`Hub::close_all`]).
+    pub fn is_closing(&self) -> bool {
+        self.hub.closing.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Subscription {
@@ -264,6 +282,23 @@ impl Hub {
             |_| true,
             |sub| sub.inbox.push_or_lag(Event::Wake(seq)),
         );
+    }
+
+    /// Tells every connection, and every one that subscribes from now on,
+    /// that the server is shutting down ([`Subscription::is_closing`]).
+    ///
+    /// A flag that a connection reads when its inbox is empty, and a
+    /// wake-up through the inbox it already waits on: a wait on the
+    /// shutdown token of its own was 72 bytes of every connection's task.
+    pub fn close_all(&self) {
+        // Set before any inbox's lock is taken: a connection that registers
+        // its waker after this pass reads the flag after its registration,
+        // under the same lock, and sees it (see `Session::poll_recv`).
+        self.closing.store(true, Ordering::SeqCst);
+        let channels = self.channels.read();
+        for sub in channels.values().flatten() {
+            sub.inbox.wake_reader();
+        }
     }
 
     /// Makes every connection re-read the store (lost bus events).
@@ -381,6 +416,33 @@ mod tests {
             .await
             .expect("woken")
             .expect("task")
+    }
+
+    #[tokio::test]
+    async fn close_all_wakes_waiting_connections_and_tells_later_ones() {
+        let hub = Hub::new();
+        let sub = Arc::new(hub.subscribe(&channel(), &None));
+        assert!(!sub.is_closing());
+        // A connection waits as `ws.rs` does: its inbox first, then the flag.
+        let waiting = sub.clone();
+        let waiter = tokio::spawn(async move {
+            std::future::poll_fn(|cx| match waiting.inbox.poll_recv(cx) {
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending if waiting.is_closing() => Poll::Ready(true),
+                Poll::Pending => Poll::Pending,
+            })
+            .await
+        });
+        tokio::task::yield_now().await;
+        hub.close_all();
+        let closing = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken without an event")
+            .expect("task");
+        assert!(closing, "woken by the flag, not an event");
+        assert!(sub.inbox.try_recv().is_none(), "no event was queued");
+        let later = hub.subscribe(&Channel::new("late").expect("valid"), &None);
+        assert!(later.is_closing(), "a connection opened during shutdown");
     }
 
     #[tokio::test]

@@ -220,6 +220,13 @@ impl Session {
         self.sub.inbox.poll_recv(cx)
     }
 
+    /// Whether the server is shutting down (`Hub::close_all`). Read it
+    /// after a `poll_recv` that returned `Pending`: the task is then woken
+    /// when the flag is set later.
+    pub fn server_closing(&self) -> bool {
+        self.sub.is_closing()
+    }
+
     /// The next hub event if one is already queued.
     pub fn try_recv(&mut self) -> Option<Event> {
         self.sub.inbox.try_recv()

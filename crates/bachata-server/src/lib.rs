@@ -382,8 +382,15 @@ pub async fn start_with(
         connect_hook,
         center: center.clone(),
         metrics,
-        shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
+    });
+    // Connections learn of the shutdown through their hub inboxes (see
+    // `Hub::close_all`), not a wait of their own on the token.
+    let hub = center.hub().clone();
+    let closing = shutdown.clone();
+    tokio::spawn(async move {
+        closing.cancelled().await;
+        hub.close_all();
     });
     spawn_expiry(center, shutdown.clone());
     let connections = TaskTracker::new();

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use bachata_core::MessagesCenter;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
@@ -24,8 +23,6 @@ pub(crate) struct AppState {
     pub(crate) connect_hook: Option<ConnectHook>,
     pub(crate) center: Arc<MessagesCenter>,
     pub(crate) metrics: Metrics,
-    /// Cancelled on shutdown: connections close with 1001.
-    pub(crate) shutdown: CancellationToken,
     /// Every WebSocket task, so shutdown can wait for them.
     pub(crate) tracker: TaskTracker,
 }

@@ -220,8 +220,8 @@ const FLUSH_EVERY: usize = 64;
 const EVENT_BATCH: usize = 64;
 
 /// The sources of work `serve` waits on (replies, background work, frames,
-/// pings, the read retry, hub events, shutdown), polled in turn.
-const SOURCES: usize = 7;
+/// pings, the read retry, hub events and shutdown), polled in turn.
+const SOURCES: usize = 6;
 
 /// Frames handled one after the other when they are already read, before
 /// the connection looks at its other sources of work again.
@@ -660,10 +660,6 @@ impl Connection {
     /// Inline, their states took the task from 1,024 to 1,280 bytes
     /// (docs/performance.md, "Idle memory, step by step").
     async fn serve(&mut self) -> Closing {
-        let shutdown = self.app.shutdown.clone();
-        // Waited on across the loop's rounds: made anew each round, it
-        // joined and left the token's waiter list at every frame.
-        let mut shutting_down = std::pin::pin!(shutdown.cancelled());
         let mut rounds = Rounds::new(self.app.config.ping_interval);
         loop {
             if self.session.wants_read()
@@ -686,24 +682,26 @@ impl Connection {
                     return c;
                 }
             }
-            let wake =
-                std::future::poll_fn(|cx| self.poll_wake(cx, &mut rounds, shutting_down.as_mut()))
-                    .await;
-            let result = match wake {
-                // One allocation per round that has work to do; inline,
-                // the handlers' states were the largest part of every idle
-                // connection's task.
-                Wake::Work(work) => Box::pin(self.on_work(work, &mut rounds)).await,
+            // The woken value is taken apart before the work's await: a
+            // value bound across it would be kept in every task (80 bytes).
+            let work = match std::future::poll_fn(|cx| self.poll_wake(cx, &mut rounds)).await {
+                Wake::Work(work) => work,
                 Wake::Unreadable(None) => return Closing::Gone,
                 Wake::Unreadable(Some(e)) => return self.on_error(e),
                 Wake::Shutdown => {
                     return Closing::Close(close::GOING_AWAY, "server shutting down");
                 }
                 // The loop's top reads again.
-                Wake::RetryRead => Ok(()),
-                Wake::Flushed(flushed) => self.flushed(flushed),
+                Wake::RetryRead => continue,
+                Wake::Flushed(flushed) => match self.flushed(flushed) {
+                    Ok(()) => continue,
+                    Err(c) => return c,
+                },
             };
-            if let Err(c) = result {
+            // One allocation per round that has work to do; inline, the
+            // handlers' states were the largest part of every idle
+            // connection's task.
+            if let Err(c) = Box::pin(self.on_work(work, &mut rounds)).await {
                 return c;
             }
         }
@@ -746,12 +744,7 @@ impl Connection {
     /// A poll of each source rather than a `select!` of their futures: the
     /// futures were kept in every connection's task (~300 bytes of an idle
     /// connection), and building them was work of every round.
-    fn poll_wake(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        rounds: &mut Rounds,
-        mut shutting_down: Pin<&mut tokio_util::sync::WaitForCancellationFuture<'_>>,
-    ) -> Poll<Wake> {
+    fn poll_wake(&mut self, cx: &mut std::task::Context<'_>, rounds: &mut Rounds) -> Poll<Wake> {
         let reading = self.reading();
         let retry_at = rounds.read_retry.map(|(at, _)| at);
         rounds.turn = rounds.turn.wrapping_add(1);
@@ -773,8 +766,13 @@ impl Connection {
                 },
                 3 => ready(rounds.pings.poll_tick(cx)).map(|_| Wake::Work(Work::PingTick)),
                 4 => ready(rounds.retry_timer.poll_until(cx, retry_at)).map(|()| Wake::RetryRead),
-                5 => ready(self.session.poll_recv(cx)).map(|event| Wake::Work(Work::Hub(event))),
-                6 => ready(shutting_down.as_mut().poll(cx)).map(|()| Wake::Shutdown),
+                // Shutdown comes through the hub: a flag read once the
+                // inbox is empty, and a wake-up of the inbox's waker
+                // (`Hub::close_all`).
+                5 => match self.session.poll_recv(cx) {
+                    Poll::Ready(event) => Some(Wake::Work(Work::Hub(event))),
+                    Poll::Pending => self.session.server_closing().then_some(Wake::Shutdown),
+                },
                 _ => None,
             };
             if let Some(wake) = polled {
