@@ -484,3 +484,145 @@ async fn the_socket_ending_inside_a_frame_is_an_error() {
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Io(_)))));
     assert!(next(&mut ws).await.is_none());
 }
+
+/// Property tests: whatever the split of the bytes on the wire, valid
+/// frames read as the same messages, and no input makes the reader panic.
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A message as a client sends it: text or binary, in `fragments`
+    /// frames, maybe after a ping.
+    #[derive(Debug, Clone)]
+    struct Sent {
+        text: bool,
+        payload: Vec<u8>,
+        fragments: usize,
+        ping_first: bool,
+    }
+
+    fn sent() -> impl Strategy<Value = Sent> {
+        (
+            any::<bool>(),
+            prop_oneof![
+                ".{0,40}".prop_map(String::into_bytes),
+                "\\PC{0,600}".prop_map(String::into_bytes),
+                proptest::collection::vec(any::<u8>(), 0..3000),
+            ],
+            1..4usize,
+            any::<bool>(),
+        )
+            .prop_map(|(text, payload, fragments, ping_first)| Sent {
+                // Arbitrary bytes are sent as binary; strings either way.
+                text: text && std::str::from_utf8(&payload).is_ok(),
+                payload,
+                fragments,
+                ping_first,
+            })
+    }
+
+    /// The frames of `sent` (fragments cut at any byte, even inside a
+    /// character) and the messages the reader must give for them.
+    fn encode(sent: &[Sent]) -> (Vec<u8>, Vec<Message>) {
+        let mut wire = Vec::new();
+        let mut expected = Vec::new();
+        for message in sent {
+            if message.ping_first {
+                wire.extend(masked(0x89, b"ping"));
+                expected.push(Message::Ping);
+            }
+            let step = message.payload.len().div_ceil(message.fragments).max(1);
+            let mut parts: Vec<&[u8]> = message.payload.chunks(step).collect();
+            if parts.is_empty() {
+                parts.push(&[]);
+            }
+            let last = parts.len() - 1;
+            for (i, part) in parts.iter().enumerate() {
+                let opcode = match (i, message.text) {
+                    (0, true) => 0x1,
+                    (0, false) => 0x2,
+                    _ => 0x0,
+                };
+                let fin = if i == last { 0x80 } else { 0 };
+                wire.extend(masked(fin | opcode, part));
+            }
+            expected.push(if message.text {
+                Message::Text(String::from_utf8(message.payload.clone()).expect("checked"))
+            } else {
+                Message::Binary(Bytes::from(message.payload.clone()))
+            });
+        }
+        (wire, expected)
+    }
+
+    /// Writes `wire` in pieces of the given sizes (in turn), then ends the
+    /// stream; reads messages until the end. `None` if a read took over
+    /// 5 s (a reader that hangs).
+    fn read_all(wire: Vec<u8>, pieces: Vec<usize>) -> Option<Vec<Result<Message, String>>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let (mut ws, mut client) = pair(64);
+            let writer = tokio::spawn(async move {
+                let mut rest = &wire[..];
+                for size in pieces.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (piece, after) = rest.split_at((*size).min(rest.len()));
+                    if client.write_all(piece).await.is_err() {
+                        break;
+                    }
+                    rest = after;
+                }
+            });
+            let mut got = Vec::new();
+            loop {
+                let next = tokio::time::timeout(Duration::from_secs(5), ws.next())
+                    .await
+                    .ok()?;
+                match next {
+                    None => break,
+                    Some(Ok(message)) => got.push(Ok(message)),
+                    Some(Err(e)) => {
+                        got.push(Err(e.to_string()));
+                        // After a protocol error the rest of the stream is
+                        // not frames; the connection is closed.
+                        break;
+                    }
+                }
+                if got.len() > 10_000 {
+                    break;
+                }
+            }
+            drop(ws);
+            let _ = writer.await;
+            Some(got)
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn any_split_of_valid_frames_reads_the_same_messages(
+            sent in proptest::collection::vec(sent(), 0..6),
+            pieces in proptest::collection::vec(1..200usize, 1..8),
+        ) {
+            let (wire, expected) = encode(&sent);
+            let got = read_all(wire, pieces).expect("no read hangs");
+            let expected: Vec<Result<Message, String>> = expected.into_iter().map(Ok).collect();
+            prop_assert_eq!(got, expected);
+        }
+
+        #[test]
+        fn no_input_makes_the_reader_panic_or_hang(
+            bytes in proptest::collection::vec(any::<u8>(), 0..4000),
+            pieces in proptest::collection::vec(1..100usize, 1..4),
+        ) {
+            prop_assert!(read_all(bytes, pieces).is_some(), "a read hung");
+        }
+    }
+}
