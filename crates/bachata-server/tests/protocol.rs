@@ -71,7 +71,7 @@ async fn the_upgrade_follows_rfc_6455_and_refuses_what_is_not_one() {
         (
             "GET",
             format!("{upgrade}{key}Sec-WebSocket-Version: 8\r\n"),
-            400,
+            426,
             "Sec-WebSocket-Version",
         ),
         (

@@ -13,8 +13,9 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use super::{Limits, WebSocket};
 
-/// A request to upgrade to a WebSocket; refused with 400 (405 for a method
-/// other than GET) when it is not a valid one, before the handler runs.
+/// A request to upgrade to a WebSocket; refused before the handler runs
+/// when it is not a valid one: 400, 405 for a method other than GET, 426
+/// (with `Sec-WebSocket-Version: 13`) for another protocol version.
 pub(crate) struct Upgrade {
     accept: HeaderValue,
     on_upgrade: hyper::upgrade::OnUpgrade,
@@ -58,10 +59,16 @@ impl<S: Sync> FromRequestParts<S> for Upgrade {
         }
         let version = parts.headers.get(header::SEC_WEBSOCKET_VERSION);
         if version.is_none_or(|v| v.as_bytes() != b"13") {
-            return Err(refused(
-                StatusCode::BAD_REQUEST,
+            // RFC 6455 section 4.2.2: 426, naming the version spoken.
+            let mut refusal = refused(
+                StatusCode::UPGRADE_REQUIRED,
                 "`Sec-WebSocket-Version` header is not '13'\n",
-            ));
+            );
+            refusal.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+            return Err(refusal);
         }
         let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY) else {
             return Err(refused(
