@@ -21,9 +21,15 @@ pub mod opcode {
 
 /// One masked, final frame as a client sends it.
 pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    masked_frame(0x80 | opcode, payload)
+}
+
+/// One masked frame as a client sends it, `first` its first byte (FIN,
+/// reserved bits and opcode): for fragments and frames that break the rules.
+pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
     const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
+    out.push(first);
     match payload.len() {
         n if n < 126 => out.push(0x80 | n as u8),
         n if n <= 0xffff => {

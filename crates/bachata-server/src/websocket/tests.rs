@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+use bachata_testkit::raw::masked_frame as masked;
+
 use super::*;
 
 const LIMITS: Limits = Limits {
@@ -14,25 +16,9 @@ const LIMITS: Limits = Limits {
     max_write_buffer: 16 * 1024,
 };
 
-const MASK: [u8; 4] = [0x37, 0xFA, 0x21, 0x3D];
-
-/// A client frame: `first` is the first byte (FIN and opcode).
-fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![first];
-    match payload.len() {
-        len @ 0..=125 => out.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, m)| b ^ m));
-    out
+/// Writes a client's bytes to the pipe.
+async fn send(client: &mut DuplexStream, bytes: &[u8]) {
+    client.write_all(bytes).await.expect("written");
 }
 
 fn poll_now<T>(poll: impl FnOnce(&mut Context<'_>) -> Poll<T>) -> Option<T> {
@@ -88,14 +74,8 @@ async fn nothing_more(ws: WebSocket<DuplexStream>, client: &mut DuplexStream) ->
 #[tokio::test]
 async fn reads_text_and_binary_messages_and_keeps_nothing_between_them() {
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x81, b"hello"))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x82, &[0, 159, 255]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x81, b"hello")).await;
+    send(&mut client, &masked(0x82, &[0, 159, 255])).await;
     assert_eq!(message(&mut ws).await, Message::Text("hello".into()));
     assert_eq!(
         message(&mut ws).await,
@@ -110,14 +90,8 @@ async fn a_large_frame_leaves_no_buffer_behind() {
     // its read buffer grew to the largest frame's size.
     let (mut ws, mut client) = pair(1 << 20);
     let big = "x".repeat(60_000);
-    client
-        .write_all(&masked(0x81, big.as_bytes()))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x81, b"small"))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x81, big.as_bytes())).await;
+    send(&mut client, &masked(0x81, b"small")).await;
     assert_eq!(message(&mut ws).await, Message::Text(big));
     assert_eq!(ws.holds(), (0, false, false, 0));
     assert_eq!(message(&mut ws).await, Message::Text("small".into()));
@@ -130,14 +104,14 @@ async fn room_for_a_payload_grows_with_what_arrives() {
     // the server must not hold the whole announced length for it.
     let (mut ws, mut client) = pair(1 << 20);
     let frame = masked(0x82, &vec![1; LIMITS.max_message]);
-    client.write_all(&frame[..14 + 10]).await.expect("written");
+    send(&mut client, &frame[..14 + 10]).await;
     assert!(
         poll_now(|cx| ws.poll_next(cx)).is_none(),
         "waits for the rest"
     );
     let held = ws.payload.as_ref().map_or(0, |p| p.data.capacity());
     assert!(held > 0 && held <= FIRST_READ, "{held} bytes held");
-    client.write_all(&frame[14 + 10..]).await.expect("written");
+    send(&mut client, &frame[14 + 10..]).await;
     assert_eq!(
         message(&mut ws).await,
         Message::Binary(Bytes::from(vec![1; LIMITS.max_message]))
@@ -154,7 +128,7 @@ async fn reads_frames_that_arrive_a_byte_at_a_time() {
     ]
     .concat();
     let writer = tokio::spawn(async move {
-        client.write_all(&frames).await.expect("written");
+        send(&mut client, &frames).await;
         client
     });
     assert_eq!(message(&mut ws).await, Message::Text("one".into()));
@@ -173,22 +147,10 @@ async fn joins_fragments_and_answers_a_ping_between_them() {
     // "é" is split between the first two fragments: allowed mid-message.
     let text = "caf\u{e9} au lait";
     let bytes = text.as_bytes();
-    client
-        .write_all(&masked(0x01, &bytes[..4]))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x89, b"are you there"))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x00, &bytes[4..8]))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x80, &bytes[8..]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x01, &bytes[..4])).await;
+    send(&mut client, &masked(0x89, b"are you there")).await;
+    send(&mut client, &masked(0x00, &bytes[4..8])).await;
+    send(&mut client, &masked(0x80, &bytes[8..])).await;
     assert_eq!(message(&mut ws).await, Message::Ping);
     assert_eq!(message(&mut ws).await, Message::Text(text.into()));
     ws.flush().await.expect("written");
@@ -204,29 +166,17 @@ async fn joins_fragments_and_answers_a_ping_between_them() {
 async fn invalid_utf8_fails_at_the_fragment_that_breaks_it() {
     let (mut ws, mut client) = pair(1 << 20);
     // The message is not finished; the error comes without waiting for it.
-    client
-        .write_all(&masked(0x01, &[b'o', b'k', 0xC0, 0xAF]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x01, &[b'o', b'k', 0xC0, 0xAF])).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
 
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x81, &[0xFF]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x81, &[0xFF])).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
 
     // A character cut off by the final fragment.
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x01, b"ok"))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x80, &[0xC3]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x01, b"ok")).await;
+    send(&mut client, &masked(0x80, &[0xC3])).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
 }
 
@@ -235,7 +185,7 @@ async fn a_frame_over_the_limit_fails_before_its_payload_is_read() {
     let (mut ws, mut client) = pair(1 << 20);
     let head = &masked(0x82, &vec![0; LIMITS.max_message + 1])[..14];
     // Only the header is sent: the server must not wait for the payload.
-    client.write_all(head).await.expect("written");
+    send(&mut client, head).await;
     assert!(matches!(
         next(&mut ws).await,
         Some(Err(Error::TooBig { max })) if max == LIMITS.max_message
@@ -247,14 +197,8 @@ async fn a_frame_over_the_limit_fails_before_its_payload_is_read() {
 async fn fragments_together_over_the_limit_fail() {
     let (mut ws, mut client) = pair(1 << 20);
     let half = vec![b'a'; LIMITS.max_message / 2 + 1];
-    client
-        .write_all(&masked(0x01, &half))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x80, &half))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x01, &half)).await;
+    send(&mut client, &masked(0x80, &half)).await;
     assert!(matches!(
         next(&mut ws).await,
         Some(Err(Error::TooBig { .. }))
@@ -264,28 +208,16 @@ async fn fragments_together_over_the_limit_fail() {
 #[tokio::test]
 async fn fragments_out_of_order_are_protocol_errors() {
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x80, b"x"))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x80, b"x")).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
 
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x01, b"x"))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x81, b"y"))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x01, b"x")).await;
+    send(&mut client, &masked(0x81, b"y")).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
 
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&[0x81, 0x01, b'x'])
-        .await
-        .expect("written");
+    send(&mut client, &[0x81, 0x01, b'x']).await;
     assert!(
         matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))),
         "unmasked"
@@ -297,14 +229,8 @@ async fn answers_a_close_with_its_code_and_reads_no_further() {
     let (mut ws, mut client) = pair(1 << 20);
     let mut close = 1000u16.to_be_bytes().to_vec();
     close.extend_from_slice(b"bye");
-    client
-        .write_all(&masked(0x88, &close))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x81, b"after"))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x88, &close)).await;
+    send(&mut client, &masked(0x81, b"after")).await;
     assert_eq!(message(&mut ws).await, Message::Close);
     assert!(next(&mut ws).await.is_none(), "nothing after a close");
     assert!(matches!(ws.start_send(Outgoing::Ping), Err(Error::Closed)));
@@ -331,10 +257,7 @@ async fn a_close_code_a_peer_may_not_send_is_answered_with_1002() {
         (Vec::new(), Vec::new()),
     ] {
         let (mut ws, mut client) = pair(1 << 20);
-        client
-            .write_all(&masked(0x88, &payload))
-            .await
-            .expect("written");
+        send(&mut client, &masked(0x88, &payload)).await;
         assert_eq!(message(&mut ws).await, Message::Close);
         ws.flush().await.expect("written");
         assert_eq!(
@@ -348,17 +271,11 @@ async fn a_close_code_a_peer_may_not_send_is_answered_with_1002() {
 #[tokio::test]
 async fn a_broken_close_frame_is_an_error() {
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x88, &[0x03]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x88, &[0x03])).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
 
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x88, &[0x03, 0xE8, 0xFF]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x88, &[0x03, 0xE8, 0xFF])).await;
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Utf8))));
     assert!(
         next(&mut ws).await.is_none(),
@@ -379,14 +296,8 @@ async fn the_server_closes_first_and_waits_for_the_answer() {
     ));
     // The client's data before its answer is still read; its answer ends
     // the handshake with no second close from the server.
-    client
-        .write_all(&masked(0x81, b"in flight"))
-        .await
-        .expect("written");
-    client
-        .write_all(&masked(0x88, &4008u16.to_be_bytes()))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x81, b"in flight")).await;
+    send(&mut client, &masked(0x88, &4008u16.to_be_bytes())).await;
     assert_eq!(message(&mut ws).await, Message::Text("in flight".into()));
     assert_eq!(message(&mut ws).await, Message::Close);
     ws.flush().await.expect("written");
@@ -461,10 +372,7 @@ async fn a_client_that_does_not_read_fills_the_buffer_to_its_bound() {
     assert!(ws.out.len() - ws.written + 3 > LIMITS.max_write_buffer);
     // ...and a ping whose pong would go past the bound is an error: the
     // client does not read.
-    client
-        .write_all(&masked(0x89, &[1; 125]))
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x89, &[1; 125])).await;
     let before = ws.out.len();
     assert!(matches!(
         next(&mut ws).await,
@@ -476,10 +384,7 @@ async fn a_client_that_does_not_read_fills_the_buffer_to_its_bound() {
 #[tokio::test]
 async fn the_socket_ending_inside_a_frame_is_an_error() {
     let (mut ws, mut client) = pair(1 << 20);
-    client
-        .write_all(&masked(0x81, b"hello")[..8])
-        .await
-        .expect("written");
+    send(&mut client, &masked(0x81, b"hello")[..8]).await;
     drop(client);
     assert!(matches!(next(&mut ws).await, Some(Err(Error::Io(_)))));
     assert!(next(&mut ws).await.is_none());
