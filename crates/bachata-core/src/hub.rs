@@ -286,6 +286,8 @@ impl Hub {
 
     /// Tells every connection, and every one that subscribes from now on,
     /// that the server is shutting down ([`Subscription::is_closing`]).
+    /// For good: a hub is not reopened (a server builds its own center and
+    /// hub at each start).
     ///
     /// A flag that a connection reads when its inbox is empty, and a
     /// wake-up through the inbox it already waits on: a wait on the
