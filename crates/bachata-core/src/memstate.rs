@@ -102,6 +102,15 @@ pub struct StoredEntry {
     pub notify_at: Option<Millis>,
 }
 
+/// Whether two device keys are the same. Keys are short (at most 64
+/// bytes) and most are `""`, the default device: comparing in line skips
+/// the `memcmp` call that `==` makes even for two empty strings (0.9% of
+/// the memory store's CPU under load, in `acked_by_all`,
+/// docs/performance.md).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).all(|(x, y)| x == y)
+}
+
 #[derive(Debug)]
 struct ChannelState {
     next_seq: Seq,
@@ -195,9 +204,10 @@ impl ChannelState {
     /// that did (an ack being recorded).
     fn acked_by_all(devices: &[(String, Millis)], entry: &StoredEntry, also: Option<&str>) -> bool {
         !devices.is_empty()
-            && devices
-                .iter()
-                .all(|(d, _)| also == Some(d.as_str()) || entry.acked_by.contains(d))
+            && devices.iter().all(|(d, _)| {
+                also.is_some_and(|also| same_key(also, d))
+                    || entry.acked_by.iter().any(|a| same_key(a, d))
+            })
     }
 
     /// Pending messages that have not expired at `now`. `pending` still
@@ -469,7 +479,7 @@ impl MemState {
         let key = device_key(device);
         ch.log
             .range(after.saturating_add(1)..)
-            .filter(|(_, e)| e.expires_at > now && !e.acked_by.iter().any(|d| d == key))
+            .filter(|(_, e)| e.expires_at > now && !e.acked_by.iter().any(|d| same_key(d, key)))
             .take(limit)
             .map(|(seq, e)| Entry {
                 seq: *seq,
@@ -490,7 +500,7 @@ impl MemState {
     ) -> Option<(bool, EntryKind)> {
         let ch = self.channels.get_mut(channel)?;
         let entry = ch.log.get_mut(&seq)?;
-        if entry.acked_by.iter().any(|d| d == device) {
+        if entry.acked_by.iter().any(|d| same_key(d, device)) {
             return None;
         }
         let first = entry.acked_by.is_empty();
@@ -539,9 +549,9 @@ impl MemState {
         };
         let Some(seq) = ch.by_id.get(&ack.id).and_then(|seqs| {
             seqs.iter().copied().find(|seq| {
-                ch.log
-                    .get(seq)
-                    .is_some_and(|e| e.expires_at > ack.now && !e.acked_by.iter().any(|d| d == key))
+                ch.log.get(seq).is_some_and(|e| {
+                    e.expires_at > ack.now && !e.acked_by.iter().any(|d| same_key(d, key))
+                })
             })
         }) else {
             return Acked::default();
@@ -874,6 +884,22 @@ mod tests {
 
     fn id(text: &str) -> MessageId {
         MessageId::new(text).expect("valid id")
+    }
+
+    #[test]
+    fn device_keys_compare_as_strings() {
+        for (a, b) in [("", ""), ("phone", "phone"), ("é", "é")] {
+            assert!(same_key(a, b), "{a:?} {b:?}");
+        }
+        for (a, b) in [
+            ("", "x"),
+            ("phone", "phonf"),
+            ("phone", "phon"),
+            ("ab", "ba"),
+        ] {
+            assert!(!same_key(a, b), "{a:?} {b:?}");
+            assert!(!same_key(b, a), "{b:?} {a:?}");
+        }
     }
 
     #[test]
