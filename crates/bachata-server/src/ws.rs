@@ -248,7 +248,7 @@ struct Connection {
     /// hook calls run side by side.
     order: SubmitOrder,
     app: Arc<AppState>,
-    /// Boxed: the socket is ~400 bytes, which every task would hold.
+    /// Boxed: the socket is 184 bytes, which every task would hold.
     socket: Box<WebSocket>,
     session: Session,
     /// Boxed: 72 bytes inline, in every connection's task, set or not.
@@ -372,8 +372,8 @@ async fn close_socket(socket: &mut WebSocket, closing: Closing) {
     let (code, reason) = match closing {
         Closing::Gone => return,
         Closing::Answer => {
-            // A flush writes the queued answer; it then reports the closed
-            // connection as an error, so its result says nothing.
+            // A flush writes the queued answer. Its failure (the client
+            // already gone) changes nothing: the socket is dropped next.
             let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
             return;
         }
@@ -421,7 +421,7 @@ impl Connection {
     /// their states made every connection's task larger for its whole life
     /// (idle memory 7.2 to 6.6 KB per connection, docs/performance.md).
     ///
-    /// The socket is boxed before the task's future is built (it is ~400
+    /// The socket is boxed before the task's future is built (it is 184
     /// bytes), and what opening needs goes in one box: a future keeps the
     /// values it captured for its whole life, beside the places they were
     /// moved to.
