@@ -160,19 +160,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
                     self.read_ended = true;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Err(e)) => {
-                    if matches!(e, Error::Io(_)) {
-                        self.read_ended = true;
-                    }
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(self.read_failed(e)))),
             };
             match self.on_frame(frame) {
                 Ok(Some(message)) => return Poll::Ready(Some(Ok(message))),
                 Ok(None) => {}
-                Err(e) => return Poll::Ready(Some(Err(e))),
+                Err(e) => return Poll::Ready(Some(Err(self.read_failed(e)))),
             }
         }
+    }
+
+    /// Nothing is read after an error (RFC 6455 section 7.1.7: an
+    /// endpoint that fails the connection processes nothing more). The
+    /// stream could not be trusted anyway: a frame refused from its header
+    /// leaves its payload unread, and the payload's bytes, read as the
+    /// next header, could announce a frame that swallows the client's
+    /// close and holds the socket until the close grace runs out.
+    fn read_failed(&mut self, e: Error) -> Error {
+        self.read_ended = true;
+        self.payload = None;
+        self.fragments = None;
+        e
     }
 
     pub(crate) fn next(
@@ -429,6 +437,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         self.flush().await
     }
 
+    /// Fails the connection after a read error (RFC 6455 section 7.1.7):
+    /// sends the close frame, ends the server's half of the TCP stream,
+    /// then reads and discards what the client still sends until it ends
+    /// its half, at most the larger of a message's limit and
+    /// [`MIN_DISCARD`]. Discarding, not dropping the socket at once, is
+    /// what lets the close frame arrive: a socket closed with unread bytes
+    /// is reset, and a reset can destroy what the client has not read yet.
+    /// The caller bounds the time.
+    pub(crate) async fn fail(&mut self, code: u16, reason: &str) -> Result<(), Error> {
+        self.read_ended = true;
+        self.close(code, reason).await?;
+        std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_shutdown(cx)).await?;
+        let mut left = self.limits.max_message.max(MIN_DISCARD);
+        std::future::poll_fn(|cx| self.poll_discard(cx, &mut left)).await
+    }
+
+    /// Reads and drops bytes until the client's end, or `left` of them.
+    fn poll_discard(&mut self, cx: &mut Context<'_>, left: &mut usize) -> Poll<Result<(), Error>> {
+        // On the stack for one poll only, not kept in a future.
+        let mut scratch = [0u8; 2048];
+        while *left > 0 {
+            let room = scratch.len().min(*left);
+            let mut buf = ReadBuf::new(&mut scratch[..room]);
+            ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+            let n = buf.filled().len();
+            if n == 0 {
+                break;
+            }
+            *left -= n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         while self.written < self.out.len() {
             let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..]))?;
@@ -480,6 +521,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
 /// Room made for a payload before its bytes arrive: a chat message's
 /// whole length, a larger one's first part (see [`WebSocket::poll_frame`]).
 const FIRST_READ: usize = 16 * 1024;
+
+/// What [`WebSocket::fail`] discards at least before it gives up on the
+/// client ending its half of the stream.
+const MIN_DISCARD: usize = 64 * 1024;
 
 /// The write buffer's first allocation.
 const FIRST_WRITE_BUFFER: usize = 4096;

@@ -189,6 +189,10 @@ enum Closing {
     Answer,
     /// Close with this code and reason.
     Close(u16, &'static str),
+    /// The client broke the WebSocket protocol, a limit or UTF-8 inside a
+    /// frame: close with this code and read nothing more from it
+    /// ([`WebSocket::fail`]).
+    Fail(u16, &'static str),
 }
 
 /// A per-connection token bucket for data messages.
@@ -342,15 +346,15 @@ fn is_write_buffer_full(e: &websocket::Error) -> bool {
 fn closing_for(e: websocket::Error) -> (Closing, bool) {
     match e {
         websocket::Error::TooBig { .. } => (
-            Closing::Close(close::TOO_BIG, "frame larger than max_frame_bytes"),
+            Closing::Fail(close::TOO_BIG, "frame larger than max_frame_bytes"),
             true,
         ),
         websocket::Error::Utf8 => (
-            Closing::Close(close::INVALID_DATA, "text frame is not valid UTF-8"),
+            Closing::Fail(close::INVALID_DATA, "text frame is not valid UTF-8"),
             true,
         ),
         websocket::Error::Protocol(_) => (
-            Closing::Close(close::PROTOCOL, "WebSocket protocol error"),
+            Closing::Fail(close::PROTOCOL, "WebSocket protocol error"),
             false,
         ),
         // A ping whose pong did not fit: the client does not read.
@@ -364,10 +368,13 @@ fn closing_for(e: websocket::Error) -> (Closing, bool) {
 /// The closing handshake: send our close frame, then wait for the peer's
 /// before dropping the socket, so the peer reads everything we sent (its
 /// pongs to our pings would otherwise hit a closed socket). Or, when the
-/// peer closed first, flush the answer the socket queued. Both are
-/// bounded: a peer that is not reading (slow consumer) or never answers
-/// loses the socket after [`CLOSE_GRACE`], and one that keeps sending
-/// after [`CLOSE_FRAMES`] more frames.
+/// peer closed first, flush the answer the socket queued. Or, when the
+/// peer broke the protocol, send our close frame and wait for the peer to
+/// end the stream, reading nothing more from it. All are bounded: a peer
+/// that is not reading (slow consumer) or never answers loses the socket
+/// after [`CLOSE_GRACE`], and one that keeps sending after
+/// [`CLOSE_FRAMES`] more frames (or, after a protocol error, what
+/// [`WebSocket::fail`] discards).
 async fn close_socket(socket: &mut WebSocket, closing: Closing) {
     let (code, reason) = match closing {
         Closing::Gone => return,
@@ -375,6 +382,10 @@ async fn close_socket(socket: &mut WebSocket, closing: Closing) {
             // A flush writes the queued answer. Its failure (the client
             // already gone) changes nothing: the socket is dropped next.
             let _ = tokio::time::timeout(CLOSE_GRACE, socket.flush()).await;
+            return;
+        }
+        Closing::Fail(code, reason) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, socket.fail(code, reason)).await;
             return;
         }
         Closing::Close(code, reason) => (code, reason),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use bachata_testkit::client::{TestClient, WAIT};
 use bachata_testkit::http;
-use bachata_testkit::raw::{RawSocket, close_payload, frame, opcode};
+use bachata_testkit::raw::{
+    RawSocket, close_payload, frame, masked_frame, opcode, payload_on_wire,
+};
 use common::{spawn_bachata, spawn_bachata_env};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -417,6 +419,30 @@ async fn a_flood_after_the_servers_close_ends_the_socket() {
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "the socket ended after {:?}: the flood was read until the close grace ran out",
+        started.elapsed()
+    );
+}
+
+/// A frame refused from its header (here a continuation frame with no
+/// message to continue, Autobahn case 5.10) leaves its payload unread.
+/// The server sends 1002, ends its side of the stream and reads no more
+/// frames: the payload, crafted to look like the header of a 4 KiB frame,
+/// is not read as one, so it cannot swallow the client's close and hold
+/// the socket for the 5 s close grace.
+#[tokio::test]
+async fn after_a_protocol_error_the_server_ends_the_socket_without_reading_on() {
+    let (_child, addr) = spawn_bachata(&args(&["--store", "memory"])).await;
+    let mut socket = RawSocket::connect(addr, "/messages?channel=careless").await;
+    let hidden = [0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4];
+    let mut wire = masked_frame(0x80, &payload_on_wire(&hidden));
+    wire.extend_from_slice(&frame(opcode::CLOSE, &close_payload(1000, "")));
+    let started = Instant::now();
+    socket.stream.write_all(&wire).await.expect("sent");
+    assert_eq!(socket.close_code().await, Some(1002));
+    assert!(socket.ends().await, "the server keeps the socket");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the socket ended after {:?}: the close grace ran out",
         started.elapsed()
     );
 }

@@ -27,7 +27,6 @@ pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 /// One masked frame as a client sends it, `first` its first byte (FIN,
 /// reserved bits and opcode): for fragments and frames that break the rules.
 pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
     let mut out = Vec::with_capacity(payload.len() + 14);
     out.push(first);
     match payload.len() {
@@ -42,8 +41,23 @@ pub fn masked_frame(first: u8, payload: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    out.extend(mask(payload));
     out
+}
+
+/// The masking key of every frame this kit sends: fixed, so that a test
+/// can choose the bytes a payload puts on the wire ([`payload_on_wire`]).
+const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+fn mask(bytes: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    bytes.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4])
+}
+
+/// The payload that [`masked_frame`] sends as exactly these bytes: to hide
+/// something in a payload the server should not read, such as a frame
+/// header.
+pub fn payload_on_wire(wire: &[u8]) -> Vec<u8> {
+    mask(wire).collect()
 }
 
 /// A close frame's payload: the code, then the reason.

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use bachata_testkit::raw::masked_frame as masked;
+use bachata_testkit::raw::{masked_frame as masked, payload_on_wire};
 
 use super::*;
 
@@ -222,6 +222,70 @@ async fn fragments_out_of_order_are_protocol_errors() {
         matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))),
         "unmasked"
     );
+}
+
+/// Autobahn case 5.10's shape: a continuation frame with no message to
+/// continue is refused from its header, so its payload is never read. The
+/// payload here looks like the header of a 4 KiB frame; read as the next
+/// header, it would swallow the client's close that follows.
+fn refused_frame_hiding_a_header() -> Vec<u8> {
+    let hidden = [0x82, 0xFE, 0x10, 0x00, 1, 2, 3, 4];
+    let mut wire = masked(0x80, &payload_on_wire(&hidden));
+    assert_eq!(&wire[6..], &hidden);
+    wire.extend_from_slice(&masked(0x88, &1000u16.to_be_bytes()));
+    wire
+}
+
+#[tokio::test]
+async fn nothing_is_read_after_an_error() {
+    let (mut ws, mut client) = pair(1 << 20);
+    send(&mut client, &refused_frame_hiding_a_header()).await;
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+    assert!(
+        matches!(poll_now(|cx| ws.poll_next(cx)), Some(None)),
+        "the stream after an error is not read as frames"
+    );
+    let (head, payload, fragments, _) = ws.holds();
+    assert_eq!((head, payload, fragments), (0, false, false));
+}
+
+#[tokio::test]
+async fn failing_sends_the_close_ends_the_stream_and_discards_until_the_client_ends() {
+    let (mut ws, mut client) = pair(1 << 20);
+    send(&mut client, &refused_frame_hiding_a_header()).await;
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+    let failing = tokio::spawn(async move { ws.fail(1002, "protocol error").await });
+    let mut expected = 1002u16.to_be_bytes().to_vec();
+    expected.extend_from_slice(b"protocol error");
+    assert_eq!(server_frame(&mut client).await, (0x88, expected));
+    let mut rest = Vec::new();
+    client
+        .read_to_end(&mut rest)
+        .await
+        .expect("the server's end");
+    assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+    // What the client still sends is read and dropped until it ends.
+    send(&mut client, &masked(0x81, b"late")).await;
+    assert!(!failing.is_finished(), "waits for the client's end");
+    client.shutdown().await.expect("ended");
+    let failed = tokio::time::timeout(Duration::from_secs(5), failing)
+        .await
+        .expect("returns once the client ends");
+    assert!(matches!(failed, Ok(Ok(()))), "{failed:?}");
+}
+
+#[tokio::test]
+async fn failing_discards_a_bounded_amount() {
+    let (mut ws, mut client) = pair(1 << 20);
+    send(&mut client, &masked(0x80, b"x")).await;
+    assert!(matches!(next(&mut ws).await, Some(Err(Error::Protocol(_)))));
+    // More than it discards (the message limit, 64 KiB here), and the
+    // client never ends: failing returns anyway.
+    send(&mut client, &vec![0; LIMITS.max_message + 4096]).await;
+    let failed = tokio::time::timeout(Duration::from_secs(5), ws.fail(1002, ""))
+        .await
+        .expect("returns once the bound is read");
+    assert!(failed.is_ok(), "{failed:?}");
 }
 
 #[tokio::test]
