@@ -46,9 +46,10 @@ pub(crate) const MAX_GROUPS: usize = 256;
 /// A hook cannot be set up (a start-up error).
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HookError {
-    #[error("{name} is not a valid http(s) URL: {why}")]
+    /// Named after its setting (`route_hook`, `connect_hook`).
+    #[error("{name}_hook is not a valid http(s) URL: {why}")]
     Url { name: &'static str, why: String },
-    #[error("cannot build the HTTP client for {name}: {source}")]
+    #[error("cannot build the HTTP client for the {name} hook: {source}")]
     Client {
         name: &'static str,
         source: reqwest::Error,

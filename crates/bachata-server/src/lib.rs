@@ -122,7 +122,11 @@ impl RunningServer {
     }
 }
 
-async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>, StartError> {
+async fn open_store(
+    config: &Config,
+    redis: Option<RedisStoreOptions>,
+    metrics: &Metrics,
+) -> Result<Arc<dyn Store>, StartError> {
     Ok(match config.store {
         StoreKind::Memory => Arc::new(MemoryStore::new()),
         StoreKind::Embedded => Arc::new(RedbStore::open(
@@ -134,7 +138,7 @@ async fn open_store(config: &Config, metrics: &Metrics) -> Result<Arc<dyn Store>
             let options = RedisStoreOptions {
                 wait_replicas: config.redis_wait_replicas,
                 wait_timeout: config.redis_wait_timeout,
-                ..redis_options(config)?
+                ..redis.unwrap_or_default()
             };
             Arc::new(RedisStore::connect_with(url, options).await?)
         }
@@ -164,38 +168,93 @@ fn redis_options(config: &Config) -> Result<RedisStoreOptions, StartError> {
     })
 }
 
-/// What `serve` checks before it opens anything (the store, a socket, a
-/// connection to Redis): the keys and files the settings name and the
-/// hooks' URLs. For `bachata check-config`.
+/// What `serve` makes of its settings before it opens anything (the store,
+/// a socket, a connection to Redis): the keys and files they name, the
+/// hooks' clients, the connection limit against the open-file limit. Every
+/// check a configuration can fail is made here, once, so that
+/// `check-config` ([`check`]) fails exactly where `serve` would.
+struct Prepared {
+    auth: auth::Auth,
+    max_connections: usize,
+    max_retained_bytes: u64,
+    origins: origin::OriginPolicy,
+    tls: Option<Arc<tls::Tls>>,
+    /// For the Redis store, bus and presence.
+    redis: Option<RedisStoreOptions>,
+    metrics: Metrics,
+    route_hook: Option<hooks::HookClient>,
+    connect_hook: Option<hooks::HookClient>,
+    undelivered: Option<webhook::UndeliveredWebhook>,
+}
+
+impl Prepared {
+    fn new(config: &Config) -> Result<Prepared, StartError> {
+        config.validate()?;
+        let auth = auth::Auth::new(
+            config.jwt_secret.as_deref(),
+            config.jwt_public_key.as_deref(),
+            config.max_token_lifetime,
+        )?;
+        let max_connections =
+            listener::max_connections(config.max_connections, listener::open_file_limit())
+                .map_err(StartError::Limits)?;
+        let origins = origin::OriginPolicy {
+            allowed: match &config.allowed_origins {
+                Some(list) => origin::AllowedOrigins::parse(list).map_err(ConfigError::Invalid)?,
+                None => origin::AllowedOrigins::List(Vec::new()),
+            },
+            loopback_hosts_only: config.anonymous() && config.listen.ip().is_loopback(),
+            tls: config.tls_cert.is_some(),
+        };
+        let redis = match config.store {
+            StoreKind::Redis => Some(redis_options(config)?),
+            StoreKind::Embedded | StoreKind::Memory => None,
+        };
+        let mut metrics = Metrics::new();
+        let settings = hook_settings(config);
+        let mut hook = |name, url: &Option<String>| {
+            url.as_deref()
+                .map(|url| hooks::HookClient::new(name, url, &settings, &mut metrics))
+                .transpose()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))
+        };
+        let route_hook = hook("route", &config.route_hook)?;
+        let connect_hook = hook("connect", &config.connect_hook)?;
+        let undelivered = match &config.undelivered_webhook {
+            Some(url) => Some(
+                webhook::UndeliveredWebhook::new(
+                    url,
+                    config.undelivered_after,
+                    config.api_key.as_deref(),
+                    &metrics,
+                )
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            ),
+            None => None,
+        };
+        Ok(Prepared {
+            auth,
+            max_connections,
+            max_retained_bytes: config
+                .max_retained_bytes
+                .unwrap_or_else(config::default_max_retained_bytes),
+            origins,
+            tls: load_tls(config)?,
+            redis,
+            metrics,
+            route_hook,
+            connect_hook,
+            undelivered,
+        })
+    }
+}
+
+/// Makes every check `serve` makes before it opens anything (see
+/// [`Prepared`]). For `bachata check-config`, which should raise the
+/// open-file limit first, as `serve` does
+/// ([`raise_open_file_limit`]): `--max-connections` is checked against it.
 pub fn check(config: &Config) -> Result<(), StartError> {
-    load_tls(config)?;
-    auth::Auth::new(
-        config.jwt_secret.as_deref(),
-        config.jwt_public_key.as_deref(),
-        config.max_token_lifetime,
-    )?;
-    if let Some(list) = &config.allowed_origins {
-        origin::AllowedOrigins::parse(list).map_err(ConfigError::Invalid)?;
-    }
-    if config.store == StoreKind::Redis {
-        redis_options(config)?;
-    }
-    let settings = hook_settings(config);
-    let mut metrics = Metrics::new();
-    for (name, url) in [
-        ("connect_hook", &config.connect_hook),
-        ("route_hook", &config.route_hook),
-    ] {
-        if let Some(url) = url {
-            hooks::HookClient::new(name, url, &settings, &mut metrics)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        }
-    }
-    if let Some(url) = &config.undelivered_webhook {
-        webhook::UndeliveredWebhook::new(url, config.undelivered_after, None, &metrics)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-    }
-    Ok(())
+    Prepared::new(config).map(drop)
 }
 
 /// The settings in effect, one `key = value` line each (TOML), secrets
@@ -284,33 +343,21 @@ pub async fn start_with(
     config: Config,
     customize: impl FnOnce(CenterBuilder) -> CenterBuilder,
 ) -> Result<RunningServer, StartError> {
-    config.validate()?;
-    let auth = auth::Auth::new(
-        config.jwt_secret.as_deref(),
-        config.jwt_public_key.as_deref(),
-        config.max_token_lifetime,
-    )?;
-    let max_connections =
-        listener::max_connections(config.max_connections, listener::open_file_limit())
-            .map_err(StartError::Limits)?;
-    let max_retained_bytes = config
-        .max_retained_bytes
-        .unwrap_or_else(config::default_max_retained_bytes);
-    let origins = origin::OriginPolicy {
-        allowed: match &config.allowed_origins {
-            Some(list) => origin::AllowedOrigins::parse(list).map_err(ConfigError::Invalid)?,
-            None => origin::AllowedOrigins::List(Vec::new()),
-        },
-        loopback_hosts_only: config.anonymous() && config.listen.ip().is_loopback(),
-        tls: config.tls_cert.is_some(),
-    };
-    let tls = load_tls(&config)?;
-    let mut metrics = Metrics::new();
-    let store = open_store(&config, &metrics).await?;
+    let Prepared {
+        auth,
+        max_connections,
+        max_retained_bytes,
+        origins,
+        tls,
+        redis,
+        mut metrics,
+        route_hook,
+        connect_hook,
+        undelivered,
+    } = Prepared::new(&config)?;
+    let store = open_store(&config, redis.clone(), &metrics).await?;
     let mut builder = customize(MessagesCenter::builder(store.clone()));
-    if let Some(url) = &config.route_hook {
-        let client = hooks::HookClient::new("route", url, &hook_settings(&config), &mut metrics)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    if let Some(client) = route_hook {
         let types = route_hook::HookTypes::parse(config.route_hook_types.as_deref());
         builder = builder.route_hook(Arc::new(route_hook::RouteHookClient::new(
             client,
@@ -319,27 +366,14 @@ pub async fn start_with(
             config.hook_concurrency,
         )));
     }
-    if let (StoreKind::Redis, Some(url)) = (config.store, &config.redis_url) {
+    if let (Some(options), Some(url)) = (redis, &config.redis_url) {
         // Other nodes share this Redis: hear about their messages.
-        let options = redis_options(&config)?;
         builder = builder.bus(Arc::new(RedisBus::connect_with(url, &options).await?));
         // ... and count their connections in the channel API.
         builder = builder.presence(Arc::new(
             RedisPresence::connect_with(url, config.presence_ttl, options).await?,
         ));
     }
-    let undelivered = match &config.undelivered_webhook {
-        Some(url) => Some(
-            webhook::UndeliveredWebhook::new(
-                url,
-                config.undelivered_after,
-                config.api_key.as_deref(),
-                &metrics,
-            )
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-        ),
-        None => None,
-    };
     let center = builder
         .sign_key(config.sign_key.as_deref().map(str::as_bytes))
         .config(DeliveryConfig {
@@ -369,13 +403,7 @@ pub async fn start_with(
         spawn_tls_reload(tls.clone(), shutdown.clone());
     }
     let header_timeout = config.header_timeout;
-    let connect_hook = match &config.connect_hook {
-        Some(url) => Some(hooks::ConnectHook::new(
-            hooks::HookClient::new("connect", url, &hook_settings(&config), &mut metrics)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?,
-        )),
-        None => None,
-    };
+    let connect_hook = connect_hook.map(hooks::ConnectHook::new);
     let state = Arc::new(AppState {
         config,
         auth,

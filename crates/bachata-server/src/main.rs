@@ -87,6 +87,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::CheckConfig(args) => {
             let config = Config::load(&args).context("invalid configuration")?;
+            // As `serve` does: --max-connections is checked against it.
+            bachata_server::raise_open_file_limit();
             bachata_server::check(&config).context("invalid configuration")?;
             print!("{}", bachata_server::describe_settings(&config));
             Ok(())

@@ -372,3 +372,36 @@ async fn check_config_prints_the_settings_in_effect_with_secrets_masked() {
     assert_ne!(code, 0);
     assert!(err.contains("route_hook"), "{err}");
 }
+
+/// `check-config` makes the checks `serve` makes, from one place: a
+/// setting `serve` refuses is refused by both, with the same reason. (It
+/// once checked its own list and passed a `--max-connections` above the
+/// open-file limit that `serve` refused.)
+#[tokio::test]
+async fn check_config_refuses_what_serve_refuses() {
+    // Above any open-file limit Linux allows (at most 2^30).
+    let too_many = ["--max-connections", "2000000000"];
+    let cases: [(&[&str], &str); 3] = [
+        (&too_many, "does not fit in the open-file limit"),
+        (&["--route-hook", "ftp://x"], "route_hook"),
+        (&["--allowed-origins", "not an origin"], "allowed_origins"),
+    ];
+    for (args, reason) in cases {
+        let mut outcomes = Vec::new();
+        for command in ["serve", "check-config"] {
+            let mut all = vec![command, "--listen", "127.0.0.1:0", "--store", "memory"];
+            all.extend_from_slice(args);
+            let (code, _, err) = run(&all).await;
+            assert_ne!(code, 0, "{command} {args:?}: {err}");
+            assert!(
+                err.contains(reason),
+                "{command} {args:?}: {reason} missing from {err}"
+            );
+            outcomes.push(code);
+        }
+        assert_eq!(outcomes[0], outcomes[1], "{args:?}: the same exit code");
+    }
+    // The same settings within the limit pass.
+    let (code, _, err) = run(&["check-config", "--max-connections", "100"]).await;
+    assert_eq!(code, 0, "{err}");
+}
